@@ -1,0 +1,10 @@
+# ZCSTORE_SANITIZE: "address+undefined" or "thread" applies to every target built after this point.
+if(ZCSTORE_SANITIZE STREQUAL "address+undefined")
+  add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+elseif(ZCSTORE_SANITIZE STREQUAL "thread")
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+elseif(NOT ZCSTORE_SANITIZE STREQUAL "")
+  message(FATAL_ERROR "ZCSTORE_SANITIZE must be empty, 'address+undefined' or 'thread', not '${ZCSTORE_SANITIZE}'")
+endif()

@@ -1,0 +1,325 @@
+// Store: immutable objects in shared memory or a mapped file, read without copying.
+//
+// An object is a small metadata blob plus N buffers (the big arrays). Its life:
+//
+//   CreateObject(id, sizes) -> ObjectBuilder   space reserved, mapped writable
+//   ... the writer fills metadata and buffers in place ...
+//   builder.Seal()                             immutable, visible to every Get
+//   (or builder.Abort(), or the builder dies)  space returned, never visible
+//   Get(id) -> ObjectView                      pinned read-only view, no copy
+//   Delete(id)                                 gone for new Gets; space reused
+//                                              once the last pin is released
+//
+// Backings, chosen at Create:
+//   kSharedMemory  a named segment in /dev/shm (the default). Other processes
+//                  open it by name. Removed when the creating handle closes,
+//                  unless StoreOptions::persistent.
+//   kFile          a file on disk, mapped. Persistent: a later run, even after a
+//                  reboot, opens it (read-only is typical). Buffers are
+//                  page-aligned and checksums are always on.
+//   kMemfd         an anonymous memfd. No name: a process hands fd() to the
+//                  processes it starts, which call OpenFd(). It disappears with
+//                  its last user, so nothing is ever left behind.
+//
+// Memory: capacity is reserved when the store is created (fallocate), so a full
+// /dev/shm or disk is a StoreFull error from Create, never a SIGBUS later.
+// Every process maps the data region PROT_READ; only the writer of an unsealed
+// object maps that object's pages writable, and only until Seal/Abort.
+//
+// Crash model (docs/architecture.md has the details): any process may die at any
+// instruction. Survivors never deadlock, never see a half-written object, and the
+// pins and unsealed objects of dead processes are reclaimed.
+//
+// Threads: a Store and its views may be used from many threads at once.
+// Processes: each process opens its own Store handle; all processes using one
+// store must share a PID namespace (liveness is checked by PID).
+#ifndef ZCSTORE_STORE_H_
+#define ZCSTORE_STORE_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "zcstore/export.h"
+#include "zcstore/object_id.h"
+#include "zcstore/status.h"
+
+namespace zcstore {
+
+namespace internal {
+class StoreImpl;
+struct StoreTestPeer;
+}  // namespace internal
+
+enum class Backing : uint32_t { kSharedMemory = 1, kFile = 2, kMemfd = 3 };
+
+// Options for Store::Create. Defaults are written beside each field.
+struct StoreOptions {
+  Backing backing = Backing::kSharedMemory;
+  // Bytes available to objects (headers, metadata, buffers, alignment padding).
+  // Reserved up front; the segment or file is a little larger (the tables).
+  uint64_t capacity = uint64_t{1} << 30;  // 1 GiB
+  // Most objects alive at once (sealed, being written, or deleted but pinned).
+  uint32_t max_objects = 4096;
+  // Most Store handles open on this store at once, across all processes.
+  uint32_t max_clients = 128;
+  // Most distinct objects one handle can hold pinned at once.
+  uint32_t max_pins_per_client = 1024;
+  // Most string names bound at once.
+  uint32_t max_names = 256;
+  // Compute an XXH3 checksum of each buffer and the metadata at Seal, so that
+  // Verify can check them. Off by default for shared memory and memfd (Seal
+  // then costs nothing per byte); always on for file stores.
+  bool checksums = false;
+  // Permission bits of the segment or file, applied regardless of umask.
+  mode_t mode = 0600;
+  // Shared memory only: keep the segment after the creating handle closes; it
+  // is then removed only by Store::Remove or `zcstore rm`. When false (the
+  // default), closing the creator unlinks the name (open handles keep working)
+  // and a crashed creator's segment is removed by `zcstore gc` or by the next
+  // Create of that name once every user has died.
+  bool persistent = false;
+  // Shared memory only: the tmpfs directory where segments live.
+  std::string shm_dir = "/dev/shm";
+};
+
+struct OpenOptions {
+  // kSharedMemory opens `name` in shm_dir; kFile opens the path `name`.
+  // (kMemfd stores are opened with OpenFd.)
+  Backing backing = Backing::kSharedMemory;
+  // A read-only handle cannot create, delete, bind or unbind. A read-only file
+  // store is opened O_RDONLY and treated as a snapshot: it takes a shared
+  // file lock (so no writer can open it meanwhile) and pins nothing.
+  bool read_only = false;
+  std::string shm_dir = "/dev/shm";
+};
+
+// Numbers describing a store at one instant.
+struct StoreStats {
+  uint64_t capacity = 0;        // bytes available to objects
+  uint64_t used = 0;            // bytes held by objects (incl. deleted-but-pinned)
+  uint64_t largest_free = 0;    // largest object extent that would fit now
+  uint32_t objects = 0;         // sealed objects visible to Get
+  uint32_t unsealed = 0;        // objects being written
+  uint32_t deleted_pinned = 0;  // deleted objects waiting for their last pin
+  uint64_t pins = 0;            // pins held, all processes together
+  uint32_t clients = 0;         // open handles, all processes together
+  uint32_t max_objects = 0;
+  uint32_t max_clients = 0;
+  uint32_t names = 0;           // bound names
+};
+
+// What List reports per object.
+struct ObjectInfo {
+  ObjectId id;
+  enum class State { kUnsealed, kSealed, kDeletedPinned } state = State::kSealed;
+  uint64_t extent_bytes = 0;    // store bytes the object occupies
+  uint64_t metadata_bytes = 0;
+  uint64_t data_bytes = 0;      // the buffers' bytes, without padding
+  uint32_t num_buffers = 0;
+  uint32_t pins = 0;
+  bool has_checksums = false;
+  int64_t sealed_unix_ns = 0;   // 0 while unsealed
+};
+
+// A pinned, read-only view of a sealed object. Move-only.
+//
+// While the view lives, the object's bytes stay where they are and unchanged,
+// even if the object is deleted meanwhile. The spans point into the store's
+// read-only mapping: writing through them faults (SIGSEGV). The view keeps the
+// store mapped, so it may outlive the Store handle it came from.
+// Destroying the view releases its pin; Release() does so explicitly.
+// Thread-safe to read from many threads; Release from one.
+class ZCSTORE_EXPORT ObjectView {
+ public:
+  ObjectView() = default;
+  ObjectView(ObjectView&& other) noexcept;
+  ObjectView& operator=(ObjectView&& other) noexcept;
+  ObjectView(const ObjectView&) = delete;
+  ObjectView& operator=(const ObjectView&) = delete;
+  ~ObjectView();
+
+  // False for a default-constructed, moved-from or released view.
+  bool valid() const { return impl_ != nullptr; }
+  const ObjectId& id() const { return id_; }
+  std::span<const std::byte> metadata() const { return metadata_; }
+  size_t num_buffers() const { return buffers_.size(); }
+  // Buffer `i` (0-based). i >= num_buffers() is a bug (stops the process).
+  std::span<const std::byte> buffer(size_t i) const;
+  const std::vector<std::span<const std::byte>>& buffers() const { return buffers_; }
+
+  // Unpins the object. InvalidArgument if this view was already released or
+  // moved from. After it, the spans must not be used.
+  Status Release();
+
+ private:
+  friend class internal::StoreImpl;
+  std::shared_ptr<internal::StoreImpl> impl_;
+  uint32_t slot_ = 0;
+  ObjectId id_;
+  std::span<const std::byte> metadata_;
+  std::vector<std::span<const std::byte>> buffers_;
+};
+
+// An object being written. Move-only; not thread-safe (one writer).
+//
+// metadata() and buffer(i) are writable spans of exactly the sizes asked for,
+// each buffer aligned to 64 bytes (a page in file stores). Nothing is visible
+// to other handles until Seal. Destroying an unsealed builder aborts it.
+class ZCSTORE_EXPORT ObjectBuilder {
+ public:
+  ObjectBuilder() = default;
+  ObjectBuilder(ObjectBuilder&& other) noexcept;
+  ObjectBuilder& operator=(ObjectBuilder&& other) noexcept;
+  ObjectBuilder(const ObjectBuilder&) = delete;
+  ObjectBuilder& operator=(const ObjectBuilder&) = delete;
+  ~ObjectBuilder();
+
+  bool valid() const { return impl_ != nullptr; }
+  const ObjectId& id() const { return id_; }
+  std::span<std::byte> metadata() const { return metadata_; }
+  size_t num_buffers() const { return buffers_.size(); }
+  std::span<std::byte> buffer(size_t i) const;
+
+  // Makes the object immutable and visible. Computes checksums when the store
+  // has them on (cost: one read of every byte, ~10 GB/s); otherwise O(1). The
+  // writable mapping is dropped, so the spans above become read-only.
+  // InvalidArgument if already sealed or aborted.
+  Status Seal();
+  // Drops the object; its space is free at once. InvalidArgument if already
+  // sealed or aborted.
+  Status Abort();
+
+ private:
+  friend class internal::StoreImpl;
+  std::shared_ptr<internal::StoreImpl> impl_;
+  uint32_t slot_ = 0;
+  ObjectId id_;
+  std::span<std::byte> extent_;  // the whole object, header included
+  std::span<std::byte> metadata_;
+  std::vector<std::span<std::byte>> buffers_;
+};
+
+// A handle on one store. Move-only. See the file comment for the model.
+class ZCSTORE_EXPORT Store {
+ public:
+  // Creates a store. `name`: for kSharedMemory, a store name of 1-64 characters
+  // from [A-Za-z0-9._-] (empty: a unique name is generated; see name());
+  // for kFile, the file's path; for kMemfd, a label shown in /proc (may be empty).
+  // Errors: AlreadyExists (a live store or existing file has that name; a
+  // shared-memory store whose users all died is replaced), StoreFull (no room
+  // in /dev/shm or on disk for `capacity`), PermissionDenied, InvalidArgument.
+  // Cost: reserving capacity (fallocate; ~0.4 s per GiB here), no page touched.
+  static Result<Store> Create(std::string_view name, const StoreOptions& options = {});
+
+  // Opens an existing store. Errors: NotFound, PermissionDenied, Corrupt (not
+  // a store, truncated, a table out of range), VersionMismatch, StoreFull (its
+  // client table is full), IOError (a file store locked by another handle).
+  // Reclaims the pins and unsealed objects of processes that died.
+  static Result<Store> Open(std::string_view name, const OpenOptions& options = {});
+
+  // Opens a kMemfd store from a file descriptor handed down by its creator.
+  // The descriptor is duplicated; the caller keeps `fd`. Errors as Open.
+  static Result<Store> OpenFd(int fd, bool read_only = false);
+
+  // Removes a shared-memory store's name (or deletes a file store's file).
+  // Processes that have it open keep working. NotFound if absent.
+  static Status Remove(std::string_view name, const OpenOptions& options = {});
+
+  Store(Store&&) noexcept;
+  Store& operator=(Store&&) noexcept;
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+  // Closes the handle: releases nothing that views still hold (they keep the
+  // store mapped), unregisters this handle once the last of them is gone, and
+  // unlinks a non-persistent shared-memory store if this handle created it.
+  ~Store();
+
+  // --- objects ---
+
+  // Reserves an unsealed object: a metadata blob and one buffer per entry of
+  // `buffer_sizes`. Errors: AlreadyExists (id in use, also by a deleted object
+  // still pinned), StoreFull (no contiguous room, or the object table is
+  // full; the pins of dead processes are reclaimed before giving up),
+  // InvalidArgument (nil id, too many buffers), PermissionDenied (read-only).
+  // Cost: O(objects) to find room; no page of the new object is touched.
+  Result<ObjectBuilder> CreateObject(ObjectId id, size_t metadata_size,
+                                     std::span<const size_t> buffer_sizes);
+
+  // CreateObject + copy + Seal. Errors as CreateObject. Cost: one memcpy of
+  // every byte (plus checksums when on).
+  Status Put(ObjectId id, std::span<const std::byte> metadata,
+             std::span<const std::span<const std::byte>> buffers);
+
+  // A pinned view of a sealed object. NotFound if the id is unknown, unsealed
+  // or deleted; StoreFull if this handle already pins max_pins_per_client
+  // distinct objects; Corrupt if the object's header fails its checks.
+  // Cost: a table lookup and a pin under the store lock; the object's first
+  // page is read, no buffer byte is touched or copied, whatever the size.
+  Result<ObjectView> Get(ObjectId id) const;
+
+  // Hides the object from new Gets. Its space is reused once no view pins it.
+  // Also unbinds every name bound to it. NotFound if unknown or already
+  // deleted; PermissionDenied if read-only.
+  Status Delete(ObjectId id);
+
+  // True if `id` names a sealed, undeleted object.
+  bool Contains(ObjectId id) const;
+
+  // Every object (unsealed and deleted-but-pinned ones too), in table order.
+  Result<std::vector<ObjectInfo>> List() const;
+  Result<StoreStats> Stats() const;
+
+  // Recomputes the checksums of one object (or every sealed object) and
+  // compares them with the stored ones. Corrupt, naming the object and buffer,
+  // on the first mismatch; InvalidArgument if it was sealed without checksums.
+  Status Verify(ObjectId id) const;
+  Status VerifyAll() const;
+
+  // --- names ---
+
+  // Binds `name` (1-63 bytes) to `id`. AlreadyExists if bound; NotFound if
+  // `id` is not a sealed object; StoreFull if the name table is full.
+  Status Bind(std::string_view name, ObjectId id);
+  // The id bound to `name`, or NotFound.
+  Result<ObjectId> Lookup(std::string_view name) const;
+  // Removes a binding (the object stays). NotFound if unbound.
+  Status Unbind(std::string_view name);
+
+  // --- housekeeping ---
+
+  // Releases the pins and frees the unsealed objects of handles whose process
+  // died. Returns how many dead handles were reclaimed. Done also by Open,
+  // by Stats and before any StoreFull; callers rarely need it.
+  Result<uint32_t> ReclaimDead();
+
+  // The store's name (generated if Create got an empty one), path for kFile.
+  const std::string& name() const;
+  Backing backing() const;
+  bool read_only() const;
+  // The segment's file descriptor; for kMemfd stores, what child processes
+  // pass to OpenFd (clear FD_CLOEXEC or dup2 it for them: it is close-on-exec).
+  int fd() const;
+
+  // Sweeps `shm_dir` for this user's shared-memory stores whose every user has
+  // died (and half-created segments of dead creators), removes them and returns
+  // their names. What `zcstore gc` runs.
+  static Result<std::vector<std::string>> CollectGarbage(const std::string& shm_dir = "/dev/shm");
+  // Names of this user's shared-memory stores in `shm_dir`.
+  static Result<std::vector<std::string>> ListStores(const std::string& shm_dir = "/dev/shm");
+
+ private:
+  friend struct internal::StoreTestPeer;
+  explicit Store(std::shared_ptr<internal::StoreImpl> impl);
+  std::shared_ptr<internal::StoreImpl> impl_;
+};
+
+}  // namespace zcstore
+
+#endif  // ZCSTORE_STORE_H_

@@ -1,0 +1,62 @@
+// Every operating-system call zcstore makes goes through here, so that a port
+// to another OS touches this header's implementation and nothing else.
+#ifndef ZCSTORE_STORE_PLATFORM_INTERNAL_H_
+#define ZCSTORE_STORE_PLATFORM_INTERNAL_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "store/layout_internal.h"
+#include "zcstore/status.h"
+
+namespace zcstore::internal::platform {
+
+// A Status for errno `err` while doing `what`: ENOENT -> NotFound, EEXIST ->
+// AlreadyExists, EACCES/EPERM/EROFS -> PermissionDenied, ENOSPC/EFBIG/ENOMEM ->
+// StoreFull, anything else IOError. The message ends with strerror(err).
+Status ErrnoStatus(int err, std::string_view what);
+
+// The calling process, as stored in client and creator records.
+ProcessStamp SelfStamp();
+// True if the process `stamp` names still runs (same PID, start time and boot).
+bool IsAlive(const ProcessStamp& stamp);
+
+// open(2) that, when creating, sets exactly `mode` whatever the umask.
+Result<int> OpenFile(const std::string& path, int flags, mode_t mode);
+void CloseFile(int fd);
+// Sets the size and reserves every block (posix_fallocate), so later writes
+// cannot fail for lack of space. ENOSPC -> StoreFull naming `what`.
+Status ReserveFile(int fd, uint64_t size, std::string_view what);
+Result<uint64_t> FileSize(int fd);
+// An anonymous memory file whose size is sealed once set (memfd_create).
+Result<int> CreateMemoryFile(const std::string& label);
+// Forbids any further size change (F_SEAL_GROW | F_SEAL_SHRINK).
+Status SealFileSize(int fd);
+// flock(2). With `wait` false, a held lock is IOError naming `what`.
+Status LockFile(int fd, bool exclusive, bool wait, std::string_view what);
+void UnlockFile(int fd);
+// rename(2) that fails with AlreadyExists instead of replacing `to`.
+Status RenameNoReplace(const std::string& from, const std::string& to);
+Status RemoveFile(const std::string& path);
+Result<std::vector<std::string>> ListDirectory(const std::string& dir);
+
+// mmap(MAP_SHARED) of the whole file; `writable` adds PROT_WRITE.
+Result<std::byte*> MapFile(int fd, uint64_t size, bool writable);
+void Unmap(std::byte* addr, uint64_t size);
+// mprotect of a page-aligned range.
+Status Protect(std::byte* addr, uint64_t size, bool writable);
+// msync(MS_SYNC) of the pages covering [addr, addr+size).
+Status SyncRange(std::byte* addr, uint64_t size);
+
+void FillRandom(void* out, size_t size);
+int64_t UnixNanos();
+uid_t UserId();
+
+}  // namespace zcstore::internal::platform
+
+#endif  // ZCSTORE_STORE_PLATFORM_INTERNAL_H_

@@ -1,0 +1,224 @@
+// Linux implementation of platform_internal.h.
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include "store/platform_internal.h"
+
+namespace zcstore::internal::platform {
+namespace {
+
+uint64_t ReadBootId() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(in, id);
+  return std::hash<std::string>{}(id) | 1;  // never 0, so 0 means "unknown"
+}
+
+// Field 22 of /proc/<pid>/stat (start time in clock ticks since boot), or 0.
+uint64_t ReadStartTicks(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
+  std::ifstream in(path);
+  std::string line;
+  if (!std::getline(in, line)) return 0;
+  // The command name (field 2) may hold spaces and parentheses: skip past the
+  // last ')' and count fields from there (field 3 follows it).
+  size_t close = line.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(line.substr(close + 1));
+  std::string field;
+  for (int i = 3; i <= 22; ++i) {
+    if (!(rest >> field)) return 0;
+  }
+  return std::strtoull(field.c_str(), nullptr, 10);
+}
+
+}  // namespace
+
+Status ErrnoStatus(int err, std::string_view what) {
+  std::string msg = std::string(what) + ": " + std::strerror(err);
+  switch (err) {
+    case ENOENT: return NotFound(std::move(msg));
+    case EEXIST: return AlreadyExists(std::move(msg));
+    case EACCES: case EPERM: case EROFS: return PermissionDenied(std::move(msg));
+    case ENOSPC: case EFBIG: case ENOMEM: case EDQUOT: return StoreFull(std::move(msg));
+    default: return IOError(std::move(msg));
+  }
+}
+
+ProcessStamp SelfStamp() {
+  static const uint64_t boot_id = ReadBootId();
+  ProcessStamp s{};
+  s.pid = static_cast<uint32_t>(getpid());
+  s.start_ticks = ReadStartTicks(getpid());
+  s.boot_id = boot_id;
+  return s;
+}
+
+bool IsAlive(const ProcessStamp& stamp) {
+  static const uint64_t boot_id = ReadBootId();
+  if (stamp.pid == 0 || stamp.boot_id != boot_id) return false;
+  pid_t pid = static_cast<pid_t>(stamp.pid);
+  if (kill(pid, 0) != 0 && errno == ESRCH) return false;
+  // A zombie has exited: its pins are as good as released.
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
+  std::ifstream in(path);
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  size_t close = line.rfind(')');
+  if (close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z') return false;
+  return ReadStartTicks(pid) == stamp.start_ticks;
+}
+
+Result<int> OpenFile(const std::string& path, int flags, mode_t mode) {
+  int fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
+  if (fd < 0) return ErrnoStatus(errno, "cannot open '" + path + "'");
+  if ((flags & O_CREAT) && fchmod(fd, mode) != 0) {
+    int err = errno;
+    ::close(fd);
+    return ErrnoStatus(err, "cannot set the mode of '" + path + "'");
+  }
+  return fd;
+}
+
+void CloseFile(int fd) {
+  if (fd >= 0) ::close(fd);
+}
+
+Status ReserveFile(int fd, uint64_t size, std::string_view what) {
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    return ErrnoStatus(errno, "cannot size " + std::string(what));
+  }
+  int err = posix_fallocate(fd, 0, static_cast<off_t>(size));
+  if (err == ENOSPC || err == EFBIG || err == EDQUOT) {
+    return StoreFull("no room for " + std::string(what) + " (" + std::to_string(size >> 20) +
+                     " MiB): " + std::strerror(err) +
+                     "; free space in /dev/shm or on disk, or ask for a smaller capacity");
+  }
+  if (err != 0) return ErrnoStatus(err, "cannot reserve space for " + std::string(what));
+  return Status::OK();
+}
+
+Result<uint64_t> FileSize(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return ErrnoStatus(errno, "fstat");
+  return static_cast<uint64_t>(st.st_size);
+}
+
+Result<int> CreateMemoryFile(const std::string& label) {
+  int fd = memfd_create(("zcstore:" + label).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return ErrnoStatus(errno, "memfd_create");
+  return fd;
+}
+
+Status SealFileSize(int fd) {
+  if (fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+    return ErrnoStatus(errno, "cannot seal the memfd's size");
+  }
+  return Status::OK();
+}
+
+Status LockFile(int fd, bool exclusive, bool wait, std::string_view what) {
+  int op = (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB);
+  while (flock(fd, op) != 0) {
+    if (errno == EINTR) continue;
+    if (errno == EWOULDBLOCK) {
+      return IOError(std::string(what) + " is locked by another handle " +
+                     (exclusive ? "(it is open elsewhere)" : "(a writer has it open)") +
+                     "; close that handle first");
+    }
+    return ErrnoStatus(errno, "cannot lock " + std::string(what));
+  }
+  return Status::OK();
+}
+
+void UnlockFile(int fd) { flock(fd, LOCK_UN); }
+
+Status RenameNoReplace(const std::string& from, const std::string& to) {
+  if (renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) != 0) {
+    return ErrnoStatus(errno, "cannot publish '" + to + "'");
+  }
+  return Status::OK();
+}
+
+Status RemoveFile(const std::string& path) {
+  if (unlink(path.c_str()) != 0) return ErrnoStatus(errno, "cannot remove '" + path + "'");
+  return Status::OK();
+}
+
+Result<std::vector<std::string>> ListDirectory(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return ErrnoStatus(errno, "cannot list '" + dir + "'");
+  std::vector<std::string> names;
+  while (struct dirent* e = readdir(d)) {
+    if (e->d_name[0] != '.') names.emplace_back(e->d_name);
+  }
+  closedir(d);
+  return names;
+}
+
+Result<std::byte*> MapFile(int fd, uint64_t size, bool writable) {
+  int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+  void* p = mmap(nullptr, size, prot, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return ErrnoStatus(errno, "mmap of " + std::to_string(size) + " bytes");
+  return static_cast<std::byte*>(p);
+}
+
+void Unmap(std::byte* addr, uint64_t size) {
+  if (addr != nullptr) munmap(addr, size);
+}
+
+Status Protect(std::byte* addr, uint64_t size, bool writable) {
+  if (size == 0) return Status::OK();
+  if (mprotect(addr, size, PROT_READ | (writable ? PROT_WRITE : 0)) != 0) {
+    return ErrnoStatus(errno, "mprotect");
+  }
+  return Status::OK();
+}
+
+Status SyncRange(std::byte* addr, uint64_t size) {
+  auto start = reinterpret_cast<uintptr_t>(addr) & ~(kPageSize - 1);
+  auto end = AlignUp(reinterpret_cast<uintptr_t>(addr) + size, kPageSize);
+  if (msync(reinterpret_cast<void*>(start), end - start, MS_SYNC) != 0) {
+    return ErrnoStatus(errno, "msync");
+  }
+  return Status::OK();
+}
+
+void FillRandom(void* out, size_t size) {
+  auto* p = static_cast<unsigned char*>(out);
+  while (size > 0) {
+    ssize_t n = getrandom(p, size, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      internal::DieWithMessage("getrandom failed");
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+int64_t UnixNanos() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+uid_t UserId() { return getuid(); }
+
+}  // namespace zcstore::internal::platform

@@ -1,0 +1,1228 @@
+// The store: creation and opening, the object table, allocation, pins.
+// Recovery after a crash lives in store_recovery.cc.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "store/platform_internal.h"
+#include "store/store_internal.h"
+
+namespace zcstore {
+namespace internal {
+namespace {
+
+constexpr const char* kTempMarker = ".init-";
+
+bool ValidStoreName(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-';
+  }) && name.find(kTempMarker) == std::string_view::npos && name != "." && name != "..";
+}
+
+std::string Mib(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+bool AddOverflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_add_overflow(a, b, out); }
+
+// Where the pieces of a new object go inside its extent.
+struct ExtentPlan {
+  uint64_t metadata_offset = 0;
+  std::vector<uint64_t> buffer_offsets;
+  uint64_t extent_size = 0;
+};
+
+Result<ExtentPlan> PlanExtent(size_t metadata_size, std::span<const size_t> sizes,
+                              uint64_t alignment) {
+  ExtentPlan plan;
+  uint64_t end = sizeof(ObjectHeader) + sizes.size() * sizeof(BufferDesc);
+  plan.metadata_offset = AlignUp(end, kBufferAlignment);
+  if (AddOverflows(plan.metadata_offset, metadata_size, &end)) {
+    return InvalidArgument("metadata size overflows");
+  }
+  plan.buffer_offsets.reserve(sizes.size());
+  for (size_t s : sizes) {
+    uint64_t off = AlignUp(end, alignment);
+    if (off < end || AddOverflows(off, s, &end)) return InvalidArgument("buffer sizes overflow");
+    plan.buffer_offsets.push_back(off);
+  }
+  plan.extent_size = AlignUp(end, kPageSize);
+  if (plan.extent_size < end) return InvalidArgument("object size overflows");
+  return plan;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- geometry
+
+Result<Geometry> Geometry::Plan(const StoreOptions& o) {
+  if (o.max_objects == 0 || o.max_objects > kMaxObjectsLimit || o.max_clients == 0 ||
+      o.max_clients > kMaxClientsLimit || o.max_pins_per_client == 0 ||
+      o.max_pins_per_client > kMaxPinsLimit || o.max_names > kMaxNamesLimit) {
+    return InvalidArgument("store limits out of range (max_objects 1.." +
+                           std::to_string(kMaxObjectsLimit) + ", max_clients 1.." +
+                           std::to_string(kMaxClientsLimit) + ", max_pins_per_client 1.." +
+                           std::to_string(kMaxPinsLimit) + ")");
+  }
+  if (o.capacity == 0 || o.capacity > (uint64_t{1} << 46)) {
+    return InvalidArgument("capacity must be between 1 byte and 64 TiB");
+  }
+  Geometry g;
+  g.max_objects = o.max_objects;
+  g.max_clients = o.max_clients;
+  g.max_pins = o.max_pins_per_client;
+  g.max_names = o.max_names;
+  g.alignment = o.backing == Backing::kFile ? kPageSize : kBufferAlignment;
+  g.flags = (o.checksums || o.backing == Backing::kFile ? uint32_t{kFlagChecksums} : 0u) |
+            (o.persistent ? uint32_t{kFlagPersistent} : 0u);
+  g.objects_offset = sizeof(StoreHeader);
+  g.clients_offset = g.objects_offset + uint64_t{g.max_objects} * sizeof(ObjectEntry);
+  g.pins_offset = g.clients_offset + uint64_t{g.max_clients} * sizeof(ClientEntry);
+  g.names_offset = g.pins_offset + uint64_t{g.max_clients} * g.max_pins * sizeof(PinRecord);
+  g.data_offset = AlignUp(g.names_offset + uint64_t{g.max_names} * sizeof(NameEntry), kPageSize);
+  g.data_size = AlignUp(o.capacity, kPageSize);
+  g.total_size = g.data_offset + g.data_size;
+  return g;
+}
+
+Result<Geometry> Geometry::FromHeader(const StoreHeader& h, uint64_t file_size,
+                                      const std::string& what) {
+  if (file_size < sizeof(StoreHeader) || std::memcmp(h.magic, kStoreMagic, 8) != 0) {
+    return Corrupt(what + " is not a zcstore store (no ZCSTORE magic)");
+  }
+  if (h.format_version != kFormatVersion) {
+    return VersionMismatch(what + " has format version " + std::to_string(h.format_version) +
+                           "; this build reads version " + std::to_string(kFormatVersion));
+  }
+  if (h.header_size != sizeof(StoreHeader)) return Corrupt(what + ": bad header size");
+  StoreOptions o;
+  o.backing = static_cast<Backing>(h.backing);
+  if (h.backing < 1 || h.backing > 3) return Corrupt(what + ": unknown backing kind");
+  o.max_objects = h.max_objects;
+  o.max_clients = h.max_clients;
+  o.max_pins_per_client = h.max_pins_per_client;
+  o.max_names = h.max_names;
+  o.capacity = h.data_size;
+  o.checksums = h.flags & kFlagChecksums;
+  o.persistent = h.flags & kFlagPersistent;
+  auto planned = Plan(o);
+  if (!planned.ok()) return Corrupt(what + ": table sizes out of range");
+  Geometry g = *planned;
+  g.flags = h.flags;
+  // The tables must sit exactly where Plan puts them: a header that points
+  // elsewhere (overlapping tables, data over the header) is corrupt.
+  if (h.objects_offset != g.objects_offset || h.clients_offset != g.clients_offset ||
+      h.pins_offset != g.pins_offset || h.names_offset != g.names_offset ||
+      h.data_offset != g.data_offset || h.data_size != g.data_size ||
+      h.total_size != g.total_size || h.alignment != g.alignment) {
+    return Corrupt(what + ": table offsets in the header are inconsistent");
+  }
+  if (file_size < g.total_size) {
+    return Corrupt(what + " is truncated: " + std::to_string(file_size) +
+                   " bytes, but its header says " + std::to_string(g.total_size));
+  }
+  return g;
+}
+
+// ---------------------------------------------------------------- naming
+
+std::string StoreImpl::SegmentPrefix() {
+  return "zcstore." + std::to_string(platform::UserId()) + ".";
+}
+
+std::string StoreImpl::SegmentPath(const std::string& dir, std::string_view name) {
+  return dir + "/" + SegmentPrefix() + std::string(name);
+}
+
+std::string StoreImpl::Describe() const {
+  return (backing_ == Backing::kFile ? "store file '" : "store '") + name_ + "'";
+}
+
+// ---------------------------------------------------------------- set-up
+
+void StoreImpl::InitializeHeader(const StoreOptions& options, Backing backing) {
+  StoreHeader* h = header_;
+  std::memcpy(h->magic, kStoreMagic, 8);
+  h->format_version = kFormatVersion;
+  h->header_size = sizeof(StoreHeader);
+  h->backing = static_cast<uint32_t>(backing);
+  h->flags = geo_.flags;
+  h->total_size = geo_.total_size;
+  h->data_offset = geo_.data_offset;
+  h->data_size = geo_.data_size;
+  h->alignment = geo_.alignment;
+  h->max_objects = geo_.max_objects;
+  h->max_clients = geo_.max_clients;
+  h->max_pins_per_client = geo_.max_pins;
+  h->max_names = geo_.max_names;
+  h->objects_offset = geo_.objects_offset;
+  h->clients_offset = geo_.clients_offset;
+  h->pins_offset = geo_.pins_offset;
+  h->names_offset = geo_.names_offset;
+  h->created_unix_ns = platform::UnixNanos();
+  h->creator = platform::SelfStamp();
+  h->extent_head = kNone;
+  h->used = 0;
+  h->epoch = 0;
+  (void)options;
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(&h->mutex, &attr);
+  pthread_mutexattr_destroy(&attr);
+}
+
+Status StoreImpl::MapAndCheck(int fd, bool control_writable, const std::string& what) {
+  auto size = platform::FileSize(fd);
+  if (!size.ok()) return size.status();
+  StoreHeader copy;
+  if (*size < sizeof(StoreHeader)) {
+    return Corrupt(what + " is not a zcstore store: only " + std::to_string(*size) + " bytes");
+  }
+  // Check the header from a private copy before mapping anything, so that a
+  // short or hostile file is refused before it could cause a fault.
+  if (pread(fd, &copy, sizeof(copy), 0) != static_cast<ssize_t>(sizeof(copy))) {
+    return platform::ErrnoStatus(errno, "cannot read " + what);
+  }
+  auto geo = Geometry::FromHeader(copy, *size, what);
+  if (!geo.ok()) return geo.status();
+  geo_ = *geo;
+  auto base = platform::MapFile(fd, geo_.total_size, control_writable);
+  if (!base.ok()) return base.status().WithContext(what);
+  base_ = *base;
+  mapped_size_ = geo_.total_size;
+  header_ = reinterpret_cast<StoreHeader*>(base_);
+  objects_ = reinterpret_cast<ObjectEntry*>(base_ + geo_.objects_offset);
+  clients_ = reinterpret_cast<ClientEntry*>(base_ + geo_.clients_offset);
+  pins_ = reinterpret_cast<PinRecord*>(base_ + geo_.pins_offset);
+  names_ = reinterpret_cast<NameEntry*>(base_ + geo_.names_offset);
+  data_ = base_ + geo_.data_offset;
+  // Readers and writers alike see the data region read-only; a writer opens
+  // one extent at a time for writing (CreateObject .. Seal).
+  if (control_writable) return platform::Protect(data_, geo_.data_size, false);
+  return Status::OK();
+}
+
+Status StoreImpl::FinishOpen() {
+  if (!AnyLiveClient()) {
+    // Nobody uses the store: the lock may be held by a process from before a
+    // crash or reboot that the kernel can no longer mark dead. Reinitialise
+    // it (we hold the file lock, so nobody else is opening) and repair.
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(&header_->mutex, &attr);
+    pthread_mutexattr_destroy(&attr);
+    Lock();
+    RecoverLocked();
+  } else {
+    Lock();
+    ReapDeadLocked();
+  }
+  uint32_t slot = kNone;
+  for (uint32_t c = 0; c < geo_.max_clients && slot == kNone; ++c) {
+    if (clients_[c].state == kClientFree) slot = c;
+  }
+  if (slot == kNone) {
+    Unlock();
+    return StoreFull(Describe() + " has " + std::to_string(geo_.max_clients) +
+                     " handles open already (max_clients); close some or create the store "
+                     "with a larger max_clients");
+  }
+  PinRecord* pins = Pins(slot);
+  std::fill(pins, pins + geo_.max_pins, PinRecord{0, 0});
+  clients_[slot].process = platform::SelfStamp();
+  __atomic_store_n(&clients_[slot].state, kClientLive, __ATOMIC_RELEASE);
+  client_ = slot;
+  Unlock();
+  return Status::OK();
+}
+
+Result<std::shared_ptr<StoreImpl>> StoreImpl::Create(std::string_view name,
+                                                     const StoreOptions& options) {
+  auto geo = Geometry::Plan(options);
+  if (!geo.ok()) return geo.status();
+  std::shared_ptr<StoreImpl> s(new StoreImpl());
+  s->backing_ = options.backing;
+  s->created_ = true;
+  s->persistent_ = options.persistent;
+  s->geo_ = *geo;
+  std::string temp;
+  if (options.backing == Backing::kMemfd) {
+    s->name_ = name.empty() ? "memfd" : std::string(name);
+    auto fd = platform::CreateMemoryFile(s->name_);
+    if (!fd.ok()) return fd.status();
+    s->fd_ = *fd;
+  } else {
+    if (options.backing == Backing::kSharedMemory) {
+      std::string n = name.empty() ? "anon-" + std::to_string(getpid()) + "-" +
+                                         ObjectId::Random().ToString().substr(0, 12)
+                                   : std::string(name);
+      if (!ValidStoreName(n)) {
+        return InvalidArgument("store name '" + n +
+                               "' must be 1-64 characters from [A-Za-z0-9._-]");
+      }
+      s->name_ = n;
+      s->path_ = SegmentPath(options.shm_dir, n);
+      // A store of this name whose users all died is replaced, as `gc` would.
+      if (access(s->path_.c_str(), F_OK) == 0 && IsAbandoned(s->path_)) {
+        (void)platform::RemoveFile(s->path_);
+      }
+    } else {
+      if (name.empty()) return InvalidArgument("a file store needs a path");
+      s->name_ = s->path_ = std::string(name);
+    }
+    if (access(s->path_.c_str(), F_OK) == 0) {
+      return AlreadyExists(s->Describe() + " already exists; open it, or remove it first (" +
+                           (options.backing == Backing::kFile ? "delete the file"
+                                                              : "zcstore rm " + s->name_) +
+                           ")");
+    }
+    // Build the store under a temporary name and publish it with an atomic
+    // rename, so that no process ever opens a half-initialised store.
+    std::string rnd = ObjectId::Random().ToString().substr(0, 8);
+    temp = s->path_ + kTempMarker + std::to_string(getpid()) + "-" + rnd;
+    auto fd = platform::OpenFile(temp, O_RDWR | O_CREAT | O_EXCL, options.mode);
+    if (!fd.ok()) return fd.status();
+    s->fd_ = *fd;
+  }
+  auto cleanup_temp = [&] {
+    if (!temp.empty()) (void)platform::RemoveFile(temp);
+  };
+  Status st = platform::ReserveFile(s->fd_, s->geo_.total_size, s->Describe());
+  if (st.ok() && options.backing == Backing::kMemfd) st = platform::SealFileSize(s->fd_);
+  if (st.ok()) {
+    auto base = platform::MapFile(s->fd_, s->geo_.total_size, true);
+    if (base.ok()) {
+      s->base_ = *base;
+      s->mapped_size_ = s->geo_.total_size;
+    } else {
+      st = base.status();
+    }
+  }
+  if (!st.ok()) {
+    cleanup_temp();
+    return st;
+  }
+  s->header_ = reinterpret_cast<StoreHeader*>(s->base_);
+  s->InitializeHeader(options, options.backing);
+  s->objects_ = reinterpret_cast<ObjectEntry*>(s->base_ + s->geo_.objects_offset);
+  s->clients_ = reinterpret_cast<ClientEntry*>(s->base_ + s->geo_.clients_offset);
+  s->pins_ = reinterpret_cast<PinRecord*>(s->base_ + s->geo_.pins_offset);
+  s->names_ = reinterpret_cast<NameEntry*>(s->base_ + s->geo_.names_offset);
+  s->data_ = s->base_ + s->geo_.data_offset;
+  st = platform::Protect(s->data_, s->geo_.data_size, false);
+  if (st.ok()) st = platform::LockFile(s->fd_, true, true, s->Describe());
+  if (st.ok()) st = s->FinishOpen();
+  if (st.ok() && options.backing == Backing::kFile) st = platform::SyncRange(s->base_, s->geo_.data_offset);
+  if (st.ok() && !temp.empty()) st = platform::RenameNoReplace(temp, s->path_);
+  if (!st.ok()) {
+    cleanup_temp();
+    return st.code() == StatusCode::kAlreadyExists
+               ? AlreadyExists(s->Describe() + " was created by another process meanwhile")
+               : st;
+  }
+  // A file store keeps its exclusive lock for the handle's life (one writer);
+  // other backings only hold it while opening.
+  if (options.backing != Backing::kFile) platform::UnlockFile(s->fd_);
+  return s;
+}
+
+Result<std::shared_ptr<StoreImpl>> StoreImpl::Open(std::string_view name,
+                                                   const OpenOptions& options) {
+  std::shared_ptr<StoreImpl> s(new StoreImpl());
+  s->backing_ = options.backing;
+  s->read_only_ = options.read_only;
+  if (options.backing == Backing::kMemfd) {
+    return InvalidArgument("memfd stores have no name: open them with Store::OpenFd");
+  }
+  if (options.backing == Backing::kSharedMemory) {
+    if (!ValidStoreName(name)) {
+      return InvalidArgument("store name '" + std::string(name) +
+                             "' must be 1-64 characters from [A-Za-z0-9._-]");
+    }
+    s->path_ = SegmentPath(options.shm_dir, name);
+  } else {
+    s->path_ = std::string(name);
+  }
+  s->name_ = std::string(name);
+  bool snapshot = options.backing == Backing::kFile && options.read_only;
+  auto fd = platform::OpenFile(s->path_, snapshot ? O_RDONLY : O_RDWR, 0);
+  if (!fd.ok()) {
+    if (fd.status().code() == StatusCode::kNotFound) {
+      return NotFound(s->Describe() + " does not exist");
+    }
+    return fd.status();
+  }
+  s->fd_ = *fd;
+  s->snapshot_ = snapshot;
+  // File stores: one read-write handle, or any number of read-only ones.
+  // Shared memory: the lock only serialises opening.
+  bool file = options.backing == Backing::kFile;
+  Status st = platform::LockFile(s->fd_, !snapshot, !file, s->Describe());
+  if (!st.ok()) return st;
+  st = s->MapAndCheck(s->fd_, !snapshot, s->Describe());
+  if (st.ok() && s->header_->backing != static_cast<uint32_t>(options.backing)) {
+    st = InvalidArgument(s->Describe() + " is not a " +
+                         (file ? "file store" : "shared-memory store"));
+  }
+  if (st.ok() && !snapshot) st = s->FinishOpen();
+  if (!st.ok()) return st;
+  s->persistent_ = s->geo_.flags & kFlagPersistent;
+  if (!file) platform::UnlockFile(s->fd_);
+  return s;
+}
+
+Result<std::shared_ptr<StoreImpl>> StoreImpl::OpenFd(int fd, bool read_only) {
+  std::shared_ptr<StoreImpl> s(new StoreImpl());
+  s->backing_ = Backing::kMemfd;
+  s->read_only_ = read_only;
+  s->name_ = "memfd:" + std::to_string(fd);
+  s->fd_ = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (s->fd_ < 0) return platform::ErrnoStatus(errno, "cannot duplicate store fd");
+  Status st = platform::LockFile(s->fd_, true, true, s->Describe());
+  if (st.ok()) st = s->MapAndCheck(s->fd_, true, s->Describe());
+  if (st.ok() && s->header_->backing != static_cast<uint32_t>(Backing::kMemfd)) {
+    st = InvalidArgument("fd " + std::to_string(fd) + " is not a memfd store");
+  }
+  if (st.ok()) st = s->FinishOpen();
+  if (!st.ok()) return st;
+  platform::UnlockFile(s->fd_);
+  return s;
+}
+
+StoreImpl::~StoreImpl() {
+  if (base_ != nullptr && client_ != kNone) {
+    Lock();
+    ReleaseClientLocked(client_, /*dead=*/false);
+    Unlock();
+    if (backing_ == Backing::kFile) (void)platform::SyncRange(base_, geo_.data_offset);
+  }
+  platform::Unmap(base_, mapped_size_);
+  platform::CloseFile(fd_);  // also drops any file lock
+}
+
+void StoreImpl::UnlinkIfOwner() {
+  if (!created_ || persistent_ || backing_ != Backing::kSharedMemory) return;
+  // Unlink only if the name still refers to our segment (not a newer store
+  // that replaced ours after it was removed).
+  struct stat mine, theirs;
+  if (fstat(fd_, &mine) == 0 && stat(path_.c_str(), &theirs) == 0 && mine.st_ino == theirs.st_ino &&
+      mine.st_dev == theirs.st_dev) {
+    (void)platform::RemoveFile(path_);
+  }
+}
+
+// ---------------------------------------------------------------- locking
+
+void StoreImpl::Lock() {
+  int rc = pthread_mutex_lock(&header_->mutex);
+  if (rc == EOWNERDEAD) {
+    // The previous holder died inside the lock: derived state may be torn.
+    RecoverLocked();
+    pthread_mutex_consistent(&header_->mutex);
+  } else if (rc != 0) {
+    DieWithMessage(("zcstore: store lock is unusable: " + std::string(std::strerror(rc))).c_str());
+  }
+}
+
+void StoreImpl::Unlock() { pthread_mutex_unlock(&header_->mutex); }
+
+void StoreImpl::LockForever() { Lock(); }
+
+// ---------------------------------------------------------------- the table
+
+uint32_t StoreImpl::Find(ObjectId id) const {
+  uint32_t n = geo_.max_objects;
+  uint32_t s = HomeSlot(id, n);
+  for (uint32_t i = 0; i < n; ++i, s = (s + 1 == n ? 0 : s + 1)) {
+    const ObjectEntry& e = objects_[s];
+    if (e.state == kEmpty) return kNone;
+    if (e.state >= kUnsealed && e.id_hi == id.hi && e.id_lo == id.lo) return s;
+  }
+  return kNone;
+}
+
+uint32_t StoreImpl::FindInsertSlot(ObjectId id, bool* exists) const {
+  uint32_t n = geo_.max_objects;
+  uint32_t s = HomeSlot(id, n);
+  uint32_t free_slot = kNone;
+  *exists = false;
+  for (uint32_t i = 0; i < n; ++i, s = (s + 1 == n ? 0 : s + 1)) {
+    const ObjectEntry& e = objects_[s];
+    if (e.state == kEmpty) return free_slot == kNone ? s : free_slot;
+    if (e.state == kTombstone || e.state > kDeleted) {
+      if (free_slot == kNone) free_slot = s;
+    } else if (e.id_hi == id.hi && e.id_lo == id.lo) {
+      *exists = true;
+      return s;
+    }
+  }
+  return free_slot;
+}
+
+bool StoreImpl::Allocate(uint64_t size, uint32_t slot) {
+  uint64_t prev_end = 0;
+  uint32_t prev = kNone;
+  uint32_t cur = header_->extent_head;
+  for (uint32_t steps = 0; cur != kNone && steps <= geo_.max_objects; ++steps) {
+    const ObjectEntry& e = objects_[cur];
+    if (e.offset >= prev_end && e.offset - prev_end >= size) break;
+    prev_end = e.offset + e.size;
+    prev = cur;
+    cur = e.next;
+    if (cur != kNone && cur >= geo_.max_objects) return false;  // torn list: recovery fixes it
+  }
+  if (cur == kNone && (prev_end > geo_.data_size || geo_.data_size - prev_end < size)) return false;
+  ObjectEntry& n = objects_[slot];
+  n.offset = prev_end;
+  n.size = size;
+  n.prev = prev;
+  n.next = cur;
+  if (cur != kNone) objects_[cur].prev = slot;
+  if (prev != kNone) objects_[prev].next = slot;
+  else header_->extent_head = slot;
+  header_->used += size;
+  return true;
+}
+
+uint64_t StoreImpl::LargestFree() const {
+  uint64_t prev_end = 0, best = 0;
+  uint32_t cur = header_->extent_head;
+  for (uint32_t steps = 0; cur < geo_.max_objects && steps <= geo_.max_objects; ++steps) {
+    const ObjectEntry& e = objects_[cur];
+    if (e.offset > prev_end) best = std::max(best, e.offset - prev_end);
+    prev_end = std::max(prev_end, e.offset + e.size);
+    cur = e.next;
+  }
+  if (geo_.data_size > prev_end) best = std::max(best, geo_.data_size - prev_end);
+  return best;
+}
+
+void StoreImpl::FreeSlot(uint32_t slot) {
+  ObjectEntry& e = objects_[slot];
+  // Hide first (one store), then unlink: a crash in between leaves a
+  // tombstone still in the list, which recovery drops when it relinks.
+  __atomic_store_n(&e.state, kTombstone, __ATOMIC_RELEASE);
+  if (e.prev < geo_.max_objects) objects_[e.prev].next = e.next;
+  else header_->extent_head = e.next;
+  if (e.next < geo_.max_objects) objects_[e.next].prev = e.prev;
+  header_->used -= std::min(header_->used, e.size);
+  e.pins = 0;
+  // A tombstone followed by an empty slot ends no probe that matters: turn
+  // it, and the tombstones before it, back into empties so probes stay short.
+  uint32_t n = geo_.max_objects;
+  uint32_t s = slot;
+  if (objects_[(s + 1) % n].state != kEmpty) return;
+  for (uint32_t i = 0; i < n && objects_[s].state == kTombstone; ++i) {
+    objects_[s].state = kEmpty;
+    s = (s == 0 ? n - 1 : s - 1);
+  }
+}
+
+Status StoreImpl::PinLocked(uint32_t slot) {
+  PinRecord* pins = Pins(client_);
+  PinRecord* free_record = nullptr;
+  for (uint32_t i = 0; i < geo_.max_pins; ++i) {
+    if (pins[i].count == 0) {
+      if (free_record == nullptr) free_record = &pins[i];
+    } else if (pins[i].slot == slot) {
+      ++pins[i].count;
+      ++objects_[slot].pins;
+      return Status::OK();
+    }
+  }
+  if (free_record == nullptr) {
+    return StoreFull("this handle already pins " + std::to_string(geo_.max_pins) +
+                     " objects of " + Describe() +
+                     " (max_pins_per_client); release some views first");
+  }
+  free_record->slot = slot;  // slot first: count != 0 publishes the record
+  free_record->count = 1;
+  ++objects_[slot].pins;
+  return Status::OK();
+}
+
+void StoreImpl::UnpinLocked(uint32_t slot) {
+  PinRecord* pins = Pins(client_);
+  for (uint32_t i = 0; i < geo_.max_pins; ++i) {
+    if (pins[i].count != 0 && pins[i].slot == slot) {
+      --pins[i].count;
+      ObjectEntry& e = objects_[slot];
+      if (e.pins > 0) --e.pins;
+      if (e.pins == 0 && e.state == kDeleted) FreeSlot(slot);
+      return;
+    }
+  }
+}
+
+void StoreImpl::ReleaseClientLocked(uint32_t client, bool dead) {
+  PinRecord* pins = Pins(client);
+  for (uint32_t i = 0; i < geo_.max_pins; ++i) {
+    PinRecord& r = pins[i];
+    if (r.count != 0 && r.slot < geo_.max_objects) {
+      ObjectEntry& e = objects_[r.slot];
+      if (e.state == kSealed || e.state == kDeleted) {
+        e.pins -= std::min(e.pins, r.count);
+        if (e.pins == 0 && e.state == kDeleted) FreeSlot(r.slot);
+      }
+    }
+    r = PinRecord{0, 0};
+  }
+  // Objects a dead process was writing can never be sealed: free them. (A
+  // live handle cannot reach here with unsealed objects: builders keep it.)
+  if (dead) {
+    for (uint32_t s = 0; s < geo_.max_objects; ++s) {
+      if (objects_[s].state == kUnsealed && objects_[s].creator_client == client) FreeSlot(s);
+    }
+  }
+  __atomic_store_n(&clients_[client].state, kClientFree, __ATOMIC_RELEASE);
+}
+
+uint32_t StoreImpl::ReapDeadLocked() {
+  uint32_t reaped = 0;
+  for (uint32_t c = 0; c < geo_.max_clients; ++c) {
+    if (c != client_ && clients_[c].state == kClientLive &&
+        !platform::IsAlive(clients_[c].process)) {
+      ReleaseClientLocked(c, /*dead=*/true);
+      ++reaped;
+    }
+  }
+  return reaped;
+}
+
+Status StoreImpl::CheckExtent(uint32_t slot, const ObjectEntry& e) const {
+  if (e.offset % kPageSize != 0 || e.size < sizeof(ObjectHeader) || e.offset > geo_.data_size ||
+      e.size > geo_.data_size - e.offset) {
+    return Corrupt(Describe() + ": object slot " + std::to_string(slot) +
+                   " has an extent out of range (offset " + std::to_string(e.offset) + ", size " +
+                   std::to_string(e.size) + ")");
+  }
+  return Status::OK();
+}
+
+Status StoreImpl::ReadObject(uint32_t slot, ObjectId id, std::span<const std::byte>* metadata,
+                             std::vector<std::span<const std::byte>>* buffers,
+                             const ObjectHeader** header_out) const {
+  const ObjectEntry& e = objects_[slot];
+  ObjectEntry entry{};
+  entry.offset = e.offset;
+  entry.size = e.size;
+  Status st = CheckExtent(slot, entry);
+  if (!st.ok()) return st;
+  const std::byte* extent = data_ + entry.offset;
+  const auto* h = reinterpret_cast<const ObjectHeader*>(extent);
+  std::string what = Describe() + ": object " + id.ToString();
+  if (h->magic != kObjectMagic || h->id_hi != id.hi || h->id_lo != id.lo) {
+    return Corrupt(what + " has a bad header (magic or id)");
+  }
+  uint64_t n = h->num_buffers;
+  if (n > kMaxBuffersPerObject || sizeof(ObjectHeader) + n * sizeof(BufferDesc) > entry.size) {
+    return Corrupt(what + " claims " + std::to_string(n) + " buffers, more than its extent holds");
+  }
+  auto in_extent = [&](uint64_t off, uint64_t len) {
+    return off <= entry.size && len <= entry.size - off;
+  };
+  if (!in_extent(h->metadata_offset, h->metadata_size)) {
+    return Corrupt(what + ": metadata out of range");
+  }
+  *metadata = {extent + h->metadata_offset, h->metadata_size};
+  const auto* descs = reinterpret_cast<const BufferDesc*>(h + 1);
+  buffers->clear();
+  buffers->reserve(n);
+  for (uint64_t i = 0; i < n; ++i) {
+    uint64_t off = descs[i].offset, len = descs[i].size;
+    if (!in_extent(off, len)) {
+      return Corrupt(what + ": buffer " + std::to_string(i) + " out of range (offset " +
+                     std::to_string(off) + ", length " + std::to_string(len) + ")");
+    }
+    buffers->emplace_back(extent + off, len);
+  }
+  if (header_out) *header_out = h;
+  return Status::OK();
+}
+
+void StoreImpl::SyncEntry(uint32_t slot) {
+  if (backing_ != Backing::kFile) return;
+  (void)platform::SyncRange(reinterpret_cast<std::byte*>(&objects_[slot]), sizeof(ObjectEntry));
+  (void)platform::SyncRange(base_, sizeof(StoreHeader));
+}
+
+// ---------------------------------------------------------------- objects
+
+Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
+                                              std::span<const size_t> buffer_sizes) {
+  if (read_only_) return PermissionDenied(Describe() + " was opened read-only");
+  if (id.is_nil()) return InvalidArgument("the nil object id is reserved");
+  if (buffer_sizes.size() > kMaxBuffersPerObject) {
+    return InvalidArgument("an object has at most " + std::to_string(kMaxBuffersPerObject) +
+                           " buffers");
+  }
+  auto plan = PlanExtent(metadata_size, buffer_sizes, geo_.alignment);
+  if (!plan.ok()) return plan.status();
+  uint64_t size = plan->extent_size;
+  Lock();
+  bool exists = false;
+  uint32_t slot = FindInsertSlot(id, &exists);
+  if (exists) {
+    bool deleted = objects_[slot].state == kDeleted;
+    Unlock();
+    return AlreadyExists("object " + id.ToString() + " already exists in " + Describe() +
+                         (deleted ? " (deleted, but still pinned by a view)" : ""));
+  }
+  bool placed = slot != kNone && Allocate(size, slot);
+  if (!placed && ReapDeadLocked() > 0) {
+    slot = FindInsertSlot(id, &exists);
+    placed = slot != kNone && Allocate(size, slot);
+  }
+  if (!placed) {
+    std::string msg =
+        slot == kNone
+            ? Describe() + " is full: all " + std::to_string(geo_.max_objects) +
+                  " object slots are used; delete objects or raise max_objects"
+            : Describe() + " is full: the object needs " + Mib(size) + ", " +
+                  Mib(header_->used) + " of " + Mib(geo_.data_size) + " are used (largest free " +
+                  Mib(LargestFree()) + "); raise capacity or delete objects";
+    Unlock();
+    return StoreFull(msg);
+  }
+  ObjectEntry& e = objects_[slot];
+  e.id_hi = id.hi;
+  e.id_lo = id.lo;
+  e.creator_client = client_;
+  e.pins = 0;
+  e.sealed_unix_ns = 0;
+  __atomic_store_n(&e.state, kUnsealed, __ATOMIC_RELEASE);
+  uint64_t offset = e.offset;
+  Unlock();
+
+  std::byte* extent = data_ + offset;
+  Status st = platform::Protect(extent, size, true);
+  if (!st.ok()) {
+    Lock();
+    FreeSlot(slot);
+    Unlock();
+    return st;
+  }
+  auto* h = reinterpret_cast<ObjectHeader*>(extent);
+  *h = ObjectHeader{};
+  h->magic = kObjectMagic;
+  h->num_buffers = static_cast<uint32_t>(buffer_sizes.size());
+  h->id_hi = id.hi;
+  h->id_lo = id.lo;
+  h->metadata_offset = plan->metadata_offset;
+  h->metadata_size = metadata_size;
+  auto* descs = reinterpret_cast<BufferDesc*>(h + 1);
+  ObjectBuilder b;
+  b.impl_ = shared_from_this();
+  b.slot_ = slot;
+  b.id_ = id;
+  b.extent_ = {extent, size};
+  b.metadata_ = {extent + plan->metadata_offset, metadata_size};
+  b.buffers_.reserve(buffer_sizes.size());
+  for (size_t i = 0; i < buffer_sizes.size(); ++i) {
+    descs[i] = BufferDesc{plan->buffer_offsets[i], buffer_sizes[i], 0, 0};
+    b.buffers_.emplace_back(extent + plan->buffer_offsets[i], buffer_sizes[i]);
+  }
+  return b;
+}
+
+Status StoreImpl::Seal(ObjectBuilder& b) {
+  // The builder remembers its extent: nothing here is re-read from the
+  // shared table, which another process could have scribbled on.
+  std::byte* extent = b.extent_.data();
+  uint64_t size = b.extent_.size();
+  auto* h = reinterpret_cast<ObjectHeader*>(extent);
+  if (geo_.flags & kFlagChecksums) {
+    auto* descs = reinterpret_cast<BufferDesc*>(h + 1);
+    h->metadata_checksum = XXH3_64bits(b.metadata_.data(), b.metadata_.size());
+    for (size_t i = 0; i < b.buffers_.size(); ++i) {
+      descs[i].checksum = XXH3_64bits(b.buffers_[i].data(), b.buffers_[i].size());
+    }
+    h->has_checksums = 1;
+  }
+  Status st = platform::Protect(extent, size, false);
+  if (st.ok() && backing_ == Backing::kFile) st = platform::SyncRange(extent, size);
+  if (!st.ok()) return st;
+  Lock();
+  ObjectEntry& e = objects_[b.slot_];
+  if (e.state != kUnsealed || e.creator_client != client_ || e.id_hi != b.id_.hi ||
+      e.id_lo != b.id_.lo) {
+    Unlock();
+    return Corrupt(Describe() + ": object " + b.id_.ToString() +
+                   " was taken away while being written (was this process judged dead?)");
+  }
+  e.sealed_unix_ns = platform::UnixNanos();
+  __atomic_store_n(&e.state, kSealed, __ATOMIC_RELEASE);
+  SyncEntry(b.slot_);
+  Unlock();
+  return Status::OK();
+}
+
+Status StoreImpl::Abort(ObjectBuilder& b) {
+  ObjectEntry& e = objects_[b.slot_];
+  (void)platform::Protect(b.extent_.data(), b.extent_.size(), false);
+  Lock();
+  if (e.state == kUnsealed && e.creator_client == client_ && e.id_hi == b.id_.hi &&
+      e.id_lo == b.id_.lo) {
+    FreeSlot(b.slot_);
+  }
+  Unlock();
+  return Status::OK();
+}
+
+Result<ObjectView> StoreImpl::Get(ObjectId id) {
+  uint32_t slot;
+  if (!snapshot_) {
+    Lock();
+    slot = Find(id);
+    if (slot == kNone || objects_[slot].state != kSealed) {
+      Unlock();
+      return NotFound("object " + id.ToString() + " is not in " + Describe() +
+                      (slot != kNone ? " (it is deleted or not yet sealed)" : ""));
+    }
+    Status st = PinLocked(slot);
+    Unlock();
+    if (!st.ok()) return st;
+  } else {
+    slot = Find(id);
+    if (slot == kNone || objects_[slot].state != kSealed) {
+      return NotFound("object " + id.ToString() + " is not in " + Describe());
+    }
+  }
+  ObjectView v;
+  Status st = ReadObject(slot, id, &v.metadata_, &v.buffers_, nullptr);
+  if (!st.ok()) {
+    if (!snapshot_) {
+      Lock();
+      UnpinLocked(slot);
+      Unlock();
+    }
+    return st;
+  }
+  v.impl_ = shared_from_this();
+  v.slot_ = slot;
+  v.id_ = id;
+  return v;
+}
+
+Status StoreImpl::Release(ObjectView& v) {
+  if (!snapshot_) {
+    Lock();
+    UnpinLocked(v.slot_);
+    Unlock();
+  }
+  return Status::OK();
+}
+
+Status StoreImpl::Delete(ObjectId id) {
+  if (read_only_) return PermissionDenied(Describe() + " was opened read-only");
+  Lock();
+  uint32_t slot = Find(id);
+  if (slot == kNone || objects_[slot].state != kSealed) {
+    Unlock();
+    return NotFound("object " + id.ToString() + " is not in " + Describe() +
+                    (slot != kNone ? " (already deleted, or not yet sealed)" : ""));
+  }
+  UnbindAllLocked(id);
+  if (objects_[slot].pins == 0) {
+    FreeSlot(slot);
+  } else {
+    __atomic_store_n(&objects_[slot].state, kDeleted, __ATOMIC_RELEASE);
+  }
+  SyncEntry(slot);
+  Unlock();
+  return Status::OK();
+}
+
+bool StoreImpl::Contains(ObjectId id) {
+  if (snapshot_) {
+    uint32_t s = Find(id);
+    return s != kNone && objects_[s].state == kSealed;
+  }
+  Lock();
+  uint32_t s = Find(id);
+  bool found = s != kNone && objects_[s].state == kSealed;
+  Unlock();
+  return found;
+}
+
+Result<std::vector<ObjectInfo>> StoreImpl::List() {
+  std::vector<std::pair<uint32_t, ObjectEntry>> live;
+  if (!snapshot_) Lock();
+  for (uint32_t s = 0; s < geo_.max_objects; ++s) {
+    uint32_t st = objects_[s].state;
+    if (st >= kUnsealed && st <= kDeleted) live.emplace_back(s, objects_[s]);
+  }
+  if (!snapshot_) Unlock();
+  std::vector<ObjectInfo> out;
+  out.reserve(live.size());
+  for (auto& [slot, e] : live) {
+    ObjectInfo info;
+    info.id = ObjectId{e.id_hi, e.id_lo};
+    info.state = e.state == kUnsealed  ? ObjectInfo::State::kUnsealed
+                 : e.state == kSealed ? ObjectInfo::State::kSealed
+                                      : ObjectInfo::State::kDeletedPinned;
+    info.extent_bytes = e.size;
+    info.pins = e.pins;
+    info.sealed_unix_ns = e.sealed_unix_ns;
+    if (e.state != kUnsealed) {
+      std::span<const std::byte> md;
+      std::vector<std::span<const std::byte>> bufs;
+      const ObjectHeader* h = nullptr;
+      Status st = CheckExtent(slot, e);
+      if (st.ok()) st = ReadObject(slot, info.id, &md, &bufs, &h);
+      if (!st.ok()) return st;
+      info.metadata_bytes = md.size();
+      info.num_buffers = static_cast<uint32_t>(bufs.size());
+      for (auto& b : bufs) info.data_bytes += b.size();
+      info.has_checksums = h->has_checksums != 0;
+    }
+    out.push_back(info);
+  }
+  return out;
+}
+
+Result<StoreStats> StoreImpl::Stats() {
+  StoreStats s;
+  if (!snapshot_) {
+    Lock();
+    ReapDeadLocked();
+  }
+  s.capacity = geo_.data_size;
+  s.used = header_->used;
+  s.largest_free = LargestFree();
+  s.max_objects = geo_.max_objects;
+  s.max_clients = geo_.max_clients;
+  for (uint32_t i = 0; i < geo_.max_objects; ++i) {
+    const ObjectEntry& e = objects_[i];
+    if (e.state == kSealed) ++s.objects;
+    if (e.state == kUnsealed) ++s.unsealed;
+    if (e.state == kDeleted) ++s.deleted_pinned;
+    if (e.state == kSealed || e.state == kDeleted) s.pins += e.pins;
+  }
+  for (uint32_t c = 0; c < geo_.max_clients; ++c) s.clients += clients_[c].state == kClientLive;
+  for (uint32_t n = 0; n < geo_.max_names; ++n) s.names += names_[n].used == 1;
+  if (!snapshot_) Unlock();
+  return s;
+}
+
+Status StoreImpl::Verify(ObjectId id) {
+  auto view = Get(id);
+  if (!view.ok()) return view.status();
+  const ObjectHeader* h = nullptr;
+  std::span<const std::byte> md;
+  std::vector<std::span<const std::byte>> bufs;
+  Status st = ReadObject(view->slot_, id, &md, &bufs, &h);
+  if (!st.ok()) return st;
+  std::string what = Describe() + ": object " + id.ToString();
+  if (!h->has_checksums) {
+    return InvalidArgument(what + " was sealed without checksums; nothing to verify");
+  }
+  if (XXH3_64bits(md.data(), md.size()) != h->metadata_checksum) {
+    return Corrupt(what + ": metadata checksum mismatch");
+  }
+  const auto* descs = reinterpret_cast<const BufferDesc*>(h + 1);
+  for (size_t i = 0; i < bufs.size(); ++i) {
+    if (XXH3_64bits(bufs[i].data(), bufs[i].size()) != descs[i].checksum) {
+      return Corrupt(what + ": buffer " + std::to_string(i) + " checksum mismatch (" +
+                     std::to_string(bufs[i].size()) + " bytes)");
+    }
+  }
+  return Status::OK();
+}
+
+// ---------------------------------------------------------------- names
+
+namespace {
+Status CheckName(std::string_view name) {
+  if (name.empty() || name.size() > kMaxNameLength || name.find('\0') != std::string_view::npos) {
+    return InvalidArgument("an object name is 1-" + std::to_string(kMaxNameLength) +
+                           " bytes without NUL");
+  }
+  return Status::OK();
+}
+bool NameIs(const NameEntry& n, std::string_view name) {
+  return n.used == 1 && strnlen(n.name, sizeof(n.name)) == name.size() &&
+         std::memcmp(n.name, name.data(), name.size()) == 0;
+}
+}  // namespace
+
+void StoreImpl::UnbindAllLocked(ObjectId id) {
+  for (uint32_t i = 0; i < geo_.max_names; ++i) {
+    NameEntry& n = names_[i];
+    if (n.used == 1 && n.id_hi == id.hi && n.id_lo == id.lo) {
+      n.used = 0;
+      n.name[0] = '\0';
+    }
+  }
+}
+
+Status StoreImpl::Bind(std::string_view name, ObjectId id) {
+  if (read_only_) return PermissionDenied(Describe() + " was opened read-only");
+  Status st = CheckName(name);
+  if (!st.ok()) return st;
+  Lock();
+  uint32_t slot = Find(id);
+  NameEntry* free_entry = nullptr;
+  if (slot == kNone || objects_[slot].state != kSealed) {
+    st = NotFound("cannot bind '" + std::string(name) + "': object " + id.ToString() +
+                  " is not a sealed object of " + Describe());
+  }
+  for (uint32_t i = 0; st.ok() && i < geo_.max_names; ++i) {
+    if (NameIs(names_[i], name)) {
+      st = AlreadyExists("name '" + std::string(name) + "' is already bound in " + Describe());
+    } else if (names_[i].used != 1 && free_entry == nullptr) {
+      free_entry = &names_[i];
+    }
+  }
+  if (st.ok() && free_entry == nullptr) {
+    st = StoreFull(Describe() + " has all " + std::to_string(geo_.max_names) +
+                   " names bound; unbind some or raise max_names");
+  }
+  if (st.ok()) {
+    std::memset(free_entry->name, 0, sizeof(free_entry->name));
+    std::memcpy(free_entry->name, name.data(), name.size());
+    free_entry->id_hi = id.hi;
+    free_entry->id_lo = id.lo;
+    __atomic_store_n(&free_entry->used, 1u, __ATOMIC_RELEASE);
+  }
+  Unlock();
+  return st;
+}
+
+Result<ObjectId> StoreImpl::Lookup(std::string_view name) {
+  Status st = CheckName(name);
+  if (!st.ok()) return st;
+  if (!snapshot_) Lock();
+  Result<ObjectId> out = NotFound("no object is bound to '" + std::string(name) + "' in " +
+                                  Describe());
+  for (uint32_t i = 0; i < geo_.max_names; ++i) {
+    if (NameIs(names_[i], name)) {
+      out = ObjectId{names_[i].id_hi, names_[i].id_lo};
+      break;
+    }
+  }
+  if (!snapshot_) Unlock();
+  return out;
+}
+
+Status StoreImpl::Unbind(std::string_view name) {
+  if (read_only_) return PermissionDenied(Describe() + " was opened read-only");
+  Status st = CheckName(name);
+  if (!st.ok()) return st;
+  Lock();
+  st = NotFound("no object is bound to '" + std::string(name) + "' in " + Describe());
+  for (uint32_t i = 0; i < geo_.max_names; ++i) {
+    if (NameIs(names_[i], name)) {
+      names_[i].used = 0;
+      names_[i].name[0] = '\0';
+      st = Status::OK();
+      break;
+    }
+  }
+  Unlock();
+  return st;
+}
+
+Result<uint32_t> StoreImpl::ReclaimDead() {
+  if (snapshot_) return 0u;
+  Lock();
+  uint32_t n = ReapDeadLocked();
+  Unlock();
+  return n;
+}
+
+}  // namespace internal
+
+// ================================================================ handles
+
+ObjectView::ObjectView(ObjectView&& o) noexcept { *this = std::move(o); }
+
+ObjectView& ObjectView::operator=(ObjectView&& o) noexcept {
+  if (this != &o) {
+    if (impl_) (void)Release();
+    impl_ = std::move(o.impl_);
+    slot_ = o.slot_;
+    id_ = o.id_;
+    metadata_ = o.metadata_;
+    buffers_ = std::move(o.buffers_);
+    o.impl_.reset();
+    o.buffers_.clear();
+    o.metadata_ = {};
+  }
+  return *this;
+}
+
+ObjectView::~ObjectView() {
+  if (impl_) (void)Release();
+}
+
+std::span<const std::byte> ObjectView::buffer(size_t i) const {
+  if (i >= buffers_.size()) {
+    internal::DieWithMessage("ObjectView::buffer: index out of range");
+  }
+  return buffers_[i];
+}
+
+Status ObjectView::Release() {
+  if (!impl_) return InvalidArgument("this view was already released (or moved from)");
+  Status st = impl_->Release(*this);
+  impl_.reset();
+  buffers_.clear();
+  metadata_ = {};
+  return st;
+}
+
+ObjectBuilder::ObjectBuilder(ObjectBuilder&& o) noexcept { *this = std::move(o); }
+
+ObjectBuilder& ObjectBuilder::operator=(ObjectBuilder&& o) noexcept {
+  if (this != &o) {
+    if (impl_) (void)Abort();
+    impl_ = std::move(o.impl_);
+    slot_ = o.slot_;
+    id_ = o.id_;
+    extent_ = o.extent_;
+    metadata_ = o.metadata_;
+    buffers_ = std::move(o.buffers_);
+    o.impl_.reset();
+    o.buffers_.clear();
+    o.metadata_ = {};
+  }
+  return *this;
+}
+
+ObjectBuilder::~ObjectBuilder() {
+  if (impl_) (void)Abort();
+}
+
+std::span<std::byte> ObjectBuilder::buffer(size_t i) const {
+  if (i >= buffers_.size()) {
+    internal::DieWithMessage("ObjectBuilder::buffer: index out of range");
+  }
+  return buffers_[i];
+}
+
+Status ObjectBuilder::Seal() {
+  if (!impl_) return InvalidArgument("this object was already sealed or aborted");
+  Status st = impl_->Seal(*this);
+  if (!st.ok()) {
+    (void)impl_->Abort(*this);
+  }
+  impl_.reset();
+  return st;
+}
+
+Status ObjectBuilder::Abort() {
+  if (!impl_) return InvalidArgument("this object was already sealed or aborted");
+  Status st = impl_->Abort(*this);
+  impl_.reset();
+  buffers_.clear();
+  metadata_ = {};
+  return st;
+}
+
+Store::Store(std::shared_ptr<internal::StoreImpl> impl) : impl_(std::move(impl)) {}
+Store::Store(Store&&) noexcept = default;
+Store& Store::operator=(Store&& o) noexcept {
+  if (this != &o) {
+    if (impl_) impl_->UnlinkIfOwner();
+    impl_ = std::move(o.impl_);
+  }
+  return *this;
+}
+Store::~Store() {
+  if (impl_) impl_->UnlinkIfOwner();
+}
+
+Result<Store> Store::Create(std::string_view name, const StoreOptions& options) {
+  auto impl = internal::StoreImpl::Create(name, options);
+  if (!impl.ok()) return impl.status();
+  return Store(std::move(*impl));
+}
+
+Result<Store> Store::Open(std::string_view name, const OpenOptions& options) {
+  auto impl = internal::StoreImpl::Open(name, options);
+  if (!impl.ok()) return impl.status();
+  return Store(std::move(*impl));
+}
+
+Result<Store> Store::OpenFd(int fd, bool read_only) {
+  auto impl = internal::StoreImpl::OpenFd(fd, read_only);
+  if (!impl.ok()) return impl.status();
+  return Store(std::move(*impl));
+}
+
+Status Store::Remove(std::string_view name, const OpenOptions& options) {
+  std::string path = options.backing == Backing::kFile
+                         ? std::string(name)
+                         : internal::StoreImpl::SegmentPath(options.shm_dir, name);
+  Status st = internal::platform::RemoveFile(path);
+  if (st.code() == StatusCode::kNotFound) return NotFound("store '" + std::string(name) + "' does not exist");
+  return st;
+}
+
+Result<ObjectBuilder> Store::CreateObject(ObjectId id, size_t metadata_size,
+                                          std::span<const size_t> buffer_sizes) {
+  return impl_->CreateObject(id, metadata_size, buffer_sizes);
+}
+
+Status Store::Put(ObjectId id, std::span<const std::byte> metadata,
+                  std::span<const std::span<const std::byte>> buffers) {
+  std::vector<size_t> sizes;
+  sizes.reserve(buffers.size());
+  for (auto& b : buffers) sizes.push_back(b.size());
+  auto builder = impl_->CreateObject(id, metadata.size(), sizes);
+  if (!builder.ok()) return builder.status();
+  if (!metadata.empty()) std::memcpy(builder->metadata().data(), metadata.data(), metadata.size());
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    if (!buffers[i].empty()) {
+      std::memcpy(builder->buffer(i).data(), buffers[i].data(), buffers[i].size());
+    }
+  }
+  return builder->Seal();
+}
+
+Result<ObjectView> Store::Get(ObjectId id) const { return impl_->Get(id); }
+Status Store::Delete(ObjectId id) { return impl_->Delete(id); }
+bool Store::Contains(ObjectId id) const { return impl_->Contains(id); }
+Result<std::vector<ObjectInfo>> Store::List() const { return impl_->List(); }
+Result<StoreStats> Store::Stats() const { return impl_->Stats(); }
+Status Store::Verify(ObjectId id) const { return impl_->Verify(id); }
+
+Status Store::VerifyAll() const {
+  auto objects = impl_->List();
+  if (!objects.ok()) return objects.status();
+  for (const ObjectInfo& o : *objects) {
+    if (o.state != ObjectInfo::State::kSealed) continue;
+    Status st = impl_->Verify(o.id);
+    if (!st.ok() && st.code() != StatusCode::kNotFound) return st;  // NotFound: deleted meanwhile
+  }
+  return Status::OK();
+}
+
+Status Store::Bind(std::string_view name, ObjectId id) { return impl_->Bind(name, id); }
+Result<ObjectId> Store::Lookup(std::string_view name) const { return impl_->Lookup(name); }
+Status Store::Unbind(std::string_view name) { return impl_->Unbind(name); }
+Result<uint32_t> Store::ReclaimDead() { return impl_->ReclaimDead(); }
+const std::string& Store::name() const { return impl_->name(); }
+Backing Store::backing() const { return impl_->backing(); }
+bool Store::read_only() const { return impl_->read_only(); }
+int Store::fd() const { return impl_->fd(); }
+
+}  // namespace zcstore

@@ -1,0 +1,154 @@
+// StoreImpl: one process's handle on a store mapping. Shared (shared_ptr) by
+// the Store handle and every ObjectView/ObjectBuilder it made, so the mapping
+// and the client registration live until the last of them is gone.
+//
+// Trust: the geometry (table sizes, offsets) is read from the header once,
+// checked, and cached in members; after that only the cached copies are used,
+// so another process scribbling on the header cannot move our tables. Every
+// per-object offset and length read from shared memory is checked before use.
+#ifndef ZCSTORE_STORE_STORE_INTERNAL_H_
+#define ZCSTORE_STORE_STORE_INTERNAL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "store/layout_internal.h"
+#include "zcstore/store.h"
+
+namespace zcstore::internal {
+
+// The cached, checked shape of a store.
+struct Geometry {
+  uint64_t total_size = 0;
+  uint64_t objects_offset = 0, clients_offset = 0, pins_offset = 0, names_offset = 0;
+  uint64_t data_offset = 0, data_size = 0;
+  uint32_t max_objects = 0, max_clients = 0, max_pins = 0, max_names = 0;
+  uint32_t alignment = 0;
+  uint32_t flags = 0;
+
+  // Lays out the tables for the given limits and capacity. InvalidArgument if
+  // a limit is out of range or the sizes overflow.
+  static Result<Geometry> Plan(const StoreOptions& options);
+  // Reads and checks a header against `file_size`: magic, version, every
+  // table inside the file and in the order Plan puts them.
+  static Result<Geometry> FromHeader(const StoreHeader& h, uint64_t file_size,
+                                     const std::string& what);
+};
+
+class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
+ public:
+  static Result<std::shared_ptr<StoreImpl>> Create(std::string_view name,
+                                                   const StoreOptions& options);
+  static Result<std::shared_ptr<StoreImpl>> Open(std::string_view name,
+                                                 const OpenOptions& options);
+  static Result<std::shared_ptr<StoreImpl>> OpenFd(int fd, bool read_only);
+  ~StoreImpl();
+
+  Result<ObjectBuilder> CreateObject(ObjectId id, size_t metadata_size,
+                                     std::span<const size_t> buffer_sizes);
+  Status Seal(ObjectBuilder& builder);
+  Status Abort(ObjectBuilder& builder);
+  Result<ObjectView> Get(ObjectId id);
+  Status Release(ObjectView& view);
+  Status Delete(ObjectId id);
+  bool Contains(ObjectId id);
+  Result<std::vector<ObjectInfo>> List();
+  Result<StoreStats> Stats();
+  Status Verify(ObjectId id);
+  Status Bind(std::string_view name, ObjectId id);
+  Result<ObjectId> Lookup(std::string_view name);
+  Status Unbind(std::string_view name);
+  Result<uint32_t> ReclaimDead();
+
+  // Called by ~Store on the creating handle: unlinks a non-persistent
+  // shared-memory store's name if it still names this segment.
+  void UnlinkIfOwner();
+
+  const std::string& name() const { return name_; }
+  Backing backing() const { return backing_; }
+  bool read_only() const { return read_only_; }
+  int fd() const { return fd_; }
+
+  // Shared-memory path of store `name` in `dir` for the calling user.
+  static std::string SegmentPath(const std::string& dir, std::string_view name);
+  static std::string SegmentPrefix();
+  // True if the segment at `path` is a valid store whose every user died
+  // (and that is not persistent). Reads it with pread; maps nothing.
+  static bool IsAbandoned(const std::string& path);
+
+  // For tests: takes the store lock and never returns it (the caller is
+  // expected to be killed), to exercise lock-owner-death recovery.
+  void LockForever();
+
+ private:
+  StoreImpl() = default;
+
+  // --- set-up (store.cc) ---
+  Status MapAndCheck(int fd, bool control_writable, const std::string& what);
+  Status FinishOpen();  // registers this handle; run under the file lock
+  void InitializeHeader(const StoreOptions& options, Backing backing);
+
+  // --- table access: the caller holds the lock ---
+  void Lock();
+  void Unlock();
+  uint32_t Find(ObjectId id) const;        // slot of a live entry, or kNone
+  uint32_t FindInsertSlot(ObjectId id, bool* exists) const;
+  bool Allocate(uint64_t size, uint32_t slot);  // links slot into the extent list
+  uint64_t LargestFree() const;
+  void FreeSlot(uint32_t slot);
+  PinRecord* Pins(uint32_t client) const {
+    return pins_ + static_cast<uint64_t>(client) * geo_.max_pins;
+  }
+  Status PinLocked(uint32_t slot);
+  void UnpinLocked(uint32_t slot);
+  void ReleaseClientLocked(uint32_t client, bool dead);
+  uint32_t ReapDeadLocked();
+  void UnbindAllLocked(ObjectId id);
+  Status CheckExtent(uint32_t slot, const ObjectEntry& e) const;
+  Status ReadObject(uint32_t slot, ObjectId id, std::span<const std::byte>* metadata,
+                    std::vector<std::span<const std::byte>>* buffers,
+                    const ObjectHeader** header) const;
+  void SyncEntry(uint32_t slot);
+  std::string Describe() const;  // "store 'x'" for messages
+
+  // --- recovery (store_recovery.cc) ---
+  // Rebuilds every derived field from the primary ones after a process died
+  // inside the lock, or when the first process opens a store nobody uses.
+  void RecoverLocked();
+  bool AnyLiveClient() const;
+
+  friend class zcstore::Store;
+  friend class zcstore::ObjectView;
+  friend class zcstore::ObjectBuilder;
+
+  std::string name_;
+  std::string path_;  // empty for memfd
+  Backing backing_ = Backing::kSharedMemory;
+  bool read_only_ = false;
+  bool snapshot_ = false;  // read-only file: no lock, no pins
+  bool created_ = false;
+  bool persistent_ = false;
+  int fd_ = -1;
+  std::byte* base_ = nullptr;
+  uint64_t mapped_size_ = 0;
+  Geometry geo_;
+  StoreHeader* header_ = nullptr;
+  ObjectEntry* objects_ = nullptr;
+  ClientEntry* clients_ = nullptr;
+  PinRecord* pins_ = nullptr;
+  NameEntry* names_ = nullptr;
+  std::byte* data_ = nullptr;
+  uint32_t client_ = kNone;  // our ClientEntry, kNone for snapshots
+};
+
+// Hash of an id to its home slot.
+inline uint32_t HomeSlot(ObjectId id, uint32_t max_objects) {
+  uint64_t h = (id.hi ^ (id.lo * 0x9E3779B97F4A7C15ull));
+  h ^= h >> 29;
+  return static_cast<uint32_t>(h % max_objects);
+}
+
+}  // namespace zcstore::internal
+
+#endif  // ZCSTORE_STORE_STORE_INTERNAL_H_

@@ -1,0 +1,181 @@
+// Recovery: putting a store back in order after a process died at any
+// instruction, and sweeping away stores whose every user died.
+//
+// The object table's per-slot fields (id, state, offset, size, creator) and
+// the clients' pin records are the primary state; each is published by one
+// aligned store written last (state, count, used). Everything else is
+// derived: the extent list, `used`, and each object's `pins`. Recovery throws
+// the derived state away and rebuilds it from the primary state, dropping
+// whatever a dead process left half-done.
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "store/platform_internal.h"
+#include "store/store_internal.h"
+
+namespace zcstore {
+namespace internal {
+
+bool StoreImpl::AnyLiveClient() const {
+  for (uint32_t c = 0; c < geo_.max_clients; ++c) {
+    if (clients_[c].state == kClientLive && platform::IsAlive(clients_[c].process)) return true;
+  }
+  return false;
+}
+
+void StoreImpl::RecoverLocked() {
+  const uint32_t n = geo_.max_objects;
+  // 1. Clients: drop the dead (their pin records go with them) and any slot
+  //    in a state we do not know.
+  for (uint32_t c = 0; c < geo_.max_clients; ++c) {
+    ClientEntry& ce = clients_[c];
+    bool live = ce.state == kClientLive && (c == client_ || platform::IsAlive(ce.process));
+    if (!live) {
+      PinRecord* pins = Pins(c);
+      std::fill(pins, pins + geo_.max_pins, PinRecord{0, 0});
+      ce.state = kClientFree;
+    }
+  }
+  // 2. Objects: unsealed ones whose writer is gone can never be sealed;
+  //    unknown states and extents out of range are dropped.
+  for (uint32_t s = 0; s < n; ++s) {
+    ObjectEntry& e = objects_[s];
+    if (e.state > kDeleted) {
+      e.state = kTombstone;
+    } else if (e.state >= kUnsealed) {
+      bool writer_gone = e.state == kUnsealed &&
+                         (e.creator_client >= geo_.max_clients ||
+                          clients_[e.creator_client].state != kClientLive);
+      if (writer_gone || !CheckExtent(s, e).ok()) e.state = kTombstone;
+    }
+    e.pins = 0;
+  }
+  // 3. Pins: recount from the live clients' records.
+  for (uint32_t c = 0; c < geo_.max_clients; ++c) {
+    if (clients_[c].state != kClientLive) continue;
+    PinRecord* pins = Pins(c);
+    for (uint32_t i = 0; i < geo_.max_pins; ++i) {
+      PinRecord& r = pins[i];
+      if (r.count == 0) continue;
+      if (r.slot >= n || (objects_[r.slot].state != kSealed && objects_[r.slot].state != kDeleted)) {
+        r = PinRecord{0, 0};
+        continue;
+      }
+      objects_[r.slot].pins += r.count;
+    }
+  }
+  // 4. Deleted objects nobody pins any more are free.
+  for (uint32_t s = 0; s < n; ++s) {
+    if (objects_[s].state == kDeleted && objects_[s].pins == 0) objects_[s].state = kTombstone;
+  }
+  // 5. The extent list: live extents in offset order; an extent overlapping
+  //    its predecessor cannot be trusted and is dropped.
+  std::vector<uint32_t> live;
+  for (uint32_t s = 0; s < n; ++s) {
+    if (objects_[s].state >= kUnsealed && objects_[s].state <= kDeleted) live.push_back(s);
+  }
+  std::sort(live.begin(), live.end(),
+            [&](uint32_t a, uint32_t b) { return objects_[a].offset < objects_[b].offset; });
+  uint32_t prev = kNone;
+  uint64_t prev_end = 0, used = 0;
+  header_->extent_head = kNone;
+  for (uint32_t s : live) {
+    ObjectEntry& e = objects_[s];
+    if (e.offset < prev_end) {
+      e.state = kTombstone;
+      continue;
+    }
+    e.prev = prev;
+    e.next = kNone;
+    if (prev == kNone) header_->extent_head = s;
+    else objects_[prev].next = s;
+    prev = s;
+    prev_end = e.offset + e.size;
+    used += e.size;
+  }
+  header_->used = used;
+  // 6. Names: an entry must be NUL-terminated to be used.
+  for (uint32_t i = 0; i < geo_.max_names; ++i) {
+    NameEntry& ne = names_[i];
+    if (ne.used != 0 && (ne.used != 1 || strnlen(ne.name, sizeof(ne.name)) == sizeof(ne.name) ||
+                         ne.name[0] == '\0')) {
+      ne.used = 0;
+      ne.name[0] = '\0';
+    }
+  }
+  ++header_->epoch;
+}
+
+bool StoreImpl::IsAbandoned(const std::string& path) {
+  auto fd = platform::OpenFile(path, O_RDONLY, 0);
+  if (!fd.ok()) return false;
+  bool abandoned = false;
+  StoreHeader h;
+  auto size = platform::FileSize(*fd);
+  if (size.ok() && pread(*fd, &h, sizeof(h), 0) == static_cast<ssize_t>(sizeof(h))) {
+    auto geo = Geometry::FromHeader(h, *size, path);
+    if (geo.ok() && !(geo->flags & kFlagPersistent) && !platform::IsAlive(h.creator)) {
+      abandoned = true;
+      std::vector<ClientEntry> clients(geo->max_clients);
+      ssize_t want = static_cast<ssize_t>(clients.size() * sizeof(ClientEntry));
+      if (pread(*fd, clients.data(), want, static_cast<off_t>(geo->clients_offset)) != want) {
+        abandoned = false;
+      }
+      for (const ClientEntry& c : clients) {
+        if (c.state == kClientLive && platform::IsAlive(c.process)) abandoned = false;
+      }
+    }
+  }
+  platform::CloseFile(*fd);
+  return abandoned;
+}
+
+}  // namespace internal
+
+Result<std::vector<std::string>> Store::ListStores(const std::string& shm_dir) {
+  auto entries = internal::platform::ListDirectory(shm_dir);
+  if (!entries.ok()) return entries.status();
+  std::string prefix = internal::StoreImpl::SegmentPrefix();
+  std::vector<std::string> names;
+  for (const std::string& e : *entries) {
+    if (e.rfind(prefix, 0) == 0 && e.find(".init-") == std::string::npos) {
+      names.push_back(e.substr(prefix.size()));
+    }
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+Result<std::vector<std::string>> Store::CollectGarbage(const std::string& shm_dir) {
+  auto entries = internal::platform::ListDirectory(shm_dir);
+  if (!entries.ok()) return entries.status();
+  std::string prefix = internal::StoreImpl::SegmentPrefix();
+  std::vector<std::string> removed;
+  for (const std::string& e : *entries) {
+    if (e.rfind(prefix, 0) != 0) continue;
+    std::string path = shm_dir + "/" + e;
+    size_t temp = e.find(".init-");
+    bool remove = false;
+    if (temp != std::string::npos) {
+      // "<name>.init-<pid>-<random>": a store whose creator died mid-create.
+      pid_t pid = static_cast<pid_t>(std::strtol(e.c_str() + temp + 6, nullptr, 10));
+      remove = pid > 0 && kill(pid, 0) != 0 && errno == ESRCH;
+    } else {
+      remove = internal::StoreImpl::IsAbandoned(path);
+    }
+    if (remove && internal::platform::RemoveFile(path).ok()) {
+      removed.push_back(e.substr(prefix.size()));
+    }
+  }
+  std::sort(removed.begin(), removed.end());
+  return removed;
+}
+
+}  // namespace zcstore

@@ -1,0 +1,65 @@
+#include <gtest/gtest.h>
+
+#include <unordered_set>
+
+#include "zcstore/object_id.h"
+#include "zcstore/status.h"
+
+namespace zcstore {
+namespace {
+
+TEST(StatusTest, OkHasNoMessageAndErrorsKeepCodeAndMessage) {
+  Status ok;
+  EXPECT_TRUE(ok.ok());
+  EXPECT_EQ(ok.ToString(), "OK");
+  EXPECT_EQ(Status(StatusCode::kOk, "ignored").message(), "");
+  Status full = StoreFull("store 'x' is full");
+  EXPECT_FALSE(full.ok());
+  EXPECT_EQ(full.code(), StatusCode::kStoreFull);
+  EXPECT_EQ(full.ToString(), "StoreFull: store 'x' is full");
+  EXPECT_EQ(full.WithContext("put").message(), "put: store 'x' is full");
+  EXPECT_EQ(Status().WithContext("put"), Status());
+}
+
+TEST(StatusTest, CodesHaveStableNumbersAndNames) {
+  EXPECT_EQ(static_cast<int>(StatusCode::kIOError), 12);
+  EXPECT_EQ(StatusCodeName(StatusCode::kVersionMismatch), "VersionMismatch");
+  EXPECT_EQ(StatusCodeName(StatusCode::kWorkerCrashed), "WorkerCrashed");
+}
+
+TEST(ResultTest, HoldsValueOrStatus) {
+  Result<int> v = 7;
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(*v, 7);
+  Result<int> e = NotFound("nope");
+  EXPECT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), StatusCode::kNotFound);
+}
+
+TEST(ResultDeathTest, ValueOfErrorStopsWithTheStatus) {
+  Result<int> e = Corrupt("bad bytes");
+  EXPECT_DEATH((void)e.value(), "Corrupt: bad bytes");
+}
+
+TEST(ObjectIdTest, RoundTripsThroughHexAndRejectsGarbage) {
+  ObjectId id{0x0123456789abcdefull, 0xfedcba9876543210ull};
+  EXPECT_EQ(id.ToString(), "0123456789abcdeffedcba9876543210");
+  auto back = ObjectId::FromString("0123456789ABCDEFfedcba9876543210");
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, id);
+  EXPECT_EQ(ObjectId::FromString("123").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ObjectId::FromString(std::string(31, '0') + "g").status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST(ObjectIdTest, RandomIdsAreDistinctAndNeverNil) {
+  std::unordered_set<ObjectId> seen;
+  for (int i = 0; i < 1000; ++i) {
+    ObjectId id = ObjectId::Random();
+    EXPECT_FALSE(id.is_nil());
+    EXPECT_TRUE(seen.insert(id).second);
+  }
+}
+
+}  // namespace
+}  // namespace zcstore

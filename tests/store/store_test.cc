@@ -1,0 +1,495 @@
+// The store in one process: lifecycle, backings, limits, names, checksums.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include "tests/test_util.h"
+#include "zcstore/zcstore.h"
+
+namespace zcstore {
+namespace {
+
+using testing::FirstMismatch;
+using testing::Pattern;
+using testing::UniqueName;
+
+StoreOptions SmallOptions(uint64_t capacity = 8 << 20) {
+  StoreOptions o;
+  o.capacity = capacity;
+  o.max_objects = 64;
+  o.max_clients = 8;
+  o.max_pins_per_client = 32;
+  o.max_names = 8;
+  return o;
+}
+
+Store MakeStore(const StoreOptions& o = SmallOptions()) {
+  auto s = Store::Create(o.backing == Backing::kFile ? "" : UniqueName(), o);
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  return std::move(*s);
+}
+
+Status PutPattern(Store& s, ObjectId id, std::vector<size_t> sizes, std::string_view md = "meta") {
+  std::vector<std::vector<std::byte>> data;
+  std::vector<std::span<const std::byte>> spans;
+  for (size_t i = 0; i < sizes.size(); ++i) data.push_back(Pattern(id, i, sizes[i]));
+  for (auto& d : data) spans.emplace_back(d);
+  return s.Put(id, std::as_bytes(std::span(md)), spans);
+}
+
+TEST(StoreTest, PutThenGetReturnsEveryByte) {
+  Store s = MakeStore();
+  ObjectId id = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(s, id, {1000, 70000, 0}).ok());
+  auto v = s.Get(id);
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  ASSERT_EQ(v->num_buffers(), 3u);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(v->metadata().data()), v->metadata().size()),
+            "meta");
+  EXPECT_EQ(v->buffer(0).size(), 1000u);
+  EXPECT_EQ(v->buffer(1).size(), 70000u);
+  EXPECT_EQ(v->buffer(2).size(), 0u);
+  EXPECT_EQ(FirstMismatch(id, 0, v->buffer(0)), -1);
+  EXPECT_EQ(FirstMismatch(id, 1, v->buffer(1)), -1);
+  EXPECT_TRUE(s.Contains(id));
+  auto st = s.Stats();
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->objects, 1u);
+  EXPECT_EQ(st->pins, 1u);
+  EXPECT_EQ(st->clients, 1u);
+  // One extent: header, metadata, two buffers, rounded up to a page.
+  EXPECT_EQ(st->used, 73728u);
+}
+
+TEST(StoreTest, BuffersAreAlignedTo64BytesInShmAndPagesInFiles) {
+  Store s = MakeStore();
+  ObjectId id = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(s, id, {3, 5, 7}).ok());
+  auto v = s.Get(id);
+  ASSERT_TRUE(v.ok());
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(v->buffer(i).data()) % 64, 0u) << i;
+  }
+  testing::TempDir dir;
+  StoreOptions fo = SmallOptions();
+  fo.backing = Backing::kFile;
+  auto f = Store::Create(dir.path() + "/model.zcs", fo);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  ASSERT_TRUE(PutPattern(*f, id, {3, 5}).ok());
+  auto fv = f->Get(id);
+  ASSERT_TRUE(fv.ok());
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(fv->buffer(i).data()) % 4096, 0u) << i;
+  }
+}
+
+TEST(StoreTest, UnsealedObjectIsInvisibleUntilSealed) {
+  Store s = MakeStore();
+  ObjectId id = ObjectId::Random();
+  size_t sizes[] = {4096};
+  auto b = s.CreateObject(id, 8, sizes);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  std::memcpy(b->buffer(0).data(), Pattern(id, 0, 4096).data(), 4096);
+  std::memcpy(b->metadata().data(), "12345678", 8);
+  EXPECT_FALSE(s.Contains(id));
+  EXPECT_EQ(s.Get(id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(s.Stats()->unsealed, 1u);
+  ASSERT_TRUE(b->Seal().ok());
+  EXPECT_EQ(b->Seal().code(), StatusCode::kInvalidArgument);
+  auto v = s.Get(id);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(FirstMismatch(id, 0, v->buffer(0)), -1);
+  EXPECT_EQ(std::memcmp(v->metadata().data(), "12345678", 8), 0);
+}
+
+TEST(StoreTest, AbortAndDroppedBuilderReturnTheSpace) {
+  Store s = MakeStore();
+  size_t sizes[] = {1 << 20};
+  {
+    auto b = s.CreateObject(ObjectId::Random(), 0, sizes);
+    ASSERT_TRUE(b.ok());
+    EXPECT_GT(s.Stats()->used, 1u << 20);
+    ASSERT_TRUE(b->Abort().ok());
+    EXPECT_EQ(b->Abort().code(), StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(s.Stats()->used, 0u);
+  ObjectId id = ObjectId::Random();
+  {
+    auto b = s.CreateObject(id, 0, sizes);
+    ASSERT_TRUE(b.ok());
+  }  // destroyed unsealed: aborted
+  EXPECT_EQ(s.Stats()->used, 0u);
+  EXPECT_EQ(s.Get(id).status().code(), StatusCode::kNotFound);
+}
+
+TEST(StoreTest, DeleteIsDeferredWhilePinnedAndSpaceIsReusedAfter) {
+  Store s = MakeStore(SmallOptions(4 << 20));
+  ObjectId id = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(s, id, {3 << 20}).ok());
+  auto v = s.Get(id);
+  ASSERT_TRUE(v.ok());
+  uint64_t used = s.Stats()->used;
+  ASSERT_TRUE(s.Delete(id).ok());
+  EXPECT_FALSE(s.Contains(id));
+  EXPECT_EQ(s.Get(id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(s.Delete(id).code(), StatusCode::kNotFound);
+  auto st = s.Stats();
+  EXPECT_EQ(st->deleted_pinned, 1u);
+  EXPECT_EQ(st->used, used);
+  // The pinned bytes are intact, and the space is not handed out again.
+  EXPECT_EQ(FirstMismatch(id, 0, v->buffer(0)), -1);
+  EXPECT_EQ(PutPattern(s, ObjectId::Random(), {3 << 20}).code(), StatusCode::kStoreFull);
+  // The same id cannot be reused while the deleted object is pinned.
+  EXPECT_EQ(PutPattern(s, id, {10}).code(), StatusCode::kAlreadyExists);
+  ASSERT_TRUE(v->Release().ok());
+  EXPECT_EQ(s.Stats()->used, 0u);
+  EXPECT_TRUE(PutPattern(s, ObjectId::Random(), {3 << 20}).ok());
+}
+
+TEST(StoreTest, DoubleReleaseIsAnError) {
+  Store s = MakeStore();
+  ObjectId id = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(s, id, {10}).ok());
+  auto v = s.Get(id);
+  ASSERT_TRUE(v.ok());
+  EXPECT_TRUE(v->Release().ok());
+  EXPECT_EQ(v->Release().code(), StatusCode::kInvalidArgument);
+  EXPECT_FALSE(v->valid());
+  EXPECT_EQ(s.Stats()->pins, 0u);
+}
+
+TEST(StoreTest, RepeatedGetsOfOneObjectShareOnePinRecord) {
+  StoreOptions o = SmallOptions();
+  o.max_pins_per_client = 2;
+  Store s = MakeStore(o);
+  ObjectId a = ObjectId::Random(), b = ObjectId::Random(), c = ObjectId::Random();
+  for (ObjectId id : {a, b, c}) ASSERT_TRUE(PutPattern(s, id, {10}).ok());
+  std::vector<ObjectView> views;
+  for (int i = 0; i < 5; ++i) views.push_back(std::move(*s.Get(a)));
+  views.push_back(std::move(*s.Get(b)));
+  EXPECT_EQ(s.Stats()->pins, 6u);
+  auto third = s.Get(c);
+  EXPECT_EQ(third.status().code(), StatusCode::kStoreFull);
+  EXPECT_NE(third.status().message().find("max_pins_per_client"), std::string::npos);
+  views.clear();
+  EXPECT_TRUE(s.Get(c).ok());
+}
+
+TEST(StoreTest, ExistingIdAndNilIdAreRejected) {
+  Store s = MakeStore();
+  ObjectId id = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(s, id, {10}).ok());
+  EXPECT_EQ(PutPattern(s, id, {10}).code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(PutPattern(s, ObjectId{}, {10}).code(), StatusCode::kInvalidArgument);
+  auto v = s.Get(id);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(FirstMismatch(id, 0, v->buffer(0)), -1);
+}
+
+TEST(StoreTest, FullStoreSaysHowFullAndHarmsNothing) {
+  Store s = MakeStore(SmallOptions(1 << 20));
+  ObjectId keep = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(s, keep, {100000}).ok());
+  Status st = PutPattern(s, ObjectId::Random(), {2 << 20});
+  EXPECT_EQ(st.code(), StatusCode::kStoreFull);
+  EXPECT_NE(st.message().find("raise capacity or delete objects"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("of 1.0 MiB are used"), std::string::npos) << st.message();
+  auto v = s.Get(keep);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(FirstMismatch(keep, 0, v->buffer(0)), -1);
+  EXPECT_EQ(s.Stats()->objects, 1u);
+}
+
+TEST(StoreTest, FullObjectTableIsStoreFull) {
+  StoreOptions o = SmallOptions();
+  o.max_objects = 4;
+  Store s = MakeStore(o);
+  std::vector<ObjectId> ids;
+  for (int i = 0; i < 4; ++i) {
+    ids.push_back(ObjectId::Random());
+    ASSERT_TRUE(PutPattern(s, ids.back(), {100}).ok());
+  }
+  Status st = PutPattern(s, ObjectId::Random(), {100});
+  EXPECT_EQ(st.code(), StatusCode::kStoreFull);
+  EXPECT_NE(st.message().find("max_objects"), std::string::npos);
+  for (ObjectId id : ids) EXPECT_TRUE(s.Contains(id));
+  // Deleting frees a slot, and probing still finds every survivor.
+  ASSERT_TRUE(s.Delete(ids[1]).ok());
+  ObjectId fresh = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(s, fresh, {100}).ok());
+  for (ObjectId id : {ids[0], ids[2], ids[3], fresh}) EXPECT_TRUE(s.Contains(id));
+}
+
+TEST(StoreTest, FreeSpaceIsReusedAcrossManyPutsAndDeletes) {
+  Store s = MakeStore(SmallOptions(2 << 20));
+  std::vector<ObjectId> live;
+  for (int round = 0; round < 200; ++round) {
+    ObjectId id = ObjectId::Random();
+    Status st = PutPattern(s, id, {static_cast<size_t>(1000 + (round * 7919) % 300000)});
+    if (st.code() == StatusCode::kStoreFull) {
+      ASSERT_FALSE(live.empty());
+      ASSERT_TRUE(s.Delete(live.front()).ok());
+      live.erase(live.begin());
+      continue;
+    }
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    live.push_back(id);
+  }
+  for (ObjectId id : live) {
+    auto v = s.Get(id);
+    ASSERT_TRUE(v.ok());
+    EXPECT_EQ(FirstMismatch(id, 0, v->buffer(0)), -1);
+  }
+  for (ObjectId id : live) ASSERT_TRUE(s.Delete(id).ok());
+  auto st = s.Stats();
+  EXPECT_EQ(st->used, 0u);
+  EXPECT_EQ(st->largest_free, st->capacity);
+}
+
+TEST(StoreTest, NamesBindLookupAndUnbind) {
+  Store s = MakeStore();
+  ObjectId id = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(s, id, {10}).ok());
+  ASSERT_TRUE(s.Bind("model", id).ok());
+  EXPECT_EQ(s.Bind("model", id).code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(*s.Lookup("model"), id);
+  EXPECT_EQ(s.Lookup("other").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(s.Bind("x", ObjectId::Random()).code(), StatusCode::kNotFound);
+  EXPECT_EQ(s.Bind("", id).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.Bind(std::string(64, 'n'), id).code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(s.Unbind("model").ok());
+  EXPECT_EQ(s.Unbind("model").code(), StatusCode::kNotFound);
+  ASSERT_TRUE(s.Bind("again", id).ok());
+  ASSERT_TRUE(s.Delete(id).ok());
+  EXPECT_EQ(s.Lookup("again").status().code(), StatusCode::kNotFound);
+}
+
+TEST(StoreTest, ChecksumsVerifyWhenOnAndAreRefusedWhenOff) {
+  StoreOptions o = SmallOptions();
+  o.checksums = true;
+  Store s = MakeStore(o);
+  ObjectId id = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(s, id, {5000, 123}).ok());
+  EXPECT_TRUE(s.Verify(id).ok());
+  EXPECT_TRUE(s.VerifyAll().ok());
+  EXPECT_TRUE(s.List()->at(0).has_checksums);
+  Store plain = MakeStore();
+  ASSERT_TRUE(PutPattern(plain, id, {10}).ok());
+  EXPECT_EQ(plain.Verify(id).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(plain.Verify(ObjectId::Random()).code(), StatusCode::kNotFound);
+}
+
+TEST(StoreTest, ListReportsEveryObjectAndItsState) {
+  Store s = MakeStore();
+  ObjectId sealed = ObjectId::Random(), pinned = ObjectId::Random(), open = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(s, sealed, {100, 200}, "abc").ok());
+  ASSERT_TRUE(PutPattern(s, pinned, {10}).ok());
+  auto view = s.Get(pinned);
+  ASSERT_TRUE(s.Delete(pinned).ok());
+  size_t sizes[] = {10};
+  auto b = s.CreateObject(open, 0, sizes);
+  auto list = s.List();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 3u);
+  for (const ObjectInfo& o : *list) {
+    if (o.id == sealed) {
+      EXPECT_EQ(o.state, ObjectInfo::State::kSealed);
+      EXPECT_EQ(o.num_buffers, 2u);
+      EXPECT_EQ(o.data_bytes, 300u);
+      EXPECT_EQ(o.metadata_bytes, 3u);
+      EXPECT_GT(o.sealed_unix_ns, 0);
+    } else if (o.id == pinned) {
+      EXPECT_EQ(o.state, ObjectInfo::State::kDeletedPinned);
+      EXPECT_EQ(o.pins, 1u);
+    } else {
+      EXPECT_EQ(o.id, open);
+      EXPECT_EQ(o.state, ObjectInfo::State::kUnsealed);
+    }
+  }
+}
+
+TEST(StoreTest, FileStorePersistsAndReopensReadOnly) {
+  testing::TempDir dir;
+  std::string path = dir.path() + "/model.zcs";
+  StoreOptions o = SmallOptions();
+  o.backing = Backing::kFile;
+  ObjectId id = ObjectId::Random();
+  {
+    auto s = Store::Create(path, o);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    ASSERT_TRUE(PutPattern(*s, id, {50000, 3}).ok());
+    ASSERT_TRUE(s->Bind("weights", id).ok());
+    // One writer at a time: a second read-write handle is refused.
+    OpenOptions rw;
+    rw.backing = Backing::kFile;
+    auto second = Store::Open(path, rw);
+    EXPECT_EQ(second.status().code(), StatusCode::kIOError);
+  }
+  OpenOptions ro;
+  ro.backing = Backing::kFile;
+  ro.read_only = true;
+  auto s = Store::Open(path, ro);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_TRUE(s->read_only());
+  EXPECT_EQ(*s->Lookup("weights"), id);
+  auto v = s->Get(id);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(FirstMismatch(id, 0, v->buffer(0)), -1);
+  EXPECT_EQ(FirstMismatch(id, 1, v->buffer(1)), -1);
+  EXPECT_TRUE(s->VerifyAll().ok());  // file stores always have checksums
+  EXPECT_EQ(PutPattern(*s, ObjectId::Random(), {1}).code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(s->Delete(id).code(), StatusCode::kPermissionDenied);
+  // Many read-only handles at once are fine.
+  auto s2 = Store::Open(path, ro);
+  ASSERT_TRUE(s2.ok()) << s2.status().ToString();
+  EXPECT_TRUE(s2->Contains(id));
+}
+
+TEST(StoreTest, FileStoreReopensReadWriteAndKeepsObjects) {
+  testing::TempDir dir;
+  std::string path = dir.path() + "/m.zcs";
+  StoreOptions o = SmallOptions();
+  o.backing = Backing::kFile;
+  ObjectId a = ObjectId::Random(), b = ObjectId::Random();
+  {
+    auto s = Store::Create(path, o);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(PutPattern(*s, a, {9000}).ok());
+  }
+  OpenOptions rw;
+  rw.backing = Backing::kFile;
+  {
+    auto s = Store::Open(path, rw);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    ASSERT_TRUE(PutPattern(*s, b, {10}).ok());
+    EXPECT_EQ(s->Stats()->objects, 2u);
+    EXPECT_EQ(s->Stats()->clients, 1u);  // the first handle's record is gone
+  }
+  EXPECT_EQ(Store::Create(path, o).status().code(), StatusCode::kAlreadyExists);
+}
+
+TEST(StoreTest, MemfdStoreLeavesNothingInDevShm) {
+  StoreOptions o = SmallOptions();
+  o.backing = Backing::kMemfd;
+  auto s = Store::Create("pool", o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  // The store is an anonymous memory file, not a file in /dev/shm.
+  char link[256] = {};
+  ASSERT_GT(readlink(("/proc/self/fd/" + std::to_string(s->fd())).c_str(), link, sizeof(link) - 1), 0);
+  EXPECT_EQ(std::string(link).rfind("/memfd:zcstore:pool", 0), 0u) << link;
+  ObjectId id = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(*s, id, {4096}).ok());
+  auto other = Store::OpenFd(s->fd());
+  ASSERT_TRUE(other.ok()) << other.status().ToString();
+  auto v = other->Get(id);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(FirstMismatch(id, 0, v->buffer(0)), -1);
+  EXPECT_EQ(s->Stats()->clients, 2u);
+  int not_a_store = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  EXPECT_EQ(Store::OpenFd(not_a_store).status().code(), StatusCode::kCorrupt);
+  close(not_a_store);
+}
+
+TEST(StoreTest, SegmentModeIgnoresUmask) {
+  mode_t old = umask(0);
+  StoreOptions o = SmallOptions();
+  {
+    Store s = MakeStore(o);
+    struct stat st;
+    ASSERT_EQ(stat(("/dev/shm/zcstore." + std::to_string(getuid()) + "." + s.name()).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+  }
+  umask(0077);
+  o.mode = 0640;
+  {
+    Store s = MakeStore(o);
+    struct stat st;
+    ASSERT_EQ(stat(("/dev/shm/zcstore." + std::to_string(getuid()) + "." + s.name()).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0640u);
+  }
+  umask(old);
+}
+
+TEST(StoreTest, NonPersistentStoreGoesWithItsCreatorPersistentOneStays) {
+  std::string name = UniqueName();
+  OpenOptions open;
+  {
+    auto s = Store::Create(name, SmallOptions());
+    ASSERT_TRUE(s.ok());
+    auto reader = Store::Open(name);
+    ASSERT_TRUE(reader.ok());
+    EXPECT_EQ(Store::Create(name, SmallOptions()).status().code(), StatusCode::kAlreadyExists);
+  }
+  EXPECT_EQ(Store::Open(name).status().code(), StatusCode::kNotFound);
+  StoreOptions p = SmallOptions();
+  p.persistent = true;
+  ObjectId id = ObjectId::Random();
+  {
+    auto s = Store::Create(name, p);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(PutPattern(*s, id, {10}).ok());
+  }
+  {
+    auto again = Store::Open(name);
+    ASSERT_TRUE(again.ok());
+    EXPECT_TRUE(again->Contains(id));
+  }
+  auto names = Store::ListStores();
+  ASSERT_TRUE(names.ok());
+  EXPECT_NE(std::find(names->begin(), names->end(), name), names->end());
+  EXPECT_TRUE(Store::Remove(name).ok());
+  EXPECT_EQ(Store::Remove(name).code(), StatusCode::kNotFound);
+}
+
+TEST(StoreTest, ViewOutlivesItsStoreHandle) {
+  ObjectId id = ObjectId::Random();
+  ObjectView v;
+  {
+    Store s = MakeStore();
+    ASSERT_TRUE(PutPattern(s, id, {20000}).ok());
+    v = std::move(*s.Get(id));
+  }
+  EXPECT_EQ(FirstMismatch(id, 0, v.buffer(0)), -1);
+  EXPECT_TRUE(v.Release().ok());
+}
+
+TEST(StoreTest, ThreadsShareOneHandle) {
+  Store s = MakeStore(SmallOptions(16 << 20));
+  std::atomic<int> failures{0};
+  auto work = [&](int seed) {
+    for (int i = 0; i < 200; ++i) {
+      ObjectId id = ObjectId::Random();
+      if (!PutPattern(s, id, {static_cast<size_t>(100 + (seed * 31 + i * 17) % 20000)}).ok()) {
+        ++failures;
+        continue;
+      }
+      auto v = s.Get(id);
+      if (!v.ok() || FirstMismatch(id, 0, v->buffer(0)) != -1) ++failures;
+      v = Status(StatusCode::kCancelled, "drop the view");
+      if (!s.Delete(id).ok()) ++failures;
+    }
+  };
+  std::thread a(work, 1), b(work, 2);
+  a.join();
+  b.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(s.Stats()->used, 0u);
+}
+
+TEST(StoreTest, ObjectWithNoBuffersAndNoMetadata) {
+  Store s = MakeStore();
+  ObjectId id = ObjectId::Random();
+  ASSERT_TRUE(s.Put(id, {}, {}).ok());
+  auto v = s.Get(id);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->num_buffers(), 0u);
+  EXPECT_EQ(v->metadata().size(), 0u);
+}
+
+}  // namespace
+}  // namespace zcstore

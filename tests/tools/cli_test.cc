@@ -1,0 +1,152 @@
+// The zcstore command-line tool, run as a real process.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "store/layout_internal.h"
+#include "tests/test_util.h"
+#include "zcstore/zcstore.h"
+
+namespace zcstore {
+namespace {
+
+struct CliRun {
+  int exit_code;
+  std::string output;  // stdout and stderr together
+};
+
+CliRun Cli(const std::string& args) {
+  std::string cmd = std::string(ZCSTORE_CLI) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+bool Has(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+ObjectId PutPattern(Store& s, size_t size) {
+  ObjectId id = ObjectId::Random();
+  auto b = testing::Pattern(id, 0, size);
+  std::span<const std::byte> bufs[] = {b};
+  EXPECT_TRUE(s.Put(id, {}, bufs).ok());
+  return id;
+}
+
+TEST(CliTest, HelpForTheToolAndEachCommand) {
+  CliRun r = Cli("--help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* c : {"list", "stat", "inspect", "verify", "gc", "rm"}) {
+    EXPECT_TRUE(Has(r.output, std::string("  ") + c)) << c;
+    CliRun h = Cli(std::string(c) + " --help");
+    EXPECT_EQ(h.exit_code, 0) << c;
+    EXPECT_TRUE(Has(h.output, std::string("usage: zcstore ") + c)) << h.output;
+  }
+  EXPECT_EQ(Cli("frobnicate").exit_code, 2);
+  EXPECT_EQ(Cli("stat").exit_code, 2);
+  EXPECT_EQ(Cli("").exit_code, 2);
+}
+
+TEST(CliTest, ListStatAndInspectAStore) {
+  std::string name = testing::UniqueName();
+  StoreOptions o;
+  o.capacity = 4 << 20;
+  o.checksums = true;
+  auto s = Store::Create(name, o);
+  ASSERT_TRUE(s.ok());
+  ObjectId a = PutPattern(*s, 100000), b = PutPattern(*s, 10);
+  ASSERT_TRUE(s->Bind("weights", a).ok());
+  auto view = s->Get(b);  // one pin, visible in the listing
+
+  CliRun list = Cli("list");
+  EXPECT_EQ(list.exit_code, 0) << list.output;
+  EXPECT_TRUE(Has(list.output, name + ": 2 objects")) << list.output;
+  EXPECT_TRUE(Has(list.output, a.ToString())) << list.output;
+  EXPECT_TRUE(Has(list.output, "97.7 KiB")) << list.output;
+
+  CliRun stat = Cli("stat " + name);
+  EXPECT_EQ(stat.exit_code, 0);
+  EXPECT_TRUE(Has(stat.output, "2 sealed, 0 unsealed")) << stat.output;
+  EXPECT_TRUE(Has(stat.output, "pins:            1")) << stat.output;
+
+  CliRun by_id = Cli("inspect " + name + " " + a.ToString());
+  EXPECT_EQ(by_id.exit_code, 0) << by_id.output;
+  EXPECT_TRUE(Has(by_id.output, "[0] 100000 bytes")) << by_id.output;
+  EXPECT_TRUE(Has(by_id.output, "checksums: ok")) << by_id.output;
+  CliRun by_name = Cli("inspect " + name + " weights");
+  EXPECT_EQ(by_name.output, by_id.output);
+  CliRun missing = Cli("inspect " + name + " nothing");
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_TRUE(Has(missing.output, "NotFound")) << missing.output;
+  EXPECT_EQ(Cli("stat no-such-store-" + name).exit_code, 1);
+}
+
+TEST(CliTest, VerifyPassesThenNamesTheCorruptObjectAndBuffer) {
+  testing::TempDir dir;
+  std::string path = dir.path() + "/m.zcs";
+  ObjectId a, b;
+  {
+    StoreOptions o;
+    o.backing = Backing::kFile;
+    o.capacity = 4 << 20;
+    auto s = Store::Create(path, o);
+    ASSERT_TRUE(s.ok());
+    a = PutPattern(*s, 50000);
+    b = PutPattern(*s, 70000);
+  }
+  CliRun ok = Cli("verify " + path);
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_TRUE(Has(ok.output, "2 objects verified")) << ok.output;
+  // Flip one byte inside b's only buffer, found by its contents.
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto pattern = testing::Pattern(b, 0, 64);
+  size_t at = bytes.find(std::string(reinterpret_cast<const char*>(pattern.data()), 64));
+  ASSERT_NE(at, std::string::npos);
+  f.seekp(static_cast<std::streamoff>(at + 10));
+  f.put(static_cast<char>(bytes[at + 10] ^ 0x40));
+  f.close();
+  CliRun bad = Cli("verify " + path);
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_TRUE(Has(bad.output, b.ToString())) << bad.output;
+  EXPECT_TRUE(Has(bad.output, "buffer 0 checksum mismatch")) << bad.output;
+  EXPECT_TRUE(Has(Cli("verify " + dir.path() + "/none.zcs").output, "NotFound"));
+}
+
+TEST(CliTest, GcRemovesAbandonedStoresAndRmRemovesByName) {
+  std::string dead = testing::UniqueName();
+  {
+    auto c = testing::Child::Helper({"create-and-hang", dead});
+    ASSERT_EQ(c.ReadLine(), "created");
+    c.Kill(SIGKILL);
+    c.Wait();
+  }
+  CliRun gc = Cli("gc");
+  EXPECT_EQ(gc.exit_code, 0);
+  EXPECT_TRUE(Has(gc.output, "removed " + dead)) << gc.output;
+  EXPECT_EQ(Store::Open(dead).status().code(), StatusCode::kNotFound);
+
+  std::string kept = testing::UniqueName();
+  StoreOptions o;
+  o.capacity = 1 << 20;
+  o.persistent = true;
+  { ASSERT_TRUE(Store::Create(kept, o).ok()); }
+  EXPECT_FALSE(Has(Cli("gc").output, kept));  // persistent: not garbage
+  CliRun rm = Cli("rm " + kept);
+  EXPECT_EQ(rm.exit_code, 0) << rm.output;
+  EXPECT_EQ(Store::Open(kept).status().code(), StatusCode::kNotFound);
+  CliRun again = Cli("rm " + kept);
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_TRUE(Has(again.output, "NotFound")) << again.output;
+}
+
+}  // namespace
+}  // namespace zcstore

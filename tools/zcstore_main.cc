@@ -1,0 +1,265 @@
+// zcstore: look at, check and clean up stores from the command line.
+//
+// A STORE argument containing '/' or ending in ".zcs" is a file store's path;
+// anything else names a shared-memory store of the calling user.
+// Exit status: 0 success, 1 an operation failed (the reason on stderr),
+// 2 wrong usage.
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "zcstore/zcstore.h"
+
+namespace {
+
+using namespace zcstore;
+
+struct Command {
+  const char* usage;
+  const char* help;
+  int (*run)(const std::vector<std::string>& args, const std::string& shm_dir);
+  size_t min_args, max_args;
+};
+
+int Fail(const Status& st) {
+  std::fprintf(stderr, "zcstore: %s\n", st.ToString().c_str());
+  return 1;
+}
+
+bool IsFilePath(const std::string& s) {
+  return s.find('/') != std::string::npos ||
+         (s.size() > 4 && s.compare(s.size() - 4, 4, ".zcs") == 0);
+}
+
+Result<Store> OpenForReading(const std::string& target, const std::string& shm_dir) {
+  OpenOptions o;
+  o.read_only = true;
+  o.shm_dir = shm_dir;
+  o.backing = IsFilePath(target) ? Backing::kFile : Backing::kSharedMemory;
+  return Store::Open(target, o);
+}
+
+std::string HumanBytes(uint64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+std::string Age(int64_t sealed_unix_ns) {
+  if (sealed_unix_ns == 0) return "-";
+  timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  double s = (now.tv_sec * 1e9 + now.tv_nsec - static_cast<double>(sealed_unix_ns)) / 1e9;
+  char buf[32];
+  if (s < 120) std::snprintf(buf, sizeof(buf), "%.0fs", s);
+  else if (s < 7200) std::snprintf(buf, sizeof(buf), "%.0fm", s / 60);
+  else std::snprintf(buf, sizeof(buf), "%.1fh", s / 3600);
+  return buf;
+}
+
+const char* StateName(ObjectInfo::State s) {
+  switch (s) {
+    case ObjectInfo::State::kUnsealed: return "unsealed";
+    case ObjectInfo::State::kSealed: return "sealed";
+    case ObjectInfo::State::kDeletedPinned: return "deleted";
+  }
+  return "?";
+}
+
+void PrintObjects(const std::vector<ObjectInfo>& objects) {
+  std::printf("  %-32s  %-8s  %10s  %7s  %4s  %5s\n", "ID", "STATE", "SIZE", "BUFFERS", "PINS",
+              "AGE");
+  for (const ObjectInfo& o : objects) {
+    std::printf("  %-32s  %-8s  %10s  %7u  %4u  %5s\n", o.id.ToString().c_str(),
+                StateName(o.state), HumanBytes(o.metadata_bytes + o.data_bytes).c_str(),
+                o.num_buffers, o.pins, Age(o.sealed_unix_ns).c_str());
+  }
+}
+
+int PrintStore(const std::string& target, const std::string& shm_dir, bool objects) {
+  auto s = OpenForReading(target, shm_dir);
+  if (!s.ok()) return Fail(s.status());
+  auto st = s->Stats();
+  if (!st.ok()) return Fail(st.status());
+  std::printf("%s: %u objects, %s of %s used, %u handles open\n", target.c_str(), st->objects,
+              HumanBytes(st->used).c_str(), HumanBytes(st->capacity).c_str(),
+              // Do not count our own handle.
+              st->clients > 0 && s->backing() != Backing::kFile ? st->clients - 1 : st->clients);
+  if (objects) {
+    auto list = s->List();
+    if (!list.ok()) return Fail(list.status());
+    PrintObjects(*list);
+  }
+  return 0;
+}
+
+int List(const std::vector<std::string>&, const std::string& shm_dir) {
+  auto names = Store::ListStores(shm_dir);
+  if (!names.ok()) return Fail(names.status());
+  if (names->empty()) std::printf("no stores in %s\n", shm_dir.c_str());
+  int rc = 0;
+  for (const std::string& n : *names) rc |= PrintStore(n, shm_dir, true);
+  return rc;
+}
+
+int Stat(const std::vector<std::string>& a, const std::string& shm_dir) {
+  auto s = OpenForReading(a[0], shm_dir);
+  if (!s.ok()) return Fail(s.status());
+  auto st = s->Stats();
+  if (!st.ok()) return Fail(st.status());
+  std::printf("store:           %s\n", a[0].c_str());
+  std::printf("backing:         %s\n", s->backing() == Backing::kFile ? "file" : "shared memory");
+  std::printf("capacity:        %llu (%s)\n", static_cast<unsigned long long>(st->capacity),
+              HumanBytes(st->capacity).c_str());
+  std::printf("used:            %llu (%s)\n", static_cast<unsigned long long>(st->used),
+              HumanBytes(st->used).c_str());
+  std::printf("largest free:    %llu\n", static_cast<unsigned long long>(st->largest_free));
+  std::printf("objects:         %u sealed, %u unsealed, %u deleted but pinned (max %u)\n",
+              st->objects, st->unsealed, st->deleted_pinned, st->max_objects);
+  std::printf("pins:            %llu\n", static_cast<unsigned long long>(st->pins));
+  std::printf("handles:         %u (max %u)\n", st->clients, st->max_clients);
+  std::printf("names:           %u\n", st->names);
+  return 0;
+}
+
+int Inspect(const std::vector<std::string>& a, const std::string& shm_dir) {
+  auto s = OpenForReading(a[0], shm_dir);
+  if (!s.ok()) return Fail(s.status());
+  auto id = ObjectId::FromString(a[1]);
+  if (!id.ok()) {
+    auto named = s->Lookup(a[1]);
+    if (!named.ok()) return Fail(NotFound("'" + a[1] + "' is neither an object id nor a name"));
+    id = *named;
+  }
+  auto v = s->Get(*id);
+  if (!v.ok()) return Fail(v.status());
+  std::printf("object:    %s\n", id->ToString().c_str());
+  std::printf("metadata:  %zu bytes\n", v->metadata().size());
+  std::printf("buffers:   %zu\n", v->num_buffers());
+  for (size_t i = 0; i < v->num_buffers(); ++i) {
+    std::printf("  [%zu] %zu bytes (%s)\n", i, v->buffer(i).size(),
+                HumanBytes(v->buffer(i).size()).c_str());
+  }
+  Status verified = s->Verify(*id);
+  std::printf("checksums: %s\n", verified.ok() ? "ok"
+                                 : verified.code() == StatusCode::kInvalidArgument
+                                     ? "none"
+                                     : verified.message().c_str());
+  return verified.ok() || verified.code() == StatusCode::kInvalidArgument ? 0 : 1;
+}
+
+int Verify(const std::vector<std::string>& a, const std::string& shm_dir) {
+  auto s = OpenForReading(a[0], shm_dir);
+  if (!s.ok()) return Fail(s.status());
+  auto list = s->List();
+  if (!list.ok()) return Fail(list.status());
+  size_t checked = 0;
+  for (const ObjectInfo& o : *list) {
+    if (o.state != ObjectInfo::State::kSealed) continue;
+    Status st = s->Verify(o.id);
+    if (st.code() == StatusCode::kInvalidArgument) continue;  // sealed without checksums
+    if (!st.ok()) return Fail(st);
+    ++checked;
+  }
+  std::printf("%s: %zu objects verified, every checksum matches\n", a[0].c_str(), checked);
+  return 0;
+}
+
+int Gc(const std::vector<std::string>&, const std::string& shm_dir) {
+  auto removed = Store::CollectGarbage(shm_dir);
+  if (!removed.ok()) return Fail(removed.status());
+  for (const std::string& n : *removed) std::printf("removed %s\n", n.c_str());
+  std::printf("%zu abandoned store%s removed\n", removed->size(), removed->size() == 1 ? "" : "s");
+  return 0;
+}
+
+int Rm(const std::vector<std::string>& a, const std::string& shm_dir) {
+  int rc = 0;
+  for (const std::string& name : a) {
+    OpenOptions o;
+    o.shm_dir = shm_dir;
+    o.backing = IsFilePath(name) ? Backing::kFile : Backing::kSharedMemory;
+    Status st = Store::Remove(name, o);
+    if (!st.ok()) rc = Fail(st);
+    else std::printf("removed %s\n", name.c_str());
+  }
+  return rc;
+}
+
+const std::map<std::string, Command>& Commands() {
+  static const std::map<std::string, Command> commands = {
+      {"list", {"list", "List this user's shared-memory stores and their objects (size, pins, age).",
+                List, 0, 0}},
+      {"stat", {"stat STORE", "Show a store's capacity, use, objects, pins and handles.", Stat, 1,
+                1}},
+      {"inspect", {"inspect STORE ID|NAME",
+                   "Show one object: metadata size, each buffer's size, its checksums.", Inspect,
+                   2, 2}},
+      {"verify", {"verify STORE",
+                  "Check every checksum of every object; exit 1 on the first mismatch, naming "
+                  "the object and buffer.",
+                  Verify, 1, 1}},
+      {"gc", {"gc", "Remove shared-memory stores whose every user has died; say what was removed.",
+              Gc, 0, 0}},
+      {"rm", {"rm STORE...", "Remove stores by name (or path). Processes using them keep working.",
+              Rm, 1, 64}},
+  };
+  return commands;
+}
+
+void Usage(FILE* out) {
+  std::fprintf(out,
+               "usage: zcstore [--shm-dir DIR] COMMAND [ARGS]\n\n"
+               "STORE is a shared-memory store's name, or a file store's path (containing '/'\n"
+               "or ending in .zcs).\n\ncommands:\n");
+  for (auto& [name, c] : Commands()) std::fprintf(out, "  %-24s %s\n", c.usage, c.help);
+  std::fprintf(out, "\n'zcstore COMMAND --help' describes one command. zcstore %s\n",
+               ZCSTORE_VERSION_STRING);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string shm_dir = "/dev/shm";
+  if (args.size() >= 2 && args[0] == "--shm-dir") {
+    shm_dir = args[1];
+    args.erase(args.begin(), args.begin() + 2);
+  }
+  if (args.empty()) {
+    Usage(stderr);
+    return 2;
+  }
+  if (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    Usage(stdout);
+    return 0;
+  }
+  auto it = Commands().find(args[0]);
+  if (it == Commands().end()) {
+    std::fprintf(stderr, "zcstore: unknown command '%s'\n\n", args[0].c_str());
+    Usage(stderr);
+    return 2;
+  }
+  const Command& c = it->second;
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (!rest.empty() && (rest[0] == "--help" || rest[0] == "-h")) {
+    std::printf("usage: zcstore %s\n\n%s\n", c.usage, c.help);
+    return 0;
+  }
+  if (rest.size() < c.min_args || rest.size() > c.max_args) {
+    std::fprintf(stderr, "usage: zcstore %s\n", c.usage);
+    return 2;
+  }
+  return c.run(rest, shm_dir);
+}
