@@ -32,7 +32,8 @@ deps:
 	fi
 
 configure: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZCSTORE_SANITIZE=$(SANITIZE) >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZCSTORE_SANITIZE=$(SANITIZE) \
+	  -DZCSTORE_BUILD_TESTS=ON -DZCSTORE_BUILD_BENCHMARKS=ON -DZCSTORE_BUILD_EXAMPLES=ON >/dev/null
 
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)

@@ -77,7 +77,7 @@ struct alignas(64) StoreHeader {
   alignas(64) pthread_mutex_t mutex;  // robust, process-shared
   uint8_t mutex_pad[64 - sizeof(pthread_mutex_t)];
   uint32_t extent_head;      // first ObjectEntry in data-offset order, or kNone
-  uint32_t reserved2;
+  uint32_t names_bound;      // derived: NameEntries in use (Delete skips the scan at 0)
   uint64_t used;             // bytes of live extents (derived; rebuilt on recovery)
   uint64_t epoch;            // +1 per recovery, for diagnostics
   uint8_t reserved3[4096 - 256 - 24];

@@ -45,8 +45,9 @@ Status RenameNoReplace(const std::string& from, const std::string& to);
 Status RemoveFile(const std::string& path);
 Result<std::vector<std::string>> ListDirectory(const std::string& dir);
 
-// mmap(MAP_SHARED) of the whole file; `writable` adds PROT_WRITE.
-Result<std::byte*> MapFile(int fd, uint64_t size, bool writable);
+// mmap(MAP_SHARED) of `size` bytes of the file from `offset` (a multiple of
+// the page size); `writable` adds PROT_WRITE.
+Result<std::byte*> MapFile(int fd, uint64_t size, bool writable, uint64_t offset = 0);
 void Unmap(std::byte* addr, uint64_t size);
 // mprotect of a page-aligned range.
 Status Protect(std::byte* addr, uint64_t size, bool writable);

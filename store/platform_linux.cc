@@ -172,9 +172,9 @@ Result<std::vector<std::string>> ListDirectory(const std::string& dir) {
   return names;
 }
 
-Result<std::byte*> MapFile(int fd, uint64_t size, bool writable) {
+Result<std::byte*> MapFile(int fd, uint64_t size, bool writable, uint64_t offset) {
   int prot = PROT_READ | (writable ? PROT_WRITE : 0);
-  void* p = mmap(nullptr, size, prot, MAP_SHARED, fd, 0);
+  void* p = mmap(nullptr, size, prot, MAP_SHARED, fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) return ErrnoStatus(errno, "mmap of " + std::to_string(size) + " bytes");
   return static_cast<std::byte*>(p);
 }

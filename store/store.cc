@@ -45,6 +45,12 @@ struct ExtentPlan {
   uint64_t extent_size = 0;
 };
 
+// Buffers of this size or more start on a page: a large memcpy whose
+// destination sits a few bytes past its source's page offset runs at a third
+// of full speed with glibc (measured here: 3.5 vs 12 GB/s), and sources are
+// usually page-aligned or malloc's +16.
+constexpr uint64_t kPageAlignFrom = 64 << 10;
+
 Result<ExtentPlan> PlanExtent(size_t metadata_size, std::span<const size_t> sizes,
                               uint64_t alignment) {
   ExtentPlan plan;
@@ -55,7 +61,7 @@ Result<ExtentPlan> PlanExtent(size_t metadata_size, std::span<const size_t> size
   }
   plan.buffer_offsets.reserve(sizes.size());
   for (size_t s : sizes) {
-    uint64_t off = AlignUp(end, alignment);
+    uint64_t off = AlignUp(end, s >= kPageAlignFrom ? kPageSize : alignment);
     if (off < end || AddOverflows(off, s, &end)) return InvalidArgument("buffer sizes overflow");
     plan.buffer_offsets.push_back(off);
   }
@@ -175,6 +181,7 @@ void StoreImpl::InitializeHeader(const StoreOptions& options, Backing backing) {
   h->created_unix_ns = platform::UnixNanos();
   h->creator = platform::SelfStamp();
   h->extent_head = kNone;
+  h->names_bound = 0;
   h->used = 0;
   h->epoch = 0;
   (void)options;
@@ -246,6 +253,9 @@ Status StoreImpl::FinishOpen() {
   }
   PinRecord* pins = Pins(slot);
   std::fill(pins, pins + geo_.max_pins, PinRecord{0, 0});
+  pin_of_slot_.assign(geo_.max_objects, 0);
+  free_records_.resize(geo_.max_pins);
+  for (uint32_t i = 0; i < geo_.max_pins; ++i) free_records_[i] = geo_.max_pins - 1 - i;
   clients_[slot].process = platform::SelfStamp();
   __atomic_store_n(&clients_[slot].state, kClientLive, __ATOMIC_RELEASE);
   client_ = slot;
@@ -413,6 +423,7 @@ StoreImpl::~StoreImpl() {
     Unlock();
     if (backing_ == Backing::kFile) (void)platform::SyncRange(base_, geo_.data_offset);
   }
+  platform::Unmap(write_data_, geo_.data_size);
   platform::Unmap(base_, mapped_size_);
   platform::CloseFile(fd_);  // also drops any file lock
 }
@@ -537,38 +548,37 @@ void StoreImpl::FreeSlot(uint32_t slot) {
 
 Status StoreImpl::PinLocked(uint32_t slot) {
   PinRecord* pins = Pins(client_);
-  PinRecord* free_record = nullptr;
-  for (uint32_t i = 0; i < geo_.max_pins; ++i) {
-    if (pins[i].count == 0) {
-      if (free_record == nullptr) free_record = &pins[i];
-    } else if (pins[i].slot == slot) {
-      ++pins[i].count;
-      ++objects_[slot].pins;
-      return Status::OK();
-    }
+  if (uint32_t r = pin_of_slot_[slot]; r != 0 && pins[r - 1].slot == slot && pins[r - 1].count) {
+    ++pins[r - 1].count;
+    ++objects_[slot].pins;
+    return Status::OK();
   }
-  if (free_record == nullptr) {
+  if (free_records_.empty()) {
     return StoreFull("this handle already pins " + std::to_string(geo_.max_pins) +
                      " objects of " + Describe() +
                      " (max_pins_per_client); release some views first");
   }
-  free_record->slot = slot;  // slot first: count != 0 publishes the record
-  free_record->count = 1;
+  uint32_t r = free_records_.back();
+  free_records_.pop_back();
+  pins[r].slot = slot;  // slot first: count != 0 publishes the record
+  __atomic_store_n(&pins[r].count, 1u, __ATOMIC_RELEASE);
+  pin_of_slot_[slot] = r + 1;
   ++objects_[slot].pins;
   return Status::OK();
 }
 
 void StoreImpl::UnpinLocked(uint32_t slot) {
   PinRecord* pins = Pins(client_);
-  for (uint32_t i = 0; i < geo_.max_pins; ++i) {
-    if (pins[i].count != 0 && pins[i].slot == slot) {
-      --pins[i].count;
-      ObjectEntry& e = objects_[slot];
-      if (e.pins > 0) --e.pins;
-      if (e.pins == 0 && e.state == kDeleted) FreeSlot(slot);
-      return;
-    }
+  uint32_t r = pin_of_slot_[slot];
+  if (r == 0 || pins[r - 1].slot != slot || pins[r - 1].count == 0) return;  // not ours
+  PinRecord& rec = pins[r - 1];
+  if (--rec.count == 0) {
+    pin_of_slot_[slot] = 0;
+    free_records_.push_back(r - 1);
   }
+  ObjectEntry& e = objects_[slot];
+  if (e.pins > 0) --e.pins;
+  if (e.pins == 0 && e.state == kDeleted) FreeSlot(slot);
 }
 
 void StoreImpl::ReleaseClientLocked(uint32_t client, bool dead) {
@@ -627,19 +637,20 @@ Status StoreImpl::ReadObject(uint32_t slot, ObjectId id, std::span<const std::by
   if (!st.ok()) return st;
   const std::byte* extent = data_ + entry.offset;
   const auto* h = reinterpret_cast<const ObjectHeader*>(extent);
-  std::string what = Describe() + ": object " + id.ToString();
+  // Built only on failure: Get must stay a lookup and a pin.
+  auto what = [&] { return Describe() + ": object " + id.ToString(); };
   if (h->magic != kObjectMagic || h->id_hi != id.hi || h->id_lo != id.lo) {
-    return Corrupt(what + " has a bad header (magic or id)");
+    return Corrupt(what() + " has a bad header (magic or id)");
   }
   uint64_t n = h->num_buffers;
   if (n > kMaxBuffersPerObject || sizeof(ObjectHeader) + n * sizeof(BufferDesc) > entry.size) {
-    return Corrupt(what + " claims " + std::to_string(n) + " buffers, more than its extent holds");
+    return Corrupt(what() + " claims " + std::to_string(n) + " buffers, more than its extent holds");
   }
   auto in_extent = [&](uint64_t off, uint64_t len) {
     return off <= entry.size && len <= entry.size - off;
   };
   if (!in_extent(h->metadata_offset, h->metadata_size)) {
-    return Corrupt(what + ": metadata out of range");
+    return Corrupt(what() + ": metadata out of range");
   }
   *metadata = {extent + h->metadata_offset, h->metadata_size};
   const auto* descs = reinterpret_cast<const BufferDesc*>(h + 1);
@@ -648,7 +659,7 @@ Status StoreImpl::ReadObject(uint32_t slot, ObjectId id, std::span<const std::by
   for (uint64_t i = 0; i < n; ++i) {
     uint64_t off = descs[i].offset, len = descs[i].size;
     if (!in_extent(off, len)) {
-      return Corrupt(what + ": buffer " + std::to_string(i) + " out of range (offset " +
+      return Corrupt(what() + ": buffer " + std::to_string(i) + " out of range (offset " +
                      std::to_string(off) + ", length " + std::to_string(len) + ")");
     }
     buffers->emplace_back(extent + off, len);
@@ -664,6 +675,16 @@ void StoreImpl::SyncEntry(uint32_t slot) {
 }
 
 // ---------------------------------------------------------------- objects
+
+Result<std::byte*> StoreImpl::WritableData() {
+  std::lock_guard<std::mutex> guard(write_map_mutex_);
+  if (write_data_ == nullptr) {
+    auto p = platform::MapFile(fd_, geo_.data_size, true, geo_.data_offset);
+    if (!p.ok()) return p.status().WithContext(Describe());
+    write_data_ = *p;
+  }
+  return write_data_;
+}
 
 Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
                                               std::span<const size_t> buffer_sizes) {
@@ -711,14 +732,14 @@ Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
   uint64_t offset = e.offset;
   Unlock();
 
-  std::byte* extent = data_ + offset;
-  Status st = platform::Protect(extent, size, true);
-  if (!st.ok()) {
+  auto write_data = WritableData();
+  if (!write_data.ok()) {
     Lock();
     FreeSlot(slot);
     Unlock();
-    return st;
+    return write_data.status();
   }
+  std::byte* extent = *write_data + offset;
   auto* h = reinterpret_cast<ObjectHeader*>(extent);
   *h = ObjectHeader{};
   h->magic = kObjectMagic;
@@ -756,9 +777,10 @@ Status StoreImpl::Seal(ObjectBuilder& b) {
     }
     h->has_checksums = 1;
   }
-  Status st = platform::Protect(extent, size, false);
-  if (st.ok() && backing_ == Backing::kFile) st = platform::SyncRange(extent, size);
-  if (!st.ok()) return st;
+  if (backing_ == Backing::kFile) {
+    Status st = platform::SyncRange(extent, size);
+    if (!st.ok()) return st;
+  }
   Lock();
   ObjectEntry& e = objects_[b.slot_];
   if (e.state != kUnsealed || e.creator_client != client_ || e.id_hi != b.id_.hi ||
@@ -776,7 +798,6 @@ Status StoreImpl::Seal(ObjectBuilder& b) {
 
 Status StoreImpl::Abort(ObjectBuilder& b) {
   ObjectEntry& e = objects_[b.slot_];
-  (void)platform::Protect(b.extent_.data(), b.extent_.size(), false);
   Lock();
   if (e.state == kUnsealed && e.creator_client == client_ && e.id_hi == b.id_.hi &&
       e.id_lo == b.id_.lo) {
@@ -964,11 +985,13 @@ bool NameIs(const NameEntry& n, std::string_view name) {
 }  // namespace
 
 void StoreImpl::UnbindAllLocked(ObjectId id) {
+  if (header_->names_bound == 0) return;
   for (uint32_t i = 0; i < geo_.max_names; ++i) {
     NameEntry& n = names_[i];
     if (n.used == 1 && n.id_hi == id.hi && n.id_lo == id.lo) {
       n.used = 0;
       n.name[0] = '\0';
+      --header_->names_bound;
     }
   }
 }
@@ -1001,6 +1024,7 @@ Status StoreImpl::Bind(std::string_view name, ObjectId id) {
     free_entry->id_hi = id.hi;
     free_entry->id_lo = id.lo;
     __atomic_store_n(&free_entry->used, 1u, __ATOMIC_RELEASE);
+    ++header_->names_bound;
   }
   Unlock();
   return st;
@@ -1032,6 +1056,7 @@ Status StoreImpl::Unbind(std::string_view name) {
     if (NameIs(names_[i], name)) {
       names_[i].used = 0;
       names_[i].name[0] = '\0';
+      --header_->names_bound;
       st = Status::OK();
       break;
     }
@@ -1125,6 +1150,9 @@ Status ObjectBuilder::Seal() {
     (void)impl_->Abort(*this);
   }
   impl_.reset();
+  buffers_.clear();
+  metadata_ = {};
+  extent_ = {};
   return st;
 }
 

@@ -10,6 +10,7 @@
 #define ZCSTORE_STORE_STORE_INTERNAL_H_
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -86,6 +87,7 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
 
   // --- set-up (store.cc) ---
   Status MapAndCheck(int fd, bool control_writable, const std::string& what);
+  Result<std::byte*> WritableData();  // write_data_, mapped on first use
   Status FinishOpen();  // registers this handle; run under the file lock
   void InitializeHeader(const StoreOptions& options, Backing backing);
 
@@ -138,8 +140,19 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   ClientEntry* clients_ = nullptr;
   PinRecord* pins_ = nullptr;
   NameEntry* names_ = nullptr;
-  std::byte* data_ = nullptr;
+  std::byte* data_ = nullptr;  // the data region, mapped PROT_READ: views point here
+  // A second, writable mapping of the data region, made on the first
+  // CreateObject of this handle: builders write through it, so readers (and
+  // views, even in this process) never see writable pages, and sealing an
+  // object costs no mprotect (which is O(pages) once pages are mapped).
+  std::byte* write_data_ = nullptr;
+  std::mutex write_map_mutex_;
   uint32_t client_ = kNone;  // our ClientEntry, kNone for snapshots
+  // Process-local index of our own PinRecords (only this handle writes
+  // them while it lives), so a pin or unpin is O(1) rather than a scan of
+  // max_pins records. Guarded by the store lock like the records themselves.
+  std::vector<uint32_t> pin_of_slot_;    // slot -> record index + 1, 0 = none
+  std::vector<uint32_t> free_records_;   // record indices with count == 0
 };
 
 // Hash of an id to its home slot.

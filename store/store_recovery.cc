@@ -101,7 +101,8 @@ void StoreImpl::RecoverLocked() {
     used += e.size;
   }
   header_->used = used;
-  // 6. Names: an entry must be NUL-terminated to be used.
+  // 6. Names: an entry must be NUL-terminated to be used; recount them.
+  uint32_t bound = 0;
   for (uint32_t i = 0; i < geo_.max_names; ++i) {
     NameEntry& ne = names_[i];
     if (ne.used != 0 && (ne.used != 1 || strnlen(ne.name, sizeof(ne.name)) == sizeof(ne.name) ||
@@ -109,7 +110,9 @@ void StoreImpl::RecoverLocked() {
       ne.used = 0;
       ne.name[0] = '\0';
     }
+    bound += ne.used == 1;
   }
+  header_->names_bound = bound;
   ++header_->epoch;
 }
 

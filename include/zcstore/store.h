@@ -23,8 +23,10 @@
 //
 // Memory: capacity is reserved when the store is created (fallocate), so a full
 // /dev/shm or disk is a StoreFull error from Create, never a SIGBUS later.
-// Every process maps the data region PROT_READ; only the writer of an unsealed
-// object maps that object's pages writable, and only until Seal/Abort.
+// Every process maps the data region PROT_READ, and every ObjectView points
+// there, so writing through a view faults. A process that creates objects
+// also maps the data region writable, once, and builders write through that
+// mapping only; processes that only read never map anything writable.
 //
 // Crash model (docs/architecture.md has the details): any process may die at any
 // instruction. Survivors never deadlock, never see a half-written object, and the
@@ -170,8 +172,10 @@ class ZCSTORE_EXPORT ObjectView {
 // An object being written. Move-only; not thread-safe (one writer).
 //
 // metadata() and buffer(i) are writable spans of exactly the sizes asked for,
-// each buffer aligned to 64 bytes (a page in file stores). Nothing is visible
-// to other handles until Seal. Destroying an unsealed builder aborts it.
+// each buffer aligned to 64 bytes, and to a page if it is 64 KiB or larger
+// (all buffers are page-aligned in file stores). Nothing is visible to other
+// handles until Seal. Destroying an unsealed builder aborts it. After Seal or
+// Abort the spans are gone (empty): read the object back with Store::Get.
 class ZCSTORE_EXPORT ObjectBuilder {
  public:
   ObjectBuilder() = default;
@@ -188,9 +192,10 @@ class ZCSTORE_EXPORT ObjectBuilder {
   std::span<std::byte> buffer(size_t i) const;
 
   // Makes the object immutable and visible. Computes checksums when the store
-  // has them on (cost: one read of every byte, ~10 GB/s); otherwise O(1). The
-  // writable mapping is dropped, so the spans above become read-only.
-  // InvalidArgument if already sealed or aborted.
+  // has them on (cost: one read of every byte, ~10 GB/s); otherwise O(1),
+  // whatever the size (file stores also msync the object). Corrupt if the
+  // object was reclaimed meanwhile (this process was judged dead); then it
+  // is aborted. InvalidArgument if already sealed or aborted.
   Status Seal();
   // Drops the object; its space is free at once. InvalidArgument if already
   // sealed or aborted.

@@ -1,0 +1,16 @@
+#!/bin/sh
+# install_test BUILD_DIR SOURCE_DIR: installs BUILD_DIR into a temporary prefix,
+# then builds a consumer with find_package and with pkg-config, and runs both.
+set -eu
+build=$1; src=$2
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
+cmake -S "$src" -B "$tmp/b" -DCMAKE_PREFIX_PATH="$tmp/prefix" >/dev/null
+cmake --build "$tmp/b" >/dev/null
+"$tmp/b/consumer"
+PKG_CONFIG_PATH=$(dirname "$(find "$tmp/prefix" -name zcstore.pc)")
+export PKG_CONFIG_PATH
+c++ -std=c++20 "$src/consumer.cc" -o "$tmp/pc" $(pkg-config --define-variable=prefix="$tmp/prefix" --cflags --libs --static zcstore)
+"$tmp/pc"
+test -x "$tmp/prefix/bin/zcstore"
+echo "install ok"
