@@ -93,7 +93,11 @@ enum ObjectState : uint32_t {
   kUnsealed = 2,   // being written by `creator_client`; invisible to Get
   kSealed = 3,     // immutable, visible
   kDeleted = 4,    // invisible; extent held until `pins` reaches 0
+  kChild = 5,      // holds a buffer of the object in slot `parent`; freed with it
 };
+
+// States whose extent is in use.
+constexpr bool IsLive(uint32_t state) { return state >= kUnsealed && state <= kChild; }
 
 // One slot of the object table, an open-addressing hash table keyed by id
 // (linear probing from Hash(id) % max_objects). The slot also is a node of
@@ -108,7 +112,7 @@ struct alignas(64) ObjectEntry {
   uint32_t pins;            // derived: sum of live clients' PinRecords
   uint32_t prev;            // extent list, kNone at the ends
   uint32_t next;
-  uint32_t reserved;
+  uint32_t parent;          // kChild only: the owning object's slot
   int64_t sealed_unix_ns;
 };
 static_assert(sizeof(ObjectEntry) == 64);
@@ -155,10 +159,13 @@ struct alignas(64) ObjectHeader {
 static_assert(sizeof(ObjectHeader) == 64);
 
 struct BufferDesc {
-  uint64_t offset;  // relative to the extent start
+  uint64_t offset;  // relative to the start of the extent that holds the buffer
   uint64_t size;
   uint64_t checksum;  // XXH3-64, when has_checksums
-  uint64_t reserved;
+  // 0: the buffer is in this object's extent. Otherwise it is buffer 0 of
+  // the kChild object in slot child_slot_plus1 - 1, whose parent is this one.
+  uint32_t child_slot_plus1;
+  uint32_t reserved;
 };
 static_assert(sizeof(BufferDesc) == 32);
 

@@ -52,9 +52,9 @@ struct ExtentPlan {
 constexpr uint64_t kPageAlignFrom = 64 << 10;
 
 Result<ExtentPlan> PlanExtent(size_t metadata_size, std::span<const size_t> sizes,
-                              uint64_t alignment) {
+                              size_t adopted, uint64_t alignment) {
   ExtentPlan plan;
-  uint64_t end = sizeof(ObjectHeader) + sizes.size() * sizeof(BufferDesc);
+  uint64_t end = sizeof(ObjectHeader) + (sizes.size() + adopted) * sizeof(BufferDesc);
   plan.metadata_offset = AlignUp(end, kBufferAlignment);
   if (AddOverflows(plan.metadata_offset, metadata_size, &end)) {
     return InvalidArgument("metadata size overflows");
@@ -477,7 +477,7 @@ uint32_t StoreImpl::FindInsertSlot(ObjectId id, bool* exists) const {
   for (uint32_t i = 0; i < n; ++i, s = (s + 1 == n ? 0 : s + 1)) {
     const ObjectEntry& e = objects_[s];
     if (e.state == kEmpty) return free_slot == kNone ? s : free_slot;
-    if (e.state == kTombstone || e.state > kDeleted) {
+    if (e.state == kTombstone || e.state > kChild) {
       if (free_slot == kNone) free_slot = s;
     } else if (e.id_hi == id.hi && e.id_lo == id.lo) {
       *exists = true;
@@ -527,6 +527,25 @@ uint64_t StoreImpl::LargestFree() const {
 
 void StoreImpl::FreeSlot(uint32_t slot) {
   ObjectEntry& e = objects_[slot];
+  if (e.state == kSealed || e.state == kDeleted) {
+    // Free the children listed in the object's header. The header is not
+    // trusted: a listed slot is freed only if it names this object as parent.
+    if (CheckExtent(slot, e).ok()) {
+      const auto* h = reinterpret_cast<const ObjectHeader*>(data_ + e.offset);
+      uint64_t n = h->num_buffers;
+      if (h->magic == kObjectMagic && n <= kMaxBuffersPerObject &&
+          sizeof(ObjectHeader) + n * sizeof(BufferDesc) <= e.size) {
+        const auto* descs = reinterpret_cast<const BufferDesc*>(h + 1);
+        for (uint64_t i = 0; i < n; ++i) {
+          uint32_t c = descs[i].child_slot_plus1 - 1;
+          if (descs[i].child_slot_plus1 != 0 && c < geo_.max_objects &&
+              objects_[c].state == kChild && objects_[c].parent == slot) {
+            FreeSlot(c);
+          }
+        }
+      }
+    }
+  }
   // Hide first (one store), then unlink: a crash in between leaves a
   // tombstone still in the list, which recovery drops when it relinks.
   __atomic_store_n(&e.state, kTombstone, __ATOMIC_RELEASE);
@@ -658,6 +677,21 @@ Status StoreImpl::ReadObject(uint32_t slot, ObjectId id, std::span<const std::by
   buffers->reserve(n);
   for (uint64_t i = 0; i < n; ++i) {
     uint64_t off = descs[i].offset, len = descs[i].size;
+    if (uint32_t c1 = descs[i].child_slot_plus1; c1 != 0) {
+      // A buffer adopted from another object: that object must be our child,
+      // and the range must lie inside its extent.
+      uint32_t c = c1 - 1;
+      ObjectEntry child{};
+      if (c < geo_.max_objects) child = objects_[c];
+      if (c >= geo_.max_objects || child.state != kChild || child.parent != slot ||
+          !CheckExtent(c, child).ok() || off > child.size || len > child.size - off) {
+        return Corrupt(what() + ": buffer " + std::to_string(i) +
+                       " refers to a child object that is not one (slot " + std::to_string(c) +
+                       ")");
+      }
+      buffers->emplace_back(data_ + child.offset + off, len);
+      continue;
+    }
     if (!in_extent(off, len)) {
       return Corrupt(what() + ": buffer " + std::to_string(i) + " out of range (offset " +
                      std::to_string(off) + ", length " + std::to_string(len) + ")");
@@ -687,14 +721,21 @@ Result<std::byte*> StoreImpl::WritableData() {
 }
 
 Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
-                                              std::span<const size_t> buffer_sizes) {
+                                              std::span<const size_t> buffer_sizes,
+                                              std::span<ObjectBuilder> adopt) {
   if (read_only_) return PermissionDenied(Describe() + " was opened read-only");
   if (id.is_nil()) return InvalidArgument("the nil object id is reserved");
-  if (buffer_sizes.size() > kMaxBuffersPerObject) {
+  if (buffer_sizes.size() + adopt.size() > kMaxBuffersPerObject) {
     return InvalidArgument("an object has at most " + std::to_string(kMaxBuffersPerObject) +
                            " buffers");
   }
-  auto plan = PlanExtent(metadata_size, buffer_sizes, geo_.alignment);
+  for (const ObjectBuilder& child : adopt) {
+    if (child.impl_.get() != this || child.buffers_.size() != 1 || !child.children_.empty()) {
+      return InvalidArgument(
+          "an adopted builder must be an unsealed single-buffer object of the same handle");
+    }
+  }
+  auto plan = PlanExtent(metadata_size, buffer_sizes, adopt.size(), geo_.alignment);
   if (!plan.ok()) return plan.status();
   uint64_t size = plan->extent_size;
   Lock();
@@ -743,7 +784,7 @@ Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
   auto* h = reinterpret_cast<ObjectHeader*>(extent);
   *h = ObjectHeader{};
   h->magic = kObjectMagic;
-  h->num_buffers = static_cast<uint32_t>(buffer_sizes.size());
+  h->num_buffers = static_cast<uint32_t>(buffer_sizes.size() + adopt.size());
   h->id_hi = id.hi;
   h->id_lo = id.lo;
   h->metadata_offset = plan->metadata_offset;
@@ -757,8 +798,17 @@ Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
   b.metadata_ = {extent + plan->metadata_offset, metadata_size};
   b.buffers_.reserve(buffer_sizes.size());
   for (size_t i = 0; i < buffer_sizes.size(); ++i) {
-    descs[i] = BufferDesc{plan->buffer_offsets[i], buffer_sizes[i], 0, 0};
+    descs[i] = BufferDesc{plan->buffer_offsets[i], buffer_sizes[i], 0, 0, 0};
     b.buffers_.emplace_back(extent + plan->buffer_offsets[i], buffer_sizes[i]);
+  }
+  b.children_.reserve(adopt.size());
+  for (size_t k = 0; k < adopt.size(); ++k) {
+    ObjectBuilder& child = adopt[k];
+    std::span<std::byte> buf = child.buffers_[0];
+    descs[buffer_sizes.size() + k] = BufferDesc{
+        static_cast<uint64_t>(buf.data() - child.extent_.data()), buf.size(), 0, child.slot_ + 1, 0};
+    b.buffers_.push_back(buf);
+    b.children_.push_back(std::move(child));
   }
   return b;
 }
@@ -779,20 +829,38 @@ Status StoreImpl::Seal(ObjectBuilder& b) {
   }
   if (backing_ == Backing::kFile) {
     Status st = platform::SyncRange(extent, size);
+    for (const ObjectBuilder& c : b.children_) {
+      if (st.ok()) st = platform::SyncRange(c.extent_.data(), c.extent_.size());
+    }
     if (!st.ok()) return st;
   }
+  auto ours = [&](const ObjectBuilder& x) {
+    const ObjectEntry& e = objects_[x.slot_];
+    return e.state == kUnsealed && e.creator_client == client_ && e.id_hi == x.id_.hi &&
+           e.id_lo == x.id_.lo;
+  };
   Lock();
-  ObjectEntry& e = objects_[b.slot_];
-  if (e.state != kUnsealed || e.creator_client != client_ || e.id_hi != b.id_.hi ||
-      e.id_lo != b.id_.lo) {
+  bool all_ours = ours(b);
+  for (const ObjectBuilder& c : b.children_) all_ours = all_ours && ours(c);
+  if (!all_ours) {
     Unlock();
     return Corrupt(Describe() + ": object " + b.id_.ToString() +
                    " was taken away while being written (was this process judged dead?)");
   }
+  // Children first: a crash between these stores leaves an unsealed parent,
+  // which recovery frees together with the children that name it.
+  for (ObjectBuilder& c : b.children_) {
+    objects_[c.slot_].parent = b.slot_;
+    __atomic_store_n(&objects_[c.slot_].state, kChild, __ATOMIC_RELEASE);
+    SyncEntry(c.slot_);
+  }
+  ObjectEntry& e = objects_[b.slot_];
   e.sealed_unix_ns = platform::UnixNanos();
   __atomic_store_n(&e.state, kSealed, __ATOMIC_RELEASE);
   SyncEntry(b.slot_);
   Unlock();
+  for (ObjectBuilder& c : b.children_) c.impl_.reset();  // now owned by the parent
+  b.children_.clear();
   return Status::OK();
 }
 
@@ -804,6 +872,7 @@ Status StoreImpl::Abort(ObjectBuilder& b) {
     FreeSlot(b.slot_);
   }
   Unlock();
+  b.children_.clear();  // each child aborts itself
   return Status::OK();
 }
 
@@ -888,7 +957,7 @@ Result<std::vector<ObjectInfo>> StoreImpl::List() {
   if (!snapshot_) Lock();
   for (uint32_t s = 0; s < geo_.max_objects; ++s) {
     uint32_t st = objects_[s].state;
-    if (st >= kUnsealed && st <= kDeleted) live.emplace_back(s, objects_[s]);
+    if (IsLive(st) && st != kChild) live.emplace_back(s, objects_[s]);
   }
   if (!snapshot_) Unlock();
   std::vector<ObjectInfo> out;
@@ -1125,6 +1194,7 @@ ObjectBuilder& ObjectBuilder::operator=(ObjectBuilder&& o) noexcept {
     extent_ = o.extent_;
     metadata_ = o.metadata_;
     buffers_ = std::move(o.buffers_);
+    children_ = std::move(o.children_);
     o.impl_.reset();
     o.buffers_.clear();
     o.metadata_ = {};
@@ -1206,8 +1276,9 @@ Status Store::Remove(std::string_view name, const OpenOptions& options) {
 }
 
 Result<ObjectBuilder> Store::CreateObject(ObjectId id, size_t metadata_size,
-                                          std::span<const size_t> buffer_sizes) {
-  return impl_->CreateObject(id, metadata_size, buffer_sizes);
+                                          std::span<const size_t> buffer_sizes,
+                                          std::span<ObjectBuilder> adopt) {
+  return impl_->CreateObject(id, metadata_size, buffer_sizes, adopt);
 }
 
 Status Store::Put(ObjectId id, std::span<const std::byte> metadata,
@@ -1215,7 +1286,7 @@ Status Store::Put(ObjectId id, std::span<const std::byte> metadata,
   std::vector<size_t> sizes;
   sizes.reserve(buffers.size());
   for (auto& b : buffers) sizes.push_back(b.size());
-  auto builder = impl_->CreateObject(id, metadata.size(), sizes);
+  auto builder = impl_->CreateObject(id, metadata.size(), sizes, {});
   if (!builder.ok()) return builder.status();
   if (!metadata.empty()) std::memcpy(builder->metadata().data(), metadata.data(), metadata.size());
   for (size_t i = 0; i < buffers.size(); ++i) {

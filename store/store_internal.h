@@ -47,7 +47,8 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   ~StoreImpl();
 
   Result<ObjectBuilder> CreateObject(ObjectId id, size_t metadata_size,
-                                     std::span<const size_t> buffer_sizes);
+                                     std::span<const size_t> buffer_sizes,
+                                     std::span<ObjectBuilder> adopt);
   Status Seal(ObjectBuilder& builder);
   Status Abort(ObjectBuilder& builder);
   Result<ObjectView> Get(ObjectId id);
@@ -98,7 +99,7 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   uint32_t FindInsertSlot(ObjectId id, bool* exists) const;
   bool Allocate(uint64_t size, uint32_t slot);  // links slot into the extent list
   uint64_t LargestFree() const;
-  void FreeSlot(uint32_t slot);
+  void FreeSlot(uint32_t slot);  // and, for a sealed object, its children
   PinRecord* Pins(uint32_t client) const {
     return pins_ + static_cast<uint64_t>(client) * geo_.max_pins;
   }

@@ -47,7 +47,7 @@ void StoreImpl::RecoverLocked() {
   //    unknown states and extents out of range are dropped.
   for (uint32_t s = 0; s < n; ++s) {
     ObjectEntry& e = objects_[s];
-    if (e.state > kDeleted) {
+    if (e.state > kChild) {
       e.state = kTombstone;
     } else if (e.state >= kUnsealed) {
       bool writer_gone = e.state == kUnsealed &&
@@ -71,15 +71,24 @@ void StoreImpl::RecoverLocked() {
       objects_[r.slot].pins += r.count;
     }
   }
-  // 4. Deleted objects nobody pins any more are free.
+  // 4. Deleted objects nobody pins any more are free, and so are children
+  //    whose parent is not a sealed or deleted object any more.
   for (uint32_t s = 0; s < n; ++s) {
     if (objects_[s].state == kDeleted && objects_[s].pins == 0) objects_[s].state = kTombstone;
+  }
+  for (uint32_t s = 0; s < n; ++s) {
+    ObjectEntry& e = objects_[s];
+    if (e.state != kChild) continue;
+    if (e.parent >= n ||
+        (objects_[e.parent].state != kSealed && objects_[e.parent].state != kDeleted)) {
+      e.state = kTombstone;
+    }
   }
   // 5. The extent list: live extents in offset order; an extent overlapping
   //    its predecessor cannot be trusted and is dropped.
   std::vector<uint32_t> live;
   for (uint32_t s = 0; s < n; ++s) {
-    if (objects_[s].state >= kUnsealed && objects_[s].state <= kDeleted) live.push_back(s);
+    if (IsLive(objects_[s].state)) live.push_back(s);
   }
   std::sort(live.begin(), live.end(),
             [&](uint32_t a, uint32_t b) { return objects_[a].offset < objects_[b].offset; });

@@ -209,6 +209,7 @@ class ZCSTORE_EXPORT ObjectBuilder {
   std::span<std::byte> extent_;  // the whole object, header included
   std::span<std::byte> metadata_;
   std::vector<std::span<std::byte>> buffers_;
+  std::vector<ObjectBuilder> children_;  // adopted builders, sealed with this one
 };
 
 // A handle on one store. Move-only. See the file comment for the model.
@@ -254,8 +255,17 @@ class ZCSTORE_EXPORT Store {
   // full; the pins of dead processes are reclaimed before giving up),
   // InvalidArgument (nil id, too many buffers), PermissionDenied (read-only).
   // Cost: O(objects) to find room; no page of the new object is touched.
+  //
+  // `adopt`: unsealed single-buffer builders of this handle, already filled
+  // in place, whose buffer 0 become this object's buffers after the
+  // `buffer_sizes` ones, without copying a byte. They are moved from. At Seal
+  // they become part of this object (invisible to Get, freed with it); if
+  // this object is aborted, they are aborted too. InvalidArgument if one is
+  // invalid, from another handle, or has other than one buffer (then nothing
+  // is moved).
   Result<ObjectBuilder> CreateObject(ObjectId id, size_t metadata_size,
-                                     std::span<const size_t> buffer_sizes);
+                                     std::span<const size_t> buffer_sizes,
+                                     std::span<ObjectBuilder> adopt = {});
 
   // CreateObject + copy + Seal. Errors as CreateObject. Cost: one memcpy of
   // every byte (plus checksums when on).

@@ -200,6 +200,20 @@ TEST_F(BadFileTest, BufferCountAndMetadataOutOfRange) {
   ExpectBIntact(*s);
 }
 
+TEST_F(BadFileTest, ForgedChildLinkIsCorrupt) {
+  // Make A's buffer 0 claim to live in B's slot, which is no child of A.
+  uint64_t b_slot = (EntryOffset(b_) - header_.objects_offset) / sizeof(ObjectEntry);
+  uint64_t desc0 = ObjectOffset(a_) + sizeof(ObjectHeader);
+  WriteAt(path_, desc0 + offsetof(BufferDesc, child_slot_plus1), static_cast<uint32_t>(b_slot + 1));
+  auto s = OpenReadOnly();
+  ASSERT_TRUE(s.ok());
+  auto v = s->Get(a_);
+  EXPECT_EQ(v.status().code(), StatusCode::kCorrupt);
+  EXPECT_NE(v.status().message().find("child object that is not one"), std::string::npos)
+      << v.status().message();
+  ExpectBIntact(*s);
+}
+
 TEST_F(BadFileTest, ChecksumMismatchNamesObjectAndBuffer) {
   uint64_t desc1 = ObjectOffset(a_) + sizeof(ObjectHeader) + sizeof(BufferDesc);
   auto d = ReadAt<BufferDesc>(path_, desc1);

@@ -495,3 +495,76 @@ TEST(StoreTest, ObjectWithNoBuffersAndNoMetadata) {
 
 }  // namespace
 }  // namespace zcstore
+
+namespace zcstore {
+namespace {
+
+TEST(StoreAdoptTest, AdoptedBuffersJoinTheObjectWithoutACopy) {
+  Store s = MakeStore();
+  ObjectId child_id = ObjectId::Random(), id = ObjectId::Random();
+  size_t child_size[] = {1 << 20};
+  auto child = s.CreateObject(child_id, 0, child_size);
+  ASSERT_TRUE(child.ok());
+  auto data = Pattern(id, 1, 1 << 20);
+  std::memcpy(child->buffer(0).data(), data.data(), data.size());
+  const std::byte* where = child->buffer(0).data();
+  size_t own[] = {100};
+  std::span<ObjectBuilder> adopt(&*child, 1);
+  auto parent = s.CreateObject(id, 4, own, adopt);
+  ASSERT_TRUE(parent.ok()) << parent.status().ToString();
+  EXPECT_FALSE(child->valid());  // moved into the parent
+  ASSERT_EQ(parent->num_buffers(), 2u);
+  EXPECT_EQ(parent->buffer(1).data(), where);  // the same bytes, not a copy
+  std::memcpy(parent->buffer(0).data(), Pattern(id, 0, 100).data(), 100);
+  ASSERT_TRUE(parent->Seal().ok());
+  EXPECT_EQ(s.Get(child_id).status().code(), StatusCode::kNotFound);  // a child is no object
+  {
+    auto v = s.Get(id);
+    ASSERT_TRUE(v.ok()) << v.status().ToString();
+    ASSERT_EQ(v->num_buffers(), 2u);
+    EXPECT_EQ(FirstMismatch(id, 0, v->buffer(0)), -1);
+    EXPECT_EQ(FirstMismatch(id, 1, v->buffer(1)), -1);
+    auto st = s.Stats();
+    EXPECT_EQ(st->objects, 1u);
+    EXPECT_EQ(s.List()->size(), 1u);
+    ASSERT_TRUE(s.Delete(id).ok());
+    EXPECT_GT(s.Stats()->used, 1u << 20);  // still pinned: parent and child stay
+    EXPECT_EQ(FirstMismatch(id, 1, v->buffer(1)), -1);
+  }
+  EXPECT_EQ(s.Stats()->used, 0u);  // the child went with its parent
+}
+
+TEST(StoreAdoptTest, AbortingTheParentAbortsItsChildren) {
+  Store s = MakeStore();
+  size_t one[] = {5000};
+  std::vector<ObjectBuilder> children;
+  for (int i = 0; i < 3; ++i) children.push_back(std::move(*s.CreateObject(ObjectId::Random(), 0, one)));
+  {
+    auto parent = s.CreateObject(ObjectId::Random(), 0, {}, children);
+    ASSERT_TRUE(parent.ok());
+    EXPECT_EQ(s.Stats()->unsealed, 4u);
+  }
+  auto st = s.Stats();
+  EXPECT_EQ(st->unsealed, 0u);
+  EXPECT_EQ(st->used, 0u);
+}
+
+TEST(StoreAdoptTest, OnlySingleBufferBuildersOfTheSameHandleCanBeAdopted) {
+  Store s = MakeStore(), other = MakeStore();
+  size_t two[] = {10, 10}, one[] = {10};
+  std::vector<ObjectBuilder> bad;
+  bad.push_back(std::move(*s.CreateObject(ObjectId::Random(), 0, two)));
+  EXPECT_EQ(s.CreateObject(ObjectId::Random(), 0, {}, bad).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_TRUE(bad[0].valid());  // nothing was moved
+  std::vector<ObjectBuilder> foreign;
+  foreign.push_back(std::move(*other.CreateObject(ObjectId::Random(), 0, one)));
+  EXPECT_EQ(s.CreateObject(ObjectId::Random(), 0, {}, foreign).status().code(),
+            StatusCode::kInvalidArgument);
+  std::vector<ObjectBuilder> empty(1);
+  EXPECT_EQ(s.CreateObject(ObjectId::Random(), 0, {}, empty).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace zcstore
