@@ -1213,6 +1213,10 @@ std::span<std::byte> ObjectBuilder::buffer(size_t i) const {
   return buffers_[i];
 }
 
+bool ObjectBuilder::BelongsTo(const Store& store) const {
+  return impl_ != nullptr && impl_ == store.impl_;
+}
+
 Status ObjectBuilder::Seal() {
   if (!impl_) return InvalidArgument("this object was already sealed or aborted");
   Status st = impl_->Seal(*this);

@@ -46,10 +46,12 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "zcstore/export.h"
 #include "zcstore/object_id.h"
+#include "zcstore/serializer_options.h"
 #include "zcstore/status.h"
 
 namespace zcstore {
@@ -58,6 +60,15 @@ namespace internal {
 class StoreImpl;
 struct StoreTestPeer;
 }  // namespace internal
+
+template <typename T>
+class Pinned;
+class Store;
+
+// True for the argument types of the raw Put (spans of bytes), which the
+// typed Put must never capture.
+template <typename T>
+concept RawBytes = std::is_convertible_v<T, std::span<const std::byte>>;
 
 enum class Backing : uint32_t { kSharedMemory = 1, kFile = 2, kMemfd = 3 };
 
@@ -190,6 +201,8 @@ class ZCSTORE_EXPORT ObjectBuilder {
   std::span<std::byte> metadata() const { return metadata_; }
   size_t num_buffers() const { return buffers_.size(); }
   std::span<std::byte> buffer(size_t i) const;
+  // True if this builder came from `store`'s handle (so `store` can adopt it).
+  bool BelongsTo(const Store& store) const;
 
   // Makes the object immutable and visible. Computes checksums when the store
   // has them on (cost: one read of every byte, ~10 GB/s); otherwise O(1),
@@ -272,6 +285,31 @@ class ZCSTORE_EXPORT Store {
   Status Put(ObjectId id, std::span<const std::byte> metadata,
              std::span<const std::span<const std::byte>> buffers);
 
+  // --- typed objects: defined in zcstore/serializer.h (include it to use them) ---
+
+  // Serializes `object` (see serializer.h) into a new object with a random id
+  // and returns the id. An lvalue is copied: peak memory is about twice the
+  // object. An rvalue (std::move(obj)) is moved: each out-of-band buffer the
+  // object exclusively owns is released as soon as it is in the store (its
+  // pages are dropped as they are copied), so peak memory stays near one copy;
+  // arrays allocated in this store are adopted with no copy at all; the
+  // moved-from object is left valid and empty. Errors: those of CreateObject,
+  // InvalidArgument (nesting deeper than options.max_depth).
+  template <typename T>
+    requires(!RawBytes<T>)
+  Result<ObjectId> Put(T&& object, const SerializeOptions& options = {});
+  // The same under a chosen id.
+  template <typename T>
+    requires(!RawBytes<T>)
+  Status Put(ObjectId id, T&& object, const SerializeOptions& options = {});
+  // Loads object `id` as a T whose Arrays view the store (zero copies) and
+  // whose other members are rebuilt from the envelope; the returned handle
+  // pins the object. Errors: those of Get, TypeMismatch (stored as another
+  // type, or the type's layout changed), VersionMismatch (another envelope
+  // format or type version), Corrupt (the envelope or a buffer fails a check).
+  template <typename T>
+  Result<Pinned<T>> Get(ObjectId id, const LoadOptions& options = {}) const;
+
   // A pinned view of a sealed object. NotFound if the id is unknown, unsealed
   // or deleted; StoreFull if this handle already pins max_pins_per_client
   // distinct objects; Corrupt if the object's header fails its checks.
@@ -331,6 +369,7 @@ class ZCSTORE_EXPORT Store {
 
  private:
   friend struct internal::StoreTestPeer;
+  friend class ObjectBuilder;
   explicit Store(std::shared_ptr<internal::StoreImpl> impl);
   std::shared_ptr<internal::StoreImpl> impl_;
 };

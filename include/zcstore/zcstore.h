@@ -2,7 +2,9 @@
 #ifndef ZCSTORE_ZCSTORE_H_
 #define ZCSTORE_ZCSTORE_H_
 
+#include "zcstore/array.h"
 #include "zcstore/object_id.h"
+#include "zcstore/serializer.h"
 #include "zcstore/status.h"
 #include "zcstore/store.h"
 #include "zcstore/version.h"
