@@ -13,7 +13,7 @@ JOBS     ?= $(shell nproc)
 DEPS     := cmake g++ make pkg-config libboost-dev libflatbuffers-dev flatbuffers-compiler \
             libxxhash-dev libgtest-dev libgmock-dev libbenchmark-dev
 
-.PHONY: all deps configure build test demo bench clean
+.PHONY: all deps configure build test demo bench fuzz clean
 
 all: build
 
@@ -49,5 +49,17 @@ bench: build
 	./$(BUILD)/bench/zcstore_bench --benchmark_out=bench/results/latest.json \
 	  --benchmark_out_format=json $(BENCH_ARGS)
 
+# libFuzzer over the envelope reader, with ASan+UBSan (needs clang and
+# libclang-rt-dev). FUZZ_SECONDS bounds the run; new inputs land in build-fuzz/corpus.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@command -v clang++ >/dev/null || { echo "make fuzz needs clang: apt-get install clang libclang-rt-dev"; exit 1; }
+	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DZCSTORE_SANITIZE=address+undefined -DZCSTORE_FUZZ=ON -DZCSTORE_BUILD_TESTS=OFF \
+	  -DZCSTORE_BUILD_BENCHMARKS=OFF -DZCSTORE_BUILD_EXAMPLES=OFF >/dev/null
+	@cmake --build build-fuzz -j $(JOBS) --target envelope_fuzz
+	@mkdir -p build-fuzz/corpus && cp serializer/fuzz/corpus/* build-fuzz/corpus/
+	./build-fuzz/envelope_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus
+
 clean:
-	rm -rf $(BUILD) build-asan build-tsan
+	rm -rf $(BUILD) build-asan build-tsan build-fuzz

@@ -171,4 +171,4 @@ BENCHMARK(BM_StoreCreateSeal)->Apply(Sizes)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 
-BENCHMARK_MAIN();
+

@@ -13,7 +13,7 @@ namespace zcstore::internal {
 namespace {
 // Big enough that madvise's cost vanishes beside the copy, small enough that
 // the overlap of the two copies stays a small fraction of any large buffer.
-constexpr size_t kChunk = size_t{8} << 20;
+constexpr size_t kChunk = size_t{2} << 20;
 constexpr uintptr_t kPage = 4096;
 }  // namespace
 

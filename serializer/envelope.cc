@@ -114,7 +114,15 @@ Result<DecodedEnvelope> DecodeEnvelope(std::span<const std::byte> bytes) {
         return Corrupt("buffer " + std::to_string(i) + ": unknown element type");
       }
       info.element_type = static_cast<ElementType>(d->element_type());
-      if (d->shape()) info.shape.assign(d->shape()->begin(), d->shape()->end());
+      if (const auto* shape = d->shape()) {
+        // FlatBuffers 2.0.8's Verifier checks a vector's 4-byte length prefix
+        // but not that 8-byte elements are 8-aligned (found by the fuzzer):
+        // copy the raw bytes rather than reading them as uint64_t.
+        info.shape.resize(shape->size());
+        if (!info.shape.empty()) {
+          std::memcpy(info.shape.data(), shape->Data(), shape->size() * sizeof(uint64_t));
+        }
+      }
       if (d->has_checksum()) info.checksum = d->checksum();
       if (info.alignment == 0 || (info.alignment & (info.alignment - 1)) != 0 ||
           info.alignment > 4096) {

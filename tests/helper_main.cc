@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/serializer/test_types.h"
 #include "tests/store/store_test_peer.h"
 #include "tests/test_util.h"
 #include "zcstore/zcstore.h"
@@ -175,6 +176,35 @@ int Churn(const std::vector<std::string>& a) {
   return 0;
 }
 
+// Loads a testing::Model and reports what it holds and how it was loaded.
+int GetModel(const std::vector<std::string>& a) {
+  Store s = OpenOrDie(a[0]);
+  auto m = s.Get<testing::Model>(IdOrDie(a[1]));
+  if (!m.ok()) Fail(m.status().ToString());
+  double sum = 0;
+  for (float f : (*m)->factors) sum += f;
+  for (float f : (*m)->bias) sum += f;
+  char line[256];
+  std::snprintf(line, sizeof(line), "ok %s dims=%u n=%zu sum=%.1f view=%d zero_copy=%u copied=%u",
+                (*m)->name.c_str(), (*m)->dims, (*m)->factors.size(), sum,
+                (*m)->factors.is_view() ? 1 : 0, m->stats().zero_copy_buffers,
+                m->stats().copied_buffers);
+  Say(line);
+  return 0;
+}
+
+// Writes through a loaded Array; the test expects death by SIGSEGV.
+int WriteArray(const std::vector<std::string>& a) {
+  Store s = OpenOrDie(a[0]);
+  auto m = s.Get<testing::Model>(IdOrDie(a[1]));
+  if (!m.ok()) Fail(m.status().ToString());
+  Say("writing");
+  auto* p = const_cast<float*>((*m)->factors.data());
+  *reinterpret_cast<volatile float*>(p) = -1.f;
+  Say("wrote");
+  return 0;
+}
+
 // Creates a (non-persistent) store and waits to be killed, leaving it behind.
 int CreateAndHang(const std::vector<std::string>& a) {
   StoreOptions so;
@@ -279,6 +309,8 @@ int main(int argc, char** argv) {
   if (cmd == "write-view" && a.size() == 2) return WriteView(a);
   if (cmd == "churn" && a.size() >= 3) return Churn(a);
   if (cmd == "create-and-hang" && a.size() == 1) return CreateAndHang(a);
+  if (cmd == "get-model" && a.size() == 2) return GetModel(a);
+  if (cmd == "write-array" && a.size() == 2) return WriteArray(a);
   if (cmd == "rss-after-get" && a.size() == 2) return RssAfterGet(a);
   if (cmd == "open-denied" && a.size() == 2) return OpenDenied(a);
   if (cmd == "create-on-small-tmpfs" && a.size() == 2) return CreateOnSmallTmpfs(a);
