@@ -54,6 +54,33 @@ Status Protect(std::byte* addr, uint64_t size, bool writable);
 // msync(MS_SYNC) of the pages covering [addr, addr+size).
 Status SyncRange(std::byte* addr, uint64_t size);
 
+// --- processes and wake-ups (the pool) ---
+
+// futex(FUTEX_WAIT) on a shared word: sleeps while *word == expected, at most
+// `timeout_ms` (< 0: no limit). Returns false on timeout.
+bool FutexWait(uint32_t* word, uint32_t expected, int timeout_ms);
+void FutexWake(uint32_t* word);
+// An eventfd (close-on-exec) used as a doorbell; Ring adds 1, Drain reads.
+Result<int> CreateDoorbell();
+void RingDoorbell(int fd);
+void DrainDoorbell(int fd);
+// A file descriptor that polls readable when process `pid` exits (pidfd_open).
+Result<int> OpenProcessHandle(pid_t pid);
+// Starts `argv[0]` with `fds` placed at descriptors 0.. as given (pairs of
+// {source fd, target fd}; -1 sources are skipped). Returns the pid.
+Result<pid_t> SpawnProcess(const std::vector<std::string>& argv,
+                           const std::vector<std::pair<int, int>>& fds);
+// Asks the kernel to SIGKILL this process when its parent thread dies, and
+// returns false if the parent is already gone (getppid() != parent).
+bool DieWithParent(pid_t parent);
+// Reaps `pid` if it exited: true with *wait_status set; false if it runs on.
+bool TryReap(pid_t pid, int* wait_status);
+// "killed by signal 9 (Killed)" or "exited with status 3".
+std::string DescribeExit(int wait_status);
+// Pipe (both ends close-on-exec), the read end non-blocking.
+Status MakeLogPipe(int fds[2]);
+void KillProcess(pid_t pid, int signal);
+
 void FillRandom(void* out, size_t size);
 int64_t UnixNanos();
 uid_t UserId();

@@ -1,5 +1,11 @@
 // Linux implementation of platform_internal.h.
 #include <dirent.h>
+#include <linux/futex.h>
+#include <spawn.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -198,6 +204,93 @@ Status SyncRange(std::byte* addr, uint64_t size) {
     return ErrnoStatus(errno, "msync");
   }
   return Status::OK();
+}
+
+bool FutexWait(uint32_t* word, uint32_t expected, int timeout_ms) {
+  timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
+  long rc = syscall(SYS_futex, word, FUTEX_WAIT, expected, timeout_ms < 0 ? nullptr : &ts,
+                    nullptr, 0);
+  return !(rc != 0 && errno == ETIMEDOUT);
+}
+
+void FutexWake(uint32_t* word) { syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0); }
+
+Result<int> CreateDoorbell() {
+  int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return ErrnoStatus(errno, "eventfd");
+  return fd;
+}
+
+void RingDoorbell(int fd) {
+  uint64_t one = 1;
+  (void)!write(fd, &one, sizeof(one));
+}
+
+void DrainDoorbell(int fd) {
+  uint64_t v;
+  (void)!read(fd, &v, sizeof(v));
+}
+
+Result<int> OpenProcessHandle(pid_t pid) {
+  int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return ErrnoStatus(errno, "pidfd_open");
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  return fd;
+}
+
+extern "C" char** environ;
+
+Result<pid_t> SpawnProcess(const std::vector<std::string>& argv,
+                           const std::vector<std::pair<int, int>>& fds) {
+  // Move every source above the targets first: a dup2 onto itself would
+  // leave close-on-exec set, and a source could sit on another's target.
+  std::vector<int> high;
+  for (auto [src, dst] : fds) {
+    high.push_back(src < 0 ? -1 : fcntl(src, F_DUPFD_CLOEXEC, 100));
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  for (size_t i = 0; i < fds.size(); ++i) {
+    if (high[i] >= 0) posix_spawn_file_actions_adddup2(&fa, high[i], fds[i].second);
+  }
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, args[0], &fa, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  for (int h : high) {
+    if (h >= 0) ::close(h);
+  }
+  if (rc != 0) return ErrnoStatus(rc, "cannot start '" + argv[0] + "'");
+  return pid;
+}
+
+bool DieWithParent(pid_t parent) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  return getppid() == parent;
+}
+
+bool TryReap(pid_t pid, int* wait_status) {
+  return waitpid(pid, wait_status, WNOHANG) == pid;
+}
+
+std::string DescribeExit(int st) {
+  if (WIFSIGNALED(st)) {
+    return "killed by signal " + std::to_string(WTERMSIG(st)) + " (" + strsignal(WTERMSIG(st)) + ")";
+  }
+  if (WIFEXITED(st)) return "exited with status " + std::to_string(WEXITSTATUS(st));
+  return "stopped";
+}
+
+Status MakeLogPipe(int fds[2]) {
+  if (pipe2(fds, O_CLOEXEC) != 0) return ErrnoStatus(errno, "pipe");
+  fcntl(fds[0], F_SETFL, O_NONBLOCK);
+  return Status::OK();
+}
+
+void KillProcess(pid_t pid, int signal) {
+  if (pid > 0) kill(pid, signal);
 }
 
 void FillRandom(void* out, size_t size) {

@@ -296,9 +296,15 @@ int CreateOnSmallTmpfs(const std::vector<std::string>& a) {
   return 0;
 }
 
+// A task only this binary has: a pool pointed at it as its worker executable
+// sees another registry (PoolTest.AWorkerOfAnotherBuildIsRefused).
+int HelperOnly(TaskContext&, const int& x) { return x; }
+ZCSTORE_TASK("helper_only", HelperOnly);
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  ZCSTORE_WORKER_MAIN(argc, argv);
   if (argc < 2) Fail("usage: zcstore_test_helper COMMAND ARGS...");
   std::string cmd = argv[1];
   std::vector<std::string> a(argv + 2, argv + argc);

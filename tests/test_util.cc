@@ -58,6 +58,10 @@ int64_t FirstMismatch(ObjectId id, size_t index, std::span<const std::byte> byte
 }
 
 Child Child::Helper(const std::vector<std::string>& args, int pass_fd) {
+  return Run(ZCSTORE_TEST_HELPER, args, pass_fd);
+}
+
+Child Child::Run(const std::string& exe, const std::vector<std::string>& args, int pass_fd) {
   int in[2], out[2];
   if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
   posix_spawn_file_actions_t fa;
@@ -65,7 +69,7 @@ Child Child::Helper(const std::vector<std::string>& args, int pass_fd) {
   posix_spawn_file_actions_adddup2(&fa, in[0], 0);
   posix_spawn_file_actions_adddup2(&fa, out[1], 1);
   if (pass_fd >= 0) posix_spawn_file_actions_adddup2(&fa, pass_fd, 3);
-  std::vector<std::string> argv_s = {ZCSTORE_TEST_HELPER};
+  std::vector<std::string> argv_s = {exe};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());

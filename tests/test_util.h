@@ -42,6 +42,8 @@ class Child {
   // Runs the zcstore_test_helper executable with `args`. If `pass_fd` >= 0,
   // the child gets it as descriptor 3.
   static Child Helper(const std::vector<std::string>& args, int pass_fd = -1);
+  // Runs `exe` with `args` the same way.
+  static Child Run(const std::string& exe, const std::vector<std::string>& args, int pass_fd = -1);
   Child(Child&&) noexcept;
   Child& operator=(Child&&) = delete;
   ~Child();

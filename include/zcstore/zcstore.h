@@ -4,6 +4,7 @@
 
 #include "zcstore/array.h"
 #include "zcstore/object_id.h"
+#include "zcstore/pool.h"
 #include "zcstore/serializer.h"
 #include "zcstore/status.h"
 #include "zcstore/store.h"

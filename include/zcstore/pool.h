@@ -1,0 +1,637 @@
+// Pool: worker processes that attach shared objects read-only, without
+// copying, and run registered tasks on them.
+//
+//   // Anywhere at namespace scope, in the program that runs the pool:
+//   float Score(zcstore::TaskContext& ctx, const ScoreArgs& a) {
+//     const Model& model = ctx.Get(a.model);   // attached once per worker, zero-copy
+//     ...
+//   }
+//   ZCSTORE_TASK("score", Score);
+//
+//   int main(int argc, char** argv) {
+//     ZCSTORE_WORKER_MAIN(argc, argv);          // a worker process stops here
+//     auto pool = zcstore::Pool::Create({}).value();
+//     auto model = pool->Share(std::move(big_model)).value();
+//     auto scores = pool->Map<float>("score", args);
+//   }
+//
+// Workers are started by spawn by default (posix_spawn of this executable, or
+// of PoolOptions::worker_executable): a fresh process image, safe from a
+// multithreaded parent. Functions travel by name: each worker reports a hash
+// of its task registry at start-up, and a mismatch is a VersionMismatch. No
+// code or function pointer crosses processes.
+//
+// Shared objects live in the pool's store, an anonymous memfd handed to the
+// workers, so nothing is left behind even if every process is killed. A task
+// receives `const T&` to a shared object; each worker maps it once.
+//
+// Faults (docs/pool.md has the whole model): a worker that dies mid-task fails
+// that task with WorkerCrashed (naming the signal and worker) or retries it,
+// and is replaced; a task that throws fails with its type and message; a task
+// past PoolOptions::task_timeout is killed with its worker and fails with
+// Timeout; if the parent is killed, every worker exits within a second.
+//
+// Thread-safety: a Pool may be used from many threads at once. Futures too.
+#ifndef ZCSTORE_POOL_H_
+#define ZCSTORE_POOL_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <typeindex>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "zcstore/export.h"
+#include "zcstore/serializer.h"
+#include "zcstore/status.h"
+#include "zcstore/store.h"
+
+namespace zcstore {
+
+class TaskContext;
+
+// Thrown by TaskContext::Get when a shared object cannot be attached; the
+// task then fails with `status` (NotFound if the object was unshared).
+struct TaskError : std::runtime_error {
+  explicit TaskError(Status s) : std::runtime_error(s.ToString()), status(std::move(s)) {}
+  Status status;
+};
+
+// A handle on an object shared with a pool's workers. A plain value:
+// serializable, so it can travel inside task arguments.
+template <typename T>
+struct Shared {
+  ObjectId id;
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(id.hi, id.lo);
+  }
+};
+
+namespace internal {
+
+// One item's outcome as it travels back: a status, and the result's inline
+// bytes, or the id of the object the worker put into the pool's store.
+struct ItemResult {
+  StatusCode code = StatusCode::kOk;
+  std::string error;
+  std::vector<std::byte> bytes;
+  ObjectId ref;  // non-nil: the result is this store object
+};
+
+// What the pool keeps per submitted batch of items (a Submit is a batch of
+// one). The caller's thread encodes arguments (through `encode`) and decodes
+// results; the pool only moves bytes.
+struct Job {
+  uint32_t task = 0;
+  size_t n = 0;
+  size_t chunk = 1;
+  int target_worker = -1;  // Broadcast: one job per worker
+  std::function<Status(size_t i, std::vector<std::byte>* out, ObjectId* ref)> encode;
+  // Guarded by the pool's mutex:
+  size_t next = 0;          // next item to dispatch
+  size_t done = 0;
+  bool cancelled = false;
+  std::vector<ItemResult> results;       // Map and Submit: by index
+  std::deque<size_t> completed;          // MapUnordered: completion order
+  bool keep_order = true;
+  std::condition_variable cv;
+  std::vector<ObjectId> arg_refs;        // argument objects to delete when done
+};
+
+using TaskInvoker = Status (*)(TaskContext& ctx, std::span<const std::byte> arg, ObjectId arg_ref,
+                               std::vector<std::byte>* out, ObjectId* out_ref);
+
+struct TaskInfo {
+  std::string name;
+  std::string arg_type, result_type;
+  TaskInvoker invoke = nullptr;
+};
+
+// Adds a task to this program's registry (at static initialisation).
+ZCSTORE_EXPORT bool RegisterTaskInfo(TaskInfo info);
+// The registry, sorted by name, and its hash.
+ZCSTORE_EXPORT const std::vector<TaskInfo>& Registry();
+ZCSTORE_EXPORT uint64_t RegistryHash();
+
+class PoolCore;
+struct WorkerState;
+
+// Encoding helpers shared by both sides. Values with out-of-band buffers go
+// through the store (zero-copy on the other side); the rest inline.
+ZCSTORE_EXPORT Store& WorkerStore(TaskContext& ctx);
+ZCSTORE_EXPORT const void* AttachedObject(TaskContext& ctx, ObjectId id, std::type_index type);
+ZCSTORE_EXPORT void RememberAttached(TaskContext& ctx, ObjectId id, std::type_index type,
+                                     std::shared_ptr<const void> object, const void* value);
+
+// Values whose inline encoding is larger travel through the store too.
+inline constexpr size_t kMaxInlineItem = 16 << 10;
+
+template <typename T>
+Status EncodeValue(Store& store, const T& value, std::vector<std::byte>* out, ObjectId* ref) {
+  SaveArchive ar(SerializeOptions{}, /*move=*/false);
+  Status st = Guarded([&] {
+    ar.Field(value);
+    return ar.status();
+  });
+  if (!st.ok()) return st;
+  if (ar.buffers().empty() && ar.bytes().size() <= kMaxInlineItem) {
+    *out = std::move(ar.bytes());
+    return Status::OK();
+  }
+  auto id = store.Put(value);
+  if (!id.ok()) return id.status();
+  *ref = *id;
+  return Status::OK();
+}
+
+template <typename T>
+Result<T> DecodeValue(const Store& store, std::span<const std::byte> bytes, ObjectId ref) {
+  if (!ref.is_nil()) {
+    auto p = store.Get<T>(ref);
+    if (!p.ok()) return p.status();
+    return std::move(*p).Take();
+  }
+  LoadArchive ar(bytes, {}, nullptr, LoadOptions{});
+  T value{};
+  Status st = Guarded([&] {
+    ar.Field(value);
+    if (ar.ok() && ar.remaining() != 0) ar.Corrupt("bytes left over after a task value");
+    return ar.status();
+  });
+  if (!st.ok()) return st;
+  return value;
+}
+
+template <typename R, typename A>
+Status Invoke(R (*fn)(TaskContext&, const A&), TaskContext& ctx, std::span<const std::byte> arg,
+              ObjectId arg_ref, std::vector<std::byte>* out, ObjectId* out_ref);
+
+}  // namespace internal
+
+// What a task sees: the shared objects, and which worker runs it.
+class ZCSTORE_EXPORT TaskContext {
+ public:
+  // The shared object `ref`, as a T, attached (mapped, pinned) the first time
+  // this worker needs it and kept until the pool ends or it is unshared.
+  // Throws TaskError (the task then fails with its Status: NotFound if the
+  // object was unshared, TypeMismatch if it is no T).
+  template <typename T>
+  const T& Get(const Shared<T>& ref) {
+    if (const void* p = internal::AttachedObject(*this, ref.id, typeid(T))) {
+      return *static_cast<const T*>(p);
+    }
+    auto pinned = internal::WorkerStore(*this).Get<T>(ref.id);
+    if (!pinned.ok()) {
+      throw TaskError(pinned.status().WithContext("shared object " + ref.id.ToString()));
+    }
+    auto holder = std::make_shared<Pinned<T>>(std::move(*pinned));
+    const T* value = &holder->value();
+    internal::RememberAttached(*this, ref.id, typeid(T), holder, value);
+    return *value;
+  }
+  // 0-based index of the worker running this task.
+  int worker_index() const;
+  // Writes a line to the parent's log sink, tagged with this worker.
+  void Log(std::string_view line);
+
+ private:
+  friend class internal::PoolCore;
+  friend struct internal::WorkerState;
+  friend Store& internal::WorkerStore(TaskContext&);
+  friend const void* internal::AttachedObject(TaskContext&, ObjectId, std::type_index);
+  friend void internal::RememberAttached(TaskContext&, ObjectId, std::type_index,
+                                         std::shared_ptr<const void>, const void*);
+  explicit TaskContext(internal::WorkerState* w) : w_(w) {}
+  internal::WorkerState* w_;
+};
+
+namespace internal {
+template <typename R, typename A>
+Status Invoke(R (*fn)(TaskContext&, const A&), TaskContext& ctx, std::span<const std::byte> arg,
+              ObjectId arg_ref, std::vector<std::byte>* out, ObjectId* out_ref) {
+  auto a = DecodeValue<A>(WorkerStore(ctx), arg, arg_ref);
+  if (!a.ok()) return a.status();
+  try {
+    R r = fn(ctx, *a);
+    return EncodeValue(WorkerStore(ctx), r, out, out_ref);
+  } catch (const TaskError& e) {
+    return e.status;
+  } catch (const std::exception& e) {
+    return InvalidArgument("task threw " + std::string(typeid(e).name()) + ": " + e.what());
+  } catch (...) {
+    return InvalidArgument("task threw an exception that is not a std::exception");
+  }
+}
+
+}  // namespace internal
+
+// Registers `fn`, a `R fn(zcstore::TaskContext&, const A&)` with A and R
+// serializable, under `name`. Use at namespace scope, once per task.
+#define ZCSTORE_TASK(name, fn)                                      \
+  [[maybe_unused]] static const bool zcstore_task_registered_##fn = \
+      ::zcstore::internal::RegisterTaskFn<&fn>(name)
+
+// In main(), before anything else: a worker process runs its loop and exits
+// here; the parent continues.
+#define ZCSTORE_WORKER_MAIN(argc, argv)                          \
+  do {                                                           \
+    if (::zcstore::IsWorkerProcess(argc, argv)) {                \
+      return ::zcstore::RunWorkerProcess(argc, argv);            \
+    }                                                            \
+  } while (0)
+
+ZCSTORE_EXPORT bool IsWorkerProcess(int argc, char** argv);
+ZCSTORE_EXPORT int RunWorkerProcess(int argc, char** argv);
+
+namespace internal {
+// One thunk per task function: the function pointer is a template argument,
+// so the registry holds a plain function pointer.
+template <auto Fn>
+struct FnThunk;
+template <typename R, typename A, R (*Fn)(TaskContext&, const A&)>
+struct FnThunk<Fn> {
+  static Status Run(TaskContext& ctx, std::span<const std::byte> arg, ObjectId arg_ref,
+                    std::vector<std::byte>* out, ObjectId* out_ref) {
+    return Invoke(Fn, ctx, arg, arg_ref, out, out_ref);
+  }
+};
+template <typename R, typename A>
+bool RegisterFnInfo(std::string name, R (*)(TaskContext&, const A&), TaskInvoker run) {
+  return RegisterTaskInfo({std::move(name), TypeName<A>(), TypeName<R>(), run});
+}
+template <auto Fn>
+bool RegisterTaskFn(std::string name) {
+  return RegisterFnInfo(std::move(name), Fn, &FnThunk<Fn>::Run);
+}
+}  // namespace internal
+
+struct PoolOptions {
+  enum class Backend {
+    kSpawn,    // fresh processes (posix_spawn): the default
+    kFork,     // fork() without exec: faster start, inherits the parent's memory
+    kThreads,  // threads of this process: no isolation, for comparisons
+  };
+  Backend backend = Backend::kSpawn;
+  // Worker count; 0: the hardware threads.
+  int workers = 0;
+  // kSpawn: the executable to start (it must call ZCSTORE_WORKER_MAIN);
+  // empty: this program (/proc/self/exe).
+  std::string worker_executable;
+  // Bytes of the pool's store (shared objects, large arguments and results).
+  // Reserved up front.
+  uint64_t store_capacity = uint64_t{1} << 30;
+  // A task running longer is killed with its worker and fails with Timeout.
+  // 0: no limit. (kThreads: not enforced.) Forces chunks of one task.
+  std::chrono::milliseconds task_timeout{0};
+  // A task whose worker died is run again up to this many times before it
+  // fails with WorkerCrashed.
+  int max_retries = 0;
+  // Busy-wait this long for work or results before sleeping (futex); lowers
+  // latency, burns a core. 0: sleep at once.
+  int spin_us = 0;
+  // Chunks dispatched to one worker and not yet answered (backpressure).
+  int max_in_flight_per_worker = 2;
+  // Progress bar (done/total, rate, ETA) on stderr during Map calls, shown
+  // only when stderr is a terminal.
+  bool progress_bar = true;
+  // Called on the pool's thread about every 100 ms during Map calls.
+  std::function<void(uint64_t done, uint64_t total)> progress;
+  // Receives each line a worker writes (stdout, stderr, TaskContext::Log), in
+  // order per worker, on the pool's thread. Default: the parent's stderr,
+  // prefixed "[worker N] ".
+  std::function<void(int worker, std::string_view line)> log_sink;
+  // Lines held for the sink at most; more are dropped and counted.
+  size_t max_log_lines = 10000;
+  // Workers must report in within this time at start.
+  std::chrono::milliseconds start_timeout{20000};
+};
+
+struct MapOptions {
+  // Tasks per message to a worker; 0: chosen from the count and the workers.
+  size_t chunk_size = 0;
+};
+
+struct PoolStats {
+  int workers = 0;
+  uint64_t tasks_done = 0;
+  uint64_t tasks_failed = 0;
+  uint32_t workers_replaced = 0;
+  uint64_t log_lines = 0;
+  uint64_t log_lines_dropped = 0;
+};
+
+// The result of a Submit. Move-only.
+template <typename R>
+class Future {
+ public:
+  // Waits for the task and returns its result, or why there is none
+  // (WorkerCrashed, Timeout, Cancelled, a task's error). Call once.
+  Result<R> Get();
+  // True once Get would not block.
+  bool Ready() const;
+  // Cancels the task if it has not started (it then fails with Cancelled).
+  void Cancel();
+
+ private:
+  friend class Pool;
+  Future(internal::PoolCore* core, std::shared_ptr<internal::Job> job) : core_(core), job_(std::move(job)) {}
+  internal::PoolCore* core_;
+  std::shared_ptr<internal::Job> job_;
+};
+
+class ZCSTORE_EXPORT Pool {
+ public:
+  // Starts the workers and waits until each has reported in with a matching
+  // task registry. Errors: VersionMismatch (a worker of another build),
+  // WorkerCrashed (a worker died at start), Timeout, StoreFull (the store's
+  // capacity cannot be reserved), IOError.
+  static Result<std::unique_ptr<Pool>> Create(const PoolOptions& options = {});
+  // Shuts down (see Shutdown).
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  // Puts `object` into the pool's store (moved: peak memory about one copy)
+  // and returns its handle. StoreFull if it does not fit.
+  template <typename T>
+  Result<Shared<std::remove_cvref_t<T>>> Share(T&& object) {
+    auto id = store().Put(std::forward<T>(object));
+    if (!id.ok()) return id.status();
+    return Shared<std::remove_cvref_t<T>>{*id};
+  }
+  // Deletes a shared object and tells the workers to let it go. Tasks that
+  // use it afterwards fail with NotFound. NotFound if unknown.
+  template <typename T>
+  Status Unshare(const Shared<T>& ref) {
+    return UnshareId(ref.id);
+  }
+
+  // Runs task `name` on `arg`. A task not registered, or registered with other
+  // argument or result types, fails the future with NotFound/TypeMismatch.
+  template <typename R, typename A>
+  Future<R> Submit(std::string_view name, const A& arg);
+
+  // Runs task `name` on each argument; the results in order. Items are sent in
+  // chunks; at most max_in_flight_per_worker chunks per worker are
+  // outstanding, so a huge Map does not fill memory with requests. The first
+  // failed item's Status is returned (the others still ran).
+  template <typename R, typename A>
+  Result<std::vector<R>> Map(std::string_view name, const std::vector<A>& args,
+                             const MapOptions& options = {});
+
+  // As Map, but calls `on_result(index, result)` on this thread as results
+  // arrive, in completion order. Returns the first error, if any.
+  template <typename R, typename A>
+  Status MapUnordered(std::string_view name, const std::vector<A>& args,
+                      const std::function<void(size_t, Result<R>)>& on_result,
+                      const MapOptions& options = {});
+
+  // Map with a per-call context, as ChemFit's map_with_context: the context is
+  // shared with the workers (a snapshot), each task returns its result and an
+  // update, and the updates are merged into `context` here, in argument order.
+  // The task is a `WithUpdate<R, U> fn(TaskContext&, const ContextArg<A, C>&)`.
+  template <typename R, typename U, typename A, typename C>
+  Result<std::vector<R>> MapWithContext(std::string_view name, const std::vector<A>& args,
+                                        C& context, const std::function<void(C&, U&&)>& merge,
+                                        const MapOptions& options = {});
+
+  // Runs task `name` once on every worker; one result per worker.
+  template <typename R, typename A>
+  Result<std::vector<Result<R>>> Broadcast(std::string_view name, const A& arg);
+
+  // Cancels every task not yet started (they fail with Cancelled).
+  void CancelAll();
+  // Cancels what has not started, waits for what has, stops the workers
+  // (SIGKILL after a grace period) and reaps them. Idempotent.
+  Status Shutdown();
+
+  PoolStats Stats() const;
+  int workers() const;
+  // The pool's store (for sharing by hand, or inspecting).
+  Store& store();
+  // Process ids of the current workers (0 for thread workers).
+  std::vector<pid_t> worker_pids() const;
+
+ private:
+  Pool() = default;
+  Status UnshareId(ObjectId id);
+  Result<uint32_t> TaskIndex(std::string_view name, const std::string& arg_type,
+                             const std::string& result_type);
+  std::shared_ptr<internal::Job> Start(uint32_t task, size_t n, size_t chunk, int target,
+                                       bool keep_order,
+                                       std::function<Status(size_t, std::vector<std::byte>*, ObjectId*)> encode);
+  // Waits until the job is done (Map) or a result is ready (unordered).
+  void WaitDone(internal::Job& job);
+  bool WaitNext(internal::Job& job, size_t* index);
+  template <typename R>
+  Result<R> Take(internal::ItemResult& r);
+  template <typename R>
+  friend class Future;
+
+  std::unique_ptr<internal::PoolCore> core_;
+};
+
+// MapWithContext's argument and result wrappers.
+template <typename A, typename C>
+struct ContextArg {
+  A arg;
+  Shared<C> context;
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(arg, context);
+  }
+};
+template <typename R, typename U>
+struct WithUpdate {
+  R result;
+  U update;
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(result, update);
+  }
+};
+
+namespace internal {
+ZCSTORE_EXPORT void CancelJob(PoolCore* core, Job& job);
+ZCSTORE_EXPORT std::mutex& JobsMutex(PoolCore* core);
+ZCSTORE_EXPORT const Store& CoreStore(PoolCore* core);
+}  // namespace internal
+
+// ------------------------------------------------------------ templates
+
+template <typename R>
+Result<R> Pool::Take(internal::ItemResult& r) {
+  if (r.code != StatusCode::kOk) return Status(r.code, r.error);
+  auto value = internal::DecodeValue<R>(store(), r.bytes, r.ref);
+  if (!r.ref.is_nil()) (void)store().Delete(r.ref);  // Arrays in the value keep it pinned
+  return value;
+}
+
+template <typename R, typename A>
+Future<R> Pool::Submit(std::string_view name, const A& arg) {
+  auto task = TaskIndex(name, TypeName<A>(), TypeName<R>());
+  std::shared_ptr<internal::Job> job;
+  if (!task.ok()) {
+    job = std::make_shared<internal::Job>();
+    job->n = 1;
+    job->done = 1;
+    job->results.resize(1);
+    job->results[0].code = task.status().code();
+    job->results[0].error = task.status().message();
+  } else {
+    // Encode now: the caller's argument may be gone by the time it is sent.
+    std::vector<std::byte> bytes;
+    ObjectId ref;
+    Status st = internal::EncodeValue(store(), arg, &bytes, &ref);
+    auto shared_bytes = std::make_shared<std::vector<std::byte>>(std::move(bytes));
+    job = Start(*task, 1, 1, -1, true,
+                [st, shared_bytes, ref](size_t, std::vector<std::byte>* out, ObjectId* r) {
+                  if (!st.ok()) return st;
+                  *out = *shared_bytes;
+                  *r = ref;
+                  return Status::OK();
+                });
+  }
+  return Future<R>(core_.get(), job);
+}
+
+template <typename R>
+Result<R> Future<R>::Get() {
+  if (!job_) return InvalidArgument("Future::Get called twice (or on a moved-from future)");
+  auto job = std::move(job_);
+  {
+    std::unique_lock<std::mutex> lock(internal::JobsMutex(core_));
+    job->cv.wait(lock, [&] { return job->done == job->n; });
+  }
+  internal::ItemResult r = std::move(job->results[0]);
+  if (r.code != StatusCode::kOk) return Status(r.code, r.error);
+  auto value = internal::DecodeValue<R>(internal::CoreStore(core_), r.bytes, r.ref);
+  if (!r.ref.is_nil()) (void)const_cast<Store&>(internal::CoreStore(core_)).Delete(r.ref);
+  return value;
+}
+
+template <typename R>
+bool Future<R>::Ready() const {
+  if (!job_) return false;
+  std::lock_guard<std::mutex> lock(internal::JobsMutex(core_));
+  return job_->done == job_->n;
+}
+
+template <typename R>
+void Future<R>::Cancel() {
+  if (job_) internal::CancelJob(core_, *job_);
+}
+
+template <typename R, typename A>
+Result<std::vector<R>> Pool::Map(std::string_view name, const std::vector<A>& args,
+                                 const MapOptions& options) {
+  auto task = TaskIndex(name, TypeName<A>(), TypeName<R>());
+  if (!task.ok()) return task.status();
+  std::vector<R> out;
+  if (args.empty()) return out;
+  size_t chunk = options.chunk_size;
+  auto job = Start(*task, args.size(), chunk, -1, true,
+                   [this, &args](size_t i, std::vector<std::byte>* bytes, ObjectId* ref) {
+                     return internal::EncodeValue(store(), args[i], bytes, ref);
+                   });
+  WaitDone(*job);
+  out.reserve(args.size());
+  Status first;
+  for (internal::ItemResult& r : job->results) {
+    auto v = Take<R>(r);
+    if (!v.ok()) {
+      if (first.ok()) first = v.status();
+      out.emplace_back();
+      continue;
+    }
+    out.push_back(std::move(*v));
+  }
+  if (!first.ok()) return first;
+  return out;
+}
+
+template <typename R, typename A>
+Status Pool::MapUnordered(std::string_view name, const std::vector<A>& args,
+                          const std::function<void(size_t, Result<R>)>& on_result,
+                          const MapOptions& options) {
+  auto task = TaskIndex(name, TypeName<A>(), TypeName<R>());
+  if (!task.ok()) return task.status();
+  if (args.empty()) return Status::OK();
+  auto job = Start(*task, args.size(), options.chunk_size, -1, false,
+                   [this, &args](size_t i, std::vector<std::byte>* bytes, ObjectId* ref) {
+                     return internal::EncodeValue(store(), args[i], bytes, ref);
+                   });
+  Status first;
+  size_t index;
+  while (WaitNext(*job, &index)) {
+    internal::ItemResult r;
+    {
+      std::lock_guard<std::mutex> lock(internal::JobsMutex(core_.get()));
+      r = std::move(job->results[index]);
+    }
+    Result<R> v = Take<R>(r);
+    if (!v.ok() && first.ok()) first = v.status();
+    on_result(index, std::move(v));
+  }
+  return first;
+}
+
+template <typename R, typename U, typename A, typename C>
+Result<std::vector<R>> Pool::MapWithContext(std::string_view name, const std::vector<A>& args,
+                                            C& context, const std::function<void(C&, U&&)>& merge,
+                                            const MapOptions& options) {
+  auto snapshot = Share(static_cast<const C&>(context));
+  if (!snapshot.ok()) return snapshot.status();
+  std::vector<ContextArg<A, C>> wrapped;
+  wrapped.reserve(args.size());
+  for (const A& a : args) wrapped.push_back({a, *snapshot});
+  auto results = Map<WithUpdate<R, U>>(name, wrapped, options);
+  (void)Unshare(*snapshot);
+  if (!results.ok()) return results.status();
+  std::vector<R> out;
+  out.reserve(results->size());
+  for (WithUpdate<R, U>& r : *results) {
+    merge(context, std::move(r.update));
+    out.push_back(std::move(r.result));
+  }
+  return out;
+}
+
+template <typename R, typename A>
+Result<std::vector<Result<R>>> Pool::Broadcast(std::string_view name, const A& arg) {
+  auto task = TaskIndex(name, TypeName<A>(), TypeName<R>());
+  if (!task.ok()) return task.status();
+  std::vector<std::byte> bytes;
+  ObjectId ref;
+  if (Status st = internal::EncodeValue(store(), arg, &bytes, &ref); !st.ok()) return st;
+  std::vector<std::shared_ptr<internal::Job>> jobs;
+  for (int w = 0; w < workers(); ++w) {
+    jobs.push_back(Start(*task, 1, 1, w, true,
+                         [&bytes, ref](size_t, std::vector<std::byte>* out, ObjectId* r) {
+                           *out = bytes;
+                           *r = ref;
+                           return Status::OK();
+                         }));
+  }
+  std::vector<Result<R>> out;
+  for (auto& job : jobs) {
+    WaitDone(*job);
+    out.push_back(Take<R>(job->results[0]));
+  }
+  if (!ref.is_nil()) (void)store().Delete(ref);
+  return out;
+}
+
+}  // namespace zcstore
+
+#endif  // ZCSTORE_POOL_H_

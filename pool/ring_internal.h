@@ -1,0 +1,97 @@
+// Ring: a single-producer single-consumer queue of byte messages in shared
+// memory, with futex wake-ups. One per direction per worker, in the pool's
+// control segment (a memfd). docs/format.md draws the layout.
+//
+//   [RingHeader, 256 bytes][capacity bytes of messages]
+//   message: [u32 length][u32 reserved][payload, padded to 8 bytes]
+//   length 0xFFFFFFFF: skip to the start of the buffer (wrap)
+//
+// The producer writes a message, then publishes it by advancing `head`
+// (release); the consumer reads up to `head` (acquire) and frees space by
+// advancing `tail`. Each side sleeps on a futex word the other bumps, and
+// only pays for a wake-up syscall when the other side is asleep.
+// The consumer trusts nothing it reads: a length out of range is Corrupt.
+#ifndef ZCSTORE_POOL_RING_INTERNAL_H_
+#define ZCSTORE_POOL_RING_INTERNAL_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "zcstore/status.h"
+
+namespace zcstore::internal {
+
+struct alignas(64) RingHeader {
+  std::atomic<uint64_t> head;  // bytes published, ever (producer)
+  uint8_t pad0[56];
+  std::atomic<uint64_t> tail;  // bytes consumed, ever (consumer)
+  uint8_t pad1[56];
+  std::atomic<uint32_t> data_seq;       // bumped after each publish (consumer's futex)
+  std::atomic<uint32_t> data_waiting;   // consumer asleep
+  std::atomic<uint32_t> space_seq;      // bumped after each consume (producer's futex)
+  std::atomic<uint32_t> space_waiting;  // producer asleep
+  uint8_t pad2[48];
+  // Request rings only: the job and item the worker is running now, written
+  // before each task starts, read by the parent after the worker died.
+  std::atomic<uint64_t> current_job;
+  std::atomic<uint64_t> current_item;
+  uint8_t reserved[48];
+};
+static_assert(sizeof(RingHeader) == 256);
+static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free);
+
+class Ring {
+ public:
+  static constexpr uint32_t kWrap = 0xFFFFFFFFu;
+  Ring() = default;
+  // `memory` holds a RingHeader then `capacity` bytes (a power of two).
+  Ring(std::byte* memory, uint64_t capacity)
+      : h_(reinterpret_cast<RingHeader*>(memory)), data_(memory + sizeof(RingHeader)), cap_(capacity) {}
+  static uint64_t Footprint(uint64_t capacity) { return sizeof(RingHeader) + capacity; }
+  void Reset();  // both ends idle: empties the ring
+  RingHeader* header() const { return h_; }
+  // The largest message Push accepts.
+  uint64_t max_message() const { return cap_ / 4; }
+
+  // Producer: false if there is no room now.
+  bool TryPush(std::span<const std::byte> msg);
+  // Producer: waits for room, spinning `spin_us` first, in slices of
+  // `slice_ms`; calls `keep_waiting()` after each slice and gives up (false)
+  // when it returns false.
+  template <typename F>
+  bool Push(std::span<const std::byte> msg, int spin_us, int slice_ms, F keep_waiting);
+
+  // Consumer: the next message into *out, or false if none (or Corrupt set).
+  bool TryPop(std::vector<std::byte>* out, Status* corrupt);
+  bool Empty() const;
+  // Consumer: waits for a message, spinning `spin_us` first, then sleeping at
+  // most `timeout_ms`. True if one is there.
+  bool WaitForData(int spin_us, int timeout_ms);
+
+ private:
+  void WaitForSpace(uint32_t seen, int timeout_ms);
+  RingHeader* h_ = nullptr;
+  std::byte* data_ = nullptr;
+  uint64_t cap_ = 0;
+};
+
+template <typename F>
+bool Ring::Push(std::span<const std::byte> msg, int spin_us, int slice_ms, F keep_waiting) {
+  if (msg.size() > max_message()) return false;
+  auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+  while (true) {
+    uint32_t seen = h_->space_seq.load(std::memory_order_acquire);
+    if (TryPush(msg)) return true;
+    if (std::chrono::steady_clock::now() < spin_until) continue;
+    WaitForSpace(seen, slice_ms);
+    if (!keep_waiting()) return false;
+  }
+}
+
+}  // namespace zcstore::internal
+
+#endif  // ZCSTORE_POOL_RING_INTERNAL_H_

@@ -1,0 +1,212 @@
+// The worker side of the pool: the task registry, the loop that runs tasks,
+// and the entry point of a spawned worker process.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+
+#include "pool/pool_internal.h"
+#include "store/platform_internal.h"
+
+namespace zcstore {
+namespace internal {
+
+namespace {
+std::vector<TaskInfo>& MutableRegistry() {
+  static std::vector<TaskInfo> registry;
+  return registry;
+}
+}  // namespace
+
+bool RegisterTaskInfo(TaskInfo info) {
+  auto& r = MutableRegistry();
+  auto at = std::lower_bound(r.begin(), r.end(), info.name,
+                             [](const TaskInfo& t, const std::string& n) { return t.name < n; });
+  if (at != r.end() && at->name == info.name) {
+    std::fprintf(stderr, "zcstore: task '%s' is registered twice\n", info.name.c_str());
+    std::abort();  // a bug in the program, not an error
+  }
+  r.insert(at, std::move(info));
+  return true;
+}
+
+const std::vector<TaskInfo>& Registry() { return MutableRegistry(); }
+
+uint64_t RegistryHash() {
+  std::string text;
+  for (const TaskInfo& t : Registry()) text += t.name + "(" + t.arg_type + ")->" + t.result_type + ";";
+  return HashString(text, 0x706F6F6C);
+}
+
+Store& WorkerStore(TaskContext& ctx) { return *ctx.w_->store; }
+
+const void* AttachedObject(TaskContext& ctx, ObjectId id, std::type_index type) {
+  auto it = ctx.w_->attached.find(id);
+  if (it == ctx.w_->attached.end()) return nullptr;
+  if (it->second.type != type) {
+    throw std::runtime_error("shared object " + id.ToString() + " is used as two different types");
+  }
+  return it->second.value;
+}
+
+void RememberAttached(TaskContext& ctx, ObjectId id, std::type_index type,
+                      std::shared_ptr<const void> object, const void* value) {
+  ctx.w_->attached.insert_or_assign(id, WorkerState::Attached{type, std::move(object), value});
+}
+
+namespace {
+
+// Keeps waiting while the parent lives (process workers only).
+bool ParentAlive(const WorkerState& w) { return w.parent == 0 || getppid() == w.parent; }
+
+bool Send(WorkerState& w, const std::vector<std::byte>& msg) {
+  bool ok = w.responses.Push(msg, w.spin_us, 100, [&] { return ParentAlive(w); });
+  if (ok) platform::RingDoorbell(w.doorbell);
+  return ok;
+}
+
+// Runs the items of one Run message and answers, splitting the answer into
+// several Done messages if it grows past what a ring message may hold.
+bool RunTasks(WorkerState& w, MessageReader& in) {
+  uint64_t job, first;
+  uint32_t task, count;
+  if (!in.U64(&job) || !in.U32(&task) || !in.U64(&first) || !in.U32(&count)) return false;
+  const auto& registry = Registry();
+  MessageWriter out;
+  uint64_t out_first = first;
+  uint32_t out_count = 0;
+  auto start = [&] {
+    out.bytes.clear();
+    out.U8(kDone);
+    out.U64(job);
+    out.U64(out_first);
+    out.U32(0);  // count, patched when sent
+  };
+  auto flush = [&] {
+    std::memcpy(out.bytes.data() + 17, &out_count, 4);
+    bool ok = Send(w, out.bytes);
+    out_first += out_count;
+    out_count = 0;
+    start();
+    return ok;
+  };
+  start();
+  for (uint32_t i = 0; i < count; ++i) {
+    uint8_t is_ref;
+    uint64_t len = 0;
+    std::span<const std::byte> arg;
+    ObjectId ref;
+    if (!in.U8(&is_ref)) return false;
+    if (is_ref ? !in.Id(&ref) : !(in.Varint(&len) && in.Bytes(len, &arg))) return false;
+    std::vector<std::byte> result;
+    ObjectId result_ref;
+    w.requests.header()->current_job.store(job, std::memory_order_relaxed);
+    w.requests.header()->current_item.store(first + i, std::memory_order_release);
+    Status st = task < registry.size()
+                    ? registry[task].invoke(w.context, arg, ref, &result, &result_ref)
+                    : NotFound("task index " + std::to_string(task) + " is not registered");
+    out.U8(static_cast<uint8_t>(st.code()));
+    if (!st.ok()) {
+      out.U8(0);
+      out.Varint(st.message().size());
+      out.Raw(st.message().data(), st.message().size());
+    } else if (!result_ref.is_nil()) {
+      out.U8(1);
+      out.Id(result_ref);
+    } else {
+      out.U8(0);
+      out.Varint(result.size());
+      out.Raw(result.data(), result.size());
+    }
+    ++out_count;
+    if (out.bytes.size() > w.responses.max_message() / 2 && !flush()) return false;
+  }
+  return out_count == 0 || flush();
+}
+
+}  // namespace
+
+int WorkerLoop(WorkerState& w) {
+  MessageWriter hello;
+  hello.U8(kHello);
+  hello.U32(static_cast<uint32_t>(getpid()));
+  hello.U64(RegistryHash());
+  hello.U32(static_cast<uint32_t>(w.index));
+  if (!Send(w, hello.bytes)) return 1;
+  std::vector<std::byte> msg;
+  while (true) {
+    if (!w.requests.WaitForData(w.spin_us, 100)) {
+      if (!ParentAlive(w)) return 0;  // orphaned: the parent was killed
+      continue;
+    }
+    Status corrupt;
+    if (!w.requests.TryPop(&msg, &corrupt)) {
+      if (!corrupt.ok()) {
+        std::fprintf(stderr, "zcstore worker %d: %s\n", w.index, corrupt.ToString().c_str());
+        return 2;
+      }
+      continue;
+    }
+    MessageReader in(msg);
+    uint8_t kind;
+    if (!in.U8(&kind)) continue;
+    if (kind == kStop) return 0;
+    if (kind == kDetach) {
+      ObjectId id;
+      if (in.Id(&id)) w.attached.erase(id);
+      continue;
+    }
+    if (kind == kRun && !RunTasks(w, in)) {
+      if (!ParentAlive(w)) return 0;
+      std::fprintf(stderr, "zcstore worker %d: malformed request\n", w.index);
+      return 2;
+    }
+  }
+}
+
+}  // namespace internal
+
+int TaskContext::worker_index() const { return w_->index; }
+
+void TaskContext::Log(std::string_view line) {
+  std::string l(line);
+  l += '\n';
+  (void)!write(2, l.data(), l.size());
+}
+
+bool IsWorkerProcess(int argc, char** argv) {
+  return argc >= 2 && std::strcmp(argv[1], internal::kWorkerFlag) == 0;
+}
+
+int RunWorkerProcess(int argc, char** argv) {
+  // argv: exe --zcstore-worker INDEX PARENT_PID SPIN_US WORKERS
+  if (argc < 6) {
+    std::fprintf(stderr, "zcstore worker: started without its arguments\n");
+    return 2;
+  }
+  internal::WorkerState w;
+  w.index = std::atoi(argv[2]);
+  w.parent = static_cast<pid_t>(std::atol(argv[3]));
+  w.spin_us = std::atoi(argv[4]);
+  int workers = std::atoi(argv[5]);
+  if (!internal::platform::DieWithParent(w.parent)) return 0;  // the parent is already gone
+  if (w.index < 0 || w.index >= workers) return 2;
+  auto control = internal::platform::MapFile(internal::kControlFd, internal::ControlSize(workers), true);
+  auto store = Store::OpenFd(internal::kStoreFd);
+  if (!control.ok() || !store.ok()) {
+    std::fprintf(stderr, "zcstore worker %d: %s\n", w.index,
+                 (control.ok() ? store.status() : control.status()).ToString().c_str());
+    return 2;
+  }
+  w.requests = internal::RequestRing(*control, w.index);
+  w.responses = internal::ResponseRing(*control, w.index);
+  w.doorbell = internal::kDoorbellFd;
+  w.store = std::make_unique<Store>(std::move(*store));
+  int rc = internal::WorkerLoop(w);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  return rc;
+}
+
+}  // namespace zcstore

@@ -1,0 +1,566 @@
+// The pool with real worker processes: results, shared objects, and every
+// fault the pool promises to survive. This binary is its own worker
+// executable (ZCSTORE_WORKER_MAIN) and, with --pool-parent, a pool parent
+// that the tests kill.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "tests/serializer/test_types.h"
+#include "tests/test_util.h"
+#include "zcstore/zcstore.h"
+
+namespace zcstore {
+namespace {
+
+using testing::Model;
+
+// ------------------------------------------------------------ tasks
+
+int Square(TaskContext&, const int& x) { return x * x; }
+ZCSTORE_TASK("square", Square);
+
+struct SumArgs {
+  Shared<Model> model;
+  uint64_t begin = 0, end = 0;
+  template <class Ar>
+  void Serialize(Ar& ar) {
+    ar(model, begin, end);
+  }
+};
+double SumShared(TaskContext& ctx, const SumArgs& a) {
+  const Model& m = ctx.Get(a.model);
+  double s = 0;
+  for (uint64_t i = a.begin; i < a.end && i < m.factors.size(); ++i) s += m.factors[i];
+  return s;
+}
+ZCSTORE_TASK("sum_shared", SumShared);
+
+// Where a worker sees the shared factors: "pid address mapping".
+std::string WhereShared(TaskContext& ctx, const Shared<Model>& ref) {
+  const Model& m = ctx.Get(ref);
+  return std::to_string(getpid()) + " " + std::to_string(reinterpret_cast<uintptr_t>(m.factors.data())) +
+         " " + zcstore::testing::MappingOf(m.factors.data());
+}
+ZCSTORE_TASK("where_shared", WhereShared);
+
+int CrashOn13(TaskContext&, const int& x) {
+  if (x == 13) kill(getpid(), SIGKILL);
+  return x;
+}
+ZCSTORE_TASK("crash_on_13", CrashOn13);
+
+int Die(TaskContext&, const std::string& how) {
+  if (how == "abort") std::abort();
+  if (how == "exit") std::exit(3);
+  return 0;
+}
+ZCSTORE_TASK("die", Die);
+
+// Crashes the first time (leaving a marker file), succeeds the second.
+int CrashOnce(TaskContext&, const std::string& marker) {
+  if (access(marker.c_str(), F_OK) != 0) {
+    std::ofstream(marker) << "crashed";
+    kill(getpid(), SIGKILL);
+  }
+  return 1;
+}
+ZCSTORE_TASK("crash_once", CrashOnce);
+
+int Throws(TaskContext&, const int&) { throw std::out_of_range("bad index 7"); }
+ZCSTORE_TASK("throws", Throws);
+
+int SleepMs(TaskContext&, const int& ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+ZCSTORE_TASK("sleep_ms", SleepMs);
+
+int WriteShared(TaskContext& ctx, const Shared<Model>& ref) {
+  const Model& m = ctx.Get(ref);
+  *const_cast<volatile float*>(m.factors.data()) = -1.f;
+  return 0;
+}
+ZCSTORE_TASK("write_shared", WriteShared);
+
+int Pid(TaskContext&, const int&) { return getpid(); }
+ZCSTORE_TASK("pid", Pid);
+
+int LogLines(TaskContext& ctx, const int& n) {
+  for (int i = 0; i < n; ++i) ctx.Log("line " + std::to_string(i));
+  std::fprintf(stderr, "from stderr\n");
+  std::printf("from stdout\n");
+  std::fflush(stdout);
+  return n;
+}
+ZCSTORE_TASK("log_lines", LogLines);
+
+int Flood(TaskContext&, const int& n) {
+  for (int i = 0; i < n; ++i) std::fprintf(stderr, "flood %d of a worker that talks too much\n", i);
+  return n;
+}
+ZCSTORE_TASK("flood", Flood);
+
+struct Tally {
+  std::map<std::string, int> counts;
+  template <class Ar>
+  void Serialize(Ar& ar) {
+    ar(counts);
+  }
+};
+WithUpdate<int, int> Doubler(TaskContext& ctx, const ContextArg<int, Tally>& a) {
+  const Tally& t = ctx.Get(a.context);
+  return {a.arg * 2 + t.counts.at("offset"), a.arg};
+}
+ZCSTORE_TASK("doubler", Doubler);
+
+// Starts a pool of its own (two-level parallelism) and reports its pids on
+// stdout (which reaches the top parent's log sink), then waits to be killed.
+int Nest(TaskContext&, const int&) {
+  PoolOptions o;
+  o.workers = 1;
+  o.store_capacity = 4 << 20;
+  auto inner = Pool::Create(o);
+  if (!inner.ok()) return -1;
+  std::printf("pids %d %d\n", getpid(), (*inner)->worker_pids()[0]);
+  std::fflush(stdout);
+  pause();
+  return 0;
+}
+ZCSTORE_TASK("nest", Nest);
+
+// ------------------------------------------------------------ helpers
+
+PoolOptions Small(int workers = 2) {
+  PoolOptions o;
+  o.workers = workers;
+  o.store_capacity = 64 << 20;
+  o.progress_bar = false;
+  return o;
+}
+
+std::unique_ptr<Pool> MakePool(const PoolOptions& o = Small()) {
+  auto p = Pool::Create(o);
+  EXPECT_TRUE(p.ok()) << p.status().ToString();
+  return p.ok() ? std::move(*p) : nullptr;
+}
+
+Model SharedModel(size_t n) {
+  Model m;
+  m.name = "shared";
+  m.factors = Array<float>::Uninitialized(n);
+  for (size_t i = 0; i < n; ++i) m.factors.mutable_data()[i] = 1.0f;
+  return m;
+}
+
+// ------------------------------------------------------------ tests
+
+TEST(PoolTest, SubmitAndMapReturnResultsInOrder) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  auto f = pool->Submit<int>("square", 7);
+  auto r = f.Get();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, 49);
+  std::vector<int> args(2000);
+  for (int i = 0; i < 2000; ++i) args[i] = i;
+  auto squares = pool->Map<int>("square", args);
+  ASSERT_TRUE(squares.ok()) << squares.status().ToString();
+  for (int i = 0; i < 2000; ++i) ASSERT_EQ((*squares)[i], i * i);
+  EXPECT_EQ(pool->Stats().tasks_done, 2001u);
+  EXPECT_EQ(pool->workers(), 2);
+}
+
+TEST(PoolTest, SharedObjectIsAttachedOnceReadOnlyFromTheMemfd) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  auto model = pool->Share(SharedModel(1 << 20));
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  std::vector<SumArgs> args;
+  for (uint64_t b = 0; b < (1 << 20); b += 1 << 16) args.push_back({*model, b, b + (1 << 16)});
+  auto sums = pool->Map<double>("sum_shared", args);
+  ASSERT_TRUE(sums.ok()) << sums.status().ToString();
+  for (double s : *sums) EXPECT_EQ(s, 65536.0);
+  // Every task on one worker sees the same mapping: attached once, from the
+  // pool's memfd store, read-only and shared.
+  std::map<std::string, std::set<std::string>> seen;
+  std::vector<Shared<Model>> refs(40, *model);
+  auto where = pool->Map<std::string>("where_shared", refs, {.chunk_size = 1});
+  ASSERT_TRUE(where.ok());
+  for (const std::string& w : *where) {
+    std::istringstream in(w);
+    std::string pid, addr, dev, inode, offset, perms;
+    in >> pid >> addr >> dev >> inode >> offset >> perms;
+    seen[pid].insert(addr + " " + inode + " " + offset);
+    EXPECT_EQ(perms, "r--s") << w;
+  }
+  for (auto& [pid, places] : seen) EXPECT_EQ(places.size(), 1u) << pid;
+}
+
+TEST(PoolTest, ATaskThatThrowsFailsItsOwnFutureOnly) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  auto bad = pool->Submit<int>("throws", 1);
+  auto good = pool->Submit<int>("square", 3);
+  auto r = bad.Get();
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("out_of_range"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find("bad index 7"), std::string::npos);
+  EXPECT_EQ(*good.Get(), 9);
+}
+
+TEST(PoolTest, WorkerKilledMidTaskFailsThatTaskAndIsReplaced) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  std::vector<int> args(50);
+  for (int i = 0; i < 50; ++i) args[i] = i;
+  std::map<size_t, Status> failures;
+  int ok = 0;
+  Status st = pool->MapUnordered<int>("crash_on_13", args, [&](size_t i, Result<int> r) {
+    if (r.ok()) {
+      EXPECT_EQ(*r, static_cast<int>(i));
+      ++ok;
+    } else {
+      failures[i] = r.status();
+    }
+  }, {.chunk_size = 1});
+  EXPECT_EQ(st.code(), StatusCode::kWorkerCrashed);
+  EXPECT_EQ(ok, 49);
+  ASSERT_EQ(failures.size(), 1u);
+  ASSERT_EQ(failures.begin()->first, 13u);
+  const std::string& m = failures.begin()->second.message();
+  EXPECT_NE(m.find("killed by signal 9"), std::string::npos) << m;
+  EXPECT_NE(m.find("crash_on_13"), std::string::npos) << m;
+  EXPECT_EQ(pool->Stats().workers_replaced, 1u);
+  EXPECT_EQ(*pool->Submit<int>("square", 5).Get(), 25);  // still usable
+  for (pid_t p : pool->worker_pids()) EXPECT_GT(p, 0);
+}
+
+TEST(PoolTest, AbortAndExitAreReportedAsCrashes) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  auto a = pool->Submit<int>("die", std::string("abort")).Get();
+  EXPECT_EQ(a.status().code(), StatusCode::kWorkerCrashed);
+  EXPECT_NE(a.status().message().find("signal 6"), std::string::npos) << a.status().message();
+  auto e = pool->Submit<int>("die", std::string("exit")).Get();
+  EXPECT_EQ(e.status().code(), StatusCode::kWorkerCrashed);
+  EXPECT_NE(e.status().message().find("exited with status 3"), std::string::npos);
+  EXPECT_EQ(*pool->Submit<int>("square", 4).Get(), 16);
+}
+
+TEST(PoolTest, ACrashedTaskIsRetriedWhenAsked) {
+  PoolOptions o = Small();
+  o.max_retries = 1;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  std::string marker = "/tmp/" + zcstore::testing::UniqueName("retry");
+  auto r = pool->Submit<int>("crash_once", marker).Get();
+  unlink(marker.c_str());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, 1);
+  EXPECT_EQ(pool->Stats().workers_replaced, 1u);
+}
+
+TEST(PoolTest, WritingToASharedObjectKillsOnlyThatWorker) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  auto model = pool->Share(SharedModel(4096));
+  ASSERT_TRUE(model.ok());
+  auto r = pool->Submit<int>("write_shared", *model).Get();
+  EXPECT_EQ(r.status().code(), StatusCode::kWorkerCrashed);
+  EXPECT_NE(r.status().message().find("signal 11"), std::string::npos) << r.status().message();
+  auto m = pool->store().Get<Model>(model->id);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ((*m)->factors[0], 1.0f);  // unchanged
+  EXPECT_EQ(*pool->Submit<int>("square", 2).Get(), 4);
+}
+
+TEST(PoolTest, ATaskPastItsTimeoutIsKilledAndFailsWithTimeout) {
+  PoolOptions o = Small();
+  o.task_timeout = std::chrono::milliseconds(300);
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = pool->Submit<int>("sleep_ms", 30000).Get();
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.status().code(), StatusCode::kTimeout);
+  EXPECT_NE(r.status().message().find("300 ms"), std::string::npos) << r.status().message();
+  EXPECT_LT(s, 5.0);
+  EXPECT_EQ(*pool->Submit<int>("sleep_ms", 10).Get(), 10);
+}
+
+TEST(PoolTest, LogsReachTheSinkTaggedAndInOrderPerWorker) {
+  std::mutex mu;
+  std::vector<std::pair<int, std::string>> lines;
+  PoolOptions o = Small(1);
+  o.log_sink = [&](int worker, std::string_view line) {
+    std::lock_guard<std::mutex> lock(mu);
+    lines.emplace_back(worker, std::string(line));
+  };
+  {
+    auto pool = MakePool(o);
+    ASSERT_TRUE(pool);
+    EXPECT_EQ(*pool->Submit<int>("log_lines", 50).Get(), 50);
+  }  // shutdown drains the logs
+  std::vector<std::string> ours;
+  for (auto& [w, l] : lines) {
+    EXPECT_EQ(w, 0);
+    if (l.rfind("line ", 0) == 0) ours.push_back(l);
+  }
+  ASSERT_EQ(ours.size(), 50u);
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(ours[i], "line " + std::to_string(i));
+  auto has = [&](const std::string& s) {
+    return std::any_of(lines.begin(), lines.end(), [&](auto& p) { return p.second == s; });
+  };
+  EXPECT_TRUE(has("from stderr"));
+  EXPECT_TRUE(has("from stdout"));
+}
+
+TEST(PoolTest, AFloodingWorkerNeitherBlocksNorGrowsMemory) {
+  // The sink takes 1 ms a line, far slower than the worker writes: without
+  // the bound, 20000 lines would take 20 s and their memory would pile up.
+  std::atomic<uint64_t> delivered{0};
+  PoolOptions o = Small(1);
+  o.max_log_lines = 100;
+  o.log_sink = [&](int, std::string_view) {
+    ++delivered;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  };
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = pool->Submit<int>("flood", 20000).Get();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_TRUE(pool->Shutdown().ok());  // drains what is left in the pipe
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  PoolStats st = pool->Stats();
+  EXPECT_EQ(st.log_lines, 20000u);
+  EXPECT_GT(st.log_lines_dropped, 0u);
+  EXPECT_EQ(delivered.load() + st.log_lines_dropped, 20000u);
+  EXPECT_LT(s, 15.0);
+}
+
+TEST(PoolTest, UnknownTasksAndWrongTypesAreClearErrors) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  auto nope = pool->Submit<int>("nope", 1).Get();
+  EXPECT_EQ(nope.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(nope.status().message().find("square"), std::string::npos);  // lists the known ones
+  auto wrong = pool->Submit<float>("square", 1).Get();
+  EXPECT_EQ(wrong.status().code(), StatusCode::kTypeMismatch);
+  auto map = pool->Map<int>("nope", std::vector<int>{1, 2});
+  EXPECT_EQ(map.status().code(), StatusCode::kNotFound);
+}
+
+TEST(PoolTest, AnUnsharedObjectIsNotFoundByLaterTasks) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  auto model = pool->Share(SharedModel(100000));
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ(*pool->Submit<double>("sum_shared", SumArgs{*model, 0, 10}).Get(), 10.0);
+  ASSERT_TRUE(pool->Unshare(*model).ok());
+  EXPECT_EQ(pool->Unshare(*model).code(), StatusCode::kNotFound);
+  for (int i = 0; i < 4; ++i) {  // whichever worker runs it
+    auto r = pool->Submit<double>("sum_shared", SumArgs{*model, 0, 10}).Get();
+    EXPECT_EQ(r.status().code(), StatusCode::kNotFound) << r.status().ToString();
+  }
+}
+
+TEST(PoolTest, SharingMoreThanTheStoreHoldsIsStoreFull) {
+  PoolOptions o = Small();
+  o.store_capacity = 1 << 20;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  auto r = pool->Share(SharedModel(1 << 20));  // 4 MiB
+  EXPECT_EQ(r.status().code(), StatusCode::kStoreFull);
+  EXPECT_EQ(*pool->Submit<int>("square", 3).Get(), 9);
+}
+
+TEST(PoolTest, AWorkerOfAnotherBuildIsRefused) {
+  PoolOptions o = Small(1);
+  o.worker_executable = ZCSTORE_TEST_HELPER;  // registers other tasks
+  auto r = Pool::Create(o);
+  EXPECT_EQ(r.status().code(), StatusCode::kVersionMismatch);
+  EXPECT_NE(r.status().message().find("another build"), std::string::npos) << r.status().message();
+  o.worker_executable = "/nonexistent/worker";
+  EXPECT_EQ(Pool::Create(o).status().code(), StatusCode::kNotFound);
+}
+
+TEST(PoolTest, ThreadsAndForkBackendsRunTheSameTasks) {
+  for (auto backend : {PoolOptions::Backend::kThreads, PoolOptions::Backend::kFork}) {
+    PoolOptions o = Small();
+    o.backend = backend;
+    auto pool = MakePool(o);
+    ASSERT_TRUE(pool);
+    auto model = pool->Share(SharedModel(1000));
+    ASSERT_TRUE(model.ok());
+    auto r = pool->Map<int>("square", std::vector<int>{1, 2, 3});
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(*r, (std::vector<int>{1, 4, 9}));
+    EXPECT_EQ(*pool->Submit<double>("sum_shared", SumArgs{*model, 0, 1000}).Get(), 1000.0);
+  }
+}
+
+TEST(PoolTest, MapWithContextMergesUpdatesInOrder) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  Tally tally;
+  tally.counts["offset"] = 100;
+  std::vector<int> args = {1, 2, 3, 4};
+  std::function<void(Tally&, int&&)> merge = [](Tally& t, int&& u) {
+    t.counts["seen"] += u;
+    t.counts["order"] = t.counts["order"] * 10 + u;
+  };
+  auto r = pool->MapWithContext<int, int>("doubler", args, tally, merge);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, (std::vector<int>{102, 104, 106, 108}));
+  EXPECT_EQ(tally.counts["seen"], 10);
+  EXPECT_EQ(tally.counts["order"], 1234);
+}
+
+TEST(PoolTest, BroadcastRunsOnceOnEveryWorker) {
+  auto pool = MakePool(Small(3));
+  ASSERT_TRUE(pool);
+  auto r = pool->Broadcast<int>("pid", 0);
+  ASSERT_TRUE(r.ok());
+  std::set<int> pids;
+  for (auto& p : *r) pids.insert(p.value());
+  auto expected = pool->worker_pids();
+  EXPECT_EQ(pids, std::set<int>(expected.begin(), expected.end()));
+}
+
+TEST(PoolTest, CancelledTasksFailWithCancelled) {
+  PoolOptions o = Small(1);
+  o.max_in_flight_per_worker = 1;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  std::vector<Future<int>> futures;
+  for (int i = 0; i < 10; ++i) futures.push_back(pool->Submit<int>("sleep_ms", 50));
+  pool->CancelAll();
+  int cancelled = 0, done = 0;
+  for (auto& f : futures) {
+    auto r = f.Get();
+    if (r.ok()) ++done;
+    else if (r.status().code() == StatusCode::kCancelled) ++cancelled;
+  }
+  EXPECT_GE(done, 1);
+  EXPECT_GE(cancelled, 8);
+  EXPECT_EQ(done + cancelled, 10);
+  EXPECT_EQ(pool->Submit<int>("square", 6).Get().value(), 36);
+}
+
+TEST(PoolTest, ProgressCallbackSeesTheEnd) {
+  std::atomic<uint64_t> last_done{0}, last_total{0};
+  PoolOptions o = Small();
+  o.progress = [&](uint64_t d, uint64_t t) {
+    last_done = d;
+    last_total = t;
+  };
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  std::vector<int> args(500, 1);
+  ASSERT_TRUE(pool->Map<int>("sleep_ms", args, {.chunk_size = 50}).ok());
+  (void)pool->Shutdown();
+  EXPECT_EQ(last_total.load(), 500u);
+  EXPECT_EQ(last_done.load(), 500u);
+}
+
+// ---- the parent killed: its workers (and theirs) go within a second.
+
+bool Gone(pid_t pid) {
+  int status;
+  waitpid(pid, &status, WNOHANG);  // we are the subreaper: reap what we can
+  return kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+void ExpectAllGoneWithin1s(const std::vector<pid_t>& pids) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  std::vector<pid_t> left = pids;
+  while (!left.empty() && std::chrono::steady_clock::now() < deadline) {
+    left.erase(std::remove_if(left.begin(), left.end(), Gone), left.end());
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(left.empty()) << left.size() << " processes outlived their parent by 1 s";
+}
+
+std::vector<pid_t> ReadPids(zcstore::testing::Child& parent, size_t count) {
+  std::vector<pid_t> pids;
+  while (pids.size() < count) {
+    std::string line = parent.ReadLine(30000);
+    if (line.empty()) break;
+    std::istringstream in(line);
+    std::string word;
+    in >> word;
+    if (word != "pids") continue;
+    pid_t p;
+    while (in >> p) pids.push_back(p);
+  }
+  return pids;
+}
+
+TEST(PoolTest, KillingTheParentTakesEveryWorkerDownWithin1s) {
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  auto parent = zcstore::testing::Child::Run("/proc/self/exe", {"--pool-parent", "plain"});
+  std::vector<pid_t> pids = ReadPids(parent, 2);
+  ASSERT_EQ(pids.size(), 2u);
+  parent.Kill(SIGKILL);
+  parent.Wait();
+  ExpectAllGoneWithin1s(pids);
+}
+
+TEST(PoolTest, KillingTheTopOfNestedPoolsTakesEveryLevelDown) {
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  auto parent = zcstore::testing::Child::Run("/proc/self/exe", {"--pool-parent", "nested"});
+  std::vector<pid_t> pids = ReadPids(parent, 4);  // two workers, one inner worker each
+  ASSERT_EQ(pids.size(), 4u);
+  parent.Kill(SIGKILL);
+  parent.Wait();
+  ExpectAllGoneWithin1s(pids);
+}
+
+}  // namespace
+}  // namespace zcstore
+
+// --pool-parent plain|nested: a process that runs a pool, prints its worker
+// pids ("pids A B", or for nested each worker's "pids W INNER"), and waits.
+static int PoolParent(const std::string& mode) {
+  zcstore::PoolOptions o;
+  o.workers = 2;
+  o.store_capacity = 4 << 20;
+  o.progress_bar = false;
+  o.log_sink = [](int, std::string_view line) {
+    std::printf("%.*s\n", static_cast<int>(line.size()), line.data());
+    std::fflush(stdout);
+  };
+  auto pool = zcstore::Pool::Create(o);
+  if (!pool.ok()) {
+    std::printf("error %s\n", pool.status().ToString().c_str());
+    return 1;
+  }
+  if (mode == "plain") {
+    auto pids = (*pool)->worker_pids();
+    std::printf("pids %d %d\n", pids[0], pids[1]);
+    std::fflush(stdout);
+  } else {
+    (void)(*pool)->Broadcast<int>("nest", 0);  // never returns: the tasks pause
+  }
+  pause();
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  ZCSTORE_WORKER_MAIN(argc, argv);
+  if (argc == 3 && std::strcmp(argv[1], "--pool-parent") == 0) return PoolParent(argv[2]);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
