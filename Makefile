@@ -42,7 +42,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: build
-	./$(BUILD)/examples/store_demo
+	./$(BUILD)/examples/shared_model $(DEMO_ARGS)
 
 bench: build
 	@mkdir -p bench/results

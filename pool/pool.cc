@@ -223,9 +223,10 @@ void PoolCore::DeleteRefs(std::vector<ObjectId>& refs) {
 void PoolCore::FailItems(const std::shared_ptr<Job>& job, size_t first, size_t count,
                          StatusCode code, const std::string& message) {
   for (size_t i = first; i < first + count; ++i) {
-    job->results[i].code = code;
-    job->results[i].error = message;
-    if (!job->keep_order) job->completed.push_back(i);
+    ItemResult r;
+    r.code = code;
+    r.error = message;
+    job->Put(i, std::move(r));
   }
   job->done += count;
   stats.tasks_failed += count;
@@ -360,8 +361,7 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
     if (r.code == StatusCode::kOk) ++stats.tasks_done;
     else ++stats.tasks_failed;
     if (job.cancelled && r.code == StatusCode::kOk && !r.ref.is_nil()) (void)store->Delete(r.ref);
-    job.results[index] = std::move(r);
-    if (!job.keep_order) job.completed.push_back(index);
+    job.Put(index, std::move(r));
     ++job.done;
     if (k < f.arg_refs.size() && !f.arg_refs[k].is_nil()) (void)store->Delete(f.arg_refs[k]);
   }
@@ -665,9 +665,10 @@ void CancelJob(PoolCore* core, Job& job) {
   job.cancelled = true;
   size_t left = job.n - job.next;
   for (size_t i = job.next; i < job.n; ++i) {
-    job.results[i].code = StatusCode::kCancelled;
-    job.results[i].error = "task '" + core->TaskName(job.task) + "' was cancelled before it started";
-    if (!job.keep_order) job.completed.push_back(i);
+    ItemResult r;
+    r.code = StatusCode::kCancelled;
+    r.error = "task '" + core->TaskName(job.task) + "' was cancelled before it started";
+    job.Put(i, std::move(r));
   }
   job.done += left;
   job.next = job.n;
@@ -756,7 +757,7 @@ std::shared_ptr<internal::Job> Pool::Start(
   job->target_worker = target;
   job->keep_order = keep_order;
   job->encode = std::move(encode);
-  job->results.resize(n);
+  if (keep_order) job->results.resize(n);
   if (chunk == 0) chunk = std::clamp<size_t>(n / (size_t(c.n) * 8), 1, 256);
   if (c.opts.task_timeout.count() > 0) chunk = 1;  // a deadline per task
   job->chunk = chunk;
@@ -779,11 +780,12 @@ void Pool::WaitDone(internal::Job& job) {
   job.cv.wait(lock, [&] { return job.done == job.n; });
 }
 
-bool Pool::WaitNext(internal::Job& job, size_t* index) {
+bool Pool::WaitNext(internal::Job& job, size_t* index, internal::ItemResult* result) {
   std::unique_lock<std::mutex> lock(core_->mu);
   job.cv.wait(lock, [&] { return !job.completed.empty() || job.done == job.n; });
   if (job.completed.empty()) return false;
-  *index = job.completed.front();
+  *index = job.completed.front().first;
+  *result = std::move(job.completed.front().second);
   job.completed.pop_front();
   return true;
 }

@@ -101,8 +101,16 @@ struct Job {
   size_t next = 0;          // next item to dispatch
   size_t done = 0;
   bool cancelled = false;
-  std::vector<ItemResult> results;       // Map and Submit: by index
-  std::deque<size_t> completed;          // MapUnordered: completion order
+  // Ordered jobs (Map, Submit): results by index. Unordered ones
+  // (MapUnordered): results in completion order until the caller takes them,
+  // so memory follows what is in flight, not the whole map.
+  std::vector<ItemResult> results;
+  std::deque<std::pair<size_t, ItemResult>> completed;
+  // Stores item i's result where the job keeps it.
+  void Put(size_t i, ItemResult r) {
+    if (keep_order) results[i] = std::move(r);
+    else completed.emplace_back(i, std::move(r));
+  }
   bool keep_order = true;
   std::condition_variable cv;
   std::vector<ObjectId> arg_refs;        // argument objects to delete when done
@@ -432,7 +440,7 @@ class ZCSTORE_EXPORT Pool {
                                        std::function<Status(size_t, std::vector<std::byte>*, ObjectId*)> encode);
   // Waits until the job is done (Map) or a result is ready (unordered).
   void WaitDone(internal::Job& job);
-  bool WaitNext(internal::Job& job, size_t* index);
+  bool WaitNext(internal::Job& job, size_t* index, internal::ItemResult* result);
   template <typename R>
   Result<R> Take(internal::ItemResult& r);
   template <typename R>
@@ -573,12 +581,8 @@ Status Pool::MapUnordered(std::string_view name, const std::vector<A>& args,
                    });
   Status first;
   size_t index;
-  while (WaitNext(*job, &index)) {
-    internal::ItemResult r;
-    {
-      std::lock_guard<std::mutex> lock(internal::JobsMutex(core_.get()));
-      r = std::move(job->results[index]);
-    }
+  internal::ItemResult r;
+  while (WaitNext(*job, &index, &r)) {
     Result<R> v = Take<R>(r);
     if (!v.ok() && first.ok()) first = v.status();
     on_result(index, std::move(v));

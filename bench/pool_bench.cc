@@ -1,0 +1,141 @@
+// Pool benchmarks, each beside the threads backend and a fork baseline.
+//
+//   BM_PoolRoundTrip/<backend>      one empty task: Submit -> result
+//       spawn (blocking), spawn_spin (spin_us=50), fork, threads
+//   BM_PoolMapThroughput/<backend>  trivial tasks/s through Map with chunking
+//   BM_PoolStartup/<model bytes>    start a spawned pool, share a model built
+//                                   in place, first result (manual time; the
+//                                   model's build is not timed)
+//   BM_ForkStartup/<model bytes>    the copy-on-write limit: fork a child that
+//                                   reads the model, first result over a pipe
+#include <benchmark/benchmark.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "zcstore/zcstore.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using zcstore::Pool;
+using zcstore::PoolOptions;
+
+int Echo(zcstore::TaskContext&, const int& x) { return x; }
+ZCSTORE_TASK("bench_echo", Echo);
+
+struct BenchModel {
+  static constexpr std::string_view kZcstoreTypeName = "zcstore.bench.PoolModel";
+  zcstore::Array<float> factors;
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(factors);
+  }
+};
+struct Probe {
+  zcstore::Shared<BenchModel> model;
+  uint64_t index = 0;
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(model, index);
+  }
+};
+float ReadModel(zcstore::TaskContext& ctx, const Probe& p) {
+  const BenchModel& m = ctx.Get(p.model);
+  return m.factors[p.index % m.factors.size()];
+}
+ZCSTORE_TASK("bench_read_model", ReadModel);
+
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+PoolOptions Options(int variant) {
+  PoolOptions o;
+  o.workers = 2;
+  o.store_capacity = 64 << 20;
+  o.progress_bar = false;
+  o.backend = variant == 2 ? PoolOptions::Backend::kFork
+            : variant == 3 ? PoolOptions::Backend::kThreads
+                           : PoolOptions::Backend::kSpawn;
+  if (variant == 1) o.spin_us = 50;
+  return o;
+}
+const char* kVariants[] = {"spawn", "spawn_spin", "fork", "threads"};
+
+void BM_PoolRoundTrip(benchmark::State& state) {
+  auto pool = Pool::Create(Options(static_cast<int>(state.range(0))));
+  if (!pool.ok()) return state.SkipWithError(pool.status().ToString().c_str());
+  state.SetLabel(kVariants[state.range(0)]);
+  for (auto _ : state) {
+    auto r = (*pool)->Submit<int>("bench_echo", 1).Get();
+    if (!r.ok()) return state.SkipWithError(r.status().ToString().c_str());
+  }
+}
+BENCHMARK(BM_PoolRoundTrip)->DenseRange(0, 3)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+void BM_PoolMapThroughput(benchmark::State& state) {
+  auto pool = Pool::Create(Options(static_cast<int>(state.range(0))));
+  if (!pool.ok()) return state.SkipWithError(pool.status().ToString().c_str());
+  state.SetLabel(kVariants[state.range(0)]);
+  std::vector<int> args(200000, 1);
+  for (auto _ : state) {
+    auto r = (*pool)->Map<int>("bench_echo", args);
+    if (!r.ok()) return state.SkipWithError(r.status().ToString().c_str());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * args.size()));
+}
+BENCHMARK(BM_PoolMapThroughput)->Arg(0)->Arg(2)->Arg(3)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+void BM_PoolStartup(benchmark::State& state) {
+  size_t bytes = static_cast<size_t>(state.range(0));
+  for (auto _ : state) {
+    PoolOptions o = Options(0);
+    o.store_capacity = bytes + (16 << 20);
+    auto t0 = Clock::now();
+    auto pool = Pool::Create(o);
+    if (!pool.ok()) return state.SkipWithError(pool.status().ToString().c_str());
+    double start_s = Since(t0);
+    BenchModel m;
+    m.factors = std::move(*zcstore::Array<float>::AllocateIn((*pool)->store(), bytes / 4));
+    std::memset(m.factors.mutable_data(), 1, bytes);  // building: not timed
+    auto t1 = Clock::now();
+    auto shared = (*pool)->Share(std::move(m));
+    if (!shared.ok()) return state.SkipWithError(shared.status().ToString().c_str());
+    auto r = (*pool)->Submit<float>("bench_read_model", Probe{*shared, bytes / 8}).Get();
+    if (!r.ok()) return state.SkipWithError(r.status().ToString().c_str());
+    state.SetIterationTime(start_s + Since(t1));
+  }
+  state.counters["model_bytes"] = static_cast<double>(bytes);
+}
+BENCHMARK(BM_PoolStartup)
+    ->Arg(64 << 20)->Arg(256 << 20)->Arg(int64_t{1} << 30)
+    ->UseManualTime()->Iterations(2)->Unit(benchmark::kMillisecond);
+
+void BM_ForkStartup(benchmark::State& state) {
+  size_t bytes = static_cast<size_t>(state.range(0));
+  std::vector<float> model(bytes / 4, 1.0f);  // built before timing
+  for (auto _ : state) {
+    int fds[2];
+    if (pipe(fds) != 0) std::abort();
+    auto t0 = Clock::now();
+    pid_t pid = fork();
+    if (pid == 0) {
+      float v = model[model.size() / 2];
+      (void)!write(fds[1], &v, sizeof(v));
+      _exit(0);
+    }
+    float v;
+    (void)!read(fds[0], &v, sizeof(v));
+    state.SetIterationTime(Since(t0));
+    waitpid(pid, nullptr, 0);
+    close(fds[0]);
+    close(fds[1]);
+  }
+  state.counters["model_bytes"] = static_cast<double>(bytes);
+}
+BENCHMARK(BM_ForkStartup)
+    ->Arg(64 << 20)->Arg(256 << 20)->Arg(int64_t{1} << 30)
+    ->UseManualTime()->Iterations(2)->Unit(benchmark::kMillisecond);
+
+}  // namespace
