@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdio>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -42,6 +43,8 @@ struct alignas(64) RingHeader {
   uint8_t reserved[48];
 };
 static_assert(sizeof(RingHeader) == 256);
+static_assert(offsetof(RingHeader, tail) == 64 && offsetof(RingHeader, data_seq) == 128 &&
+              offsetof(RingHeader, current_job) == 192);
 static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free);
 
 class Ring {

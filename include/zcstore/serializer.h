@@ -117,6 +117,7 @@ struct BufferInfo {
   std::optional<uint64_t> checksum;
 };
 
+// What an envelope says (its format version aside).
 struct EnvelopeFields {
   std::string type_name;
   uint32_t type_version = 0;
@@ -125,14 +126,9 @@ struct EnvelopeFields {
   std::span<const std::byte> inline_data;
 };
 
-// A checked envelope. Spans and views point into the bytes it was decoded
+// A checked envelope. `inline_data` points into the bytes it was decoded
 // from (or into `aligned_copy` when those were not 8-byte aligned).
-struct DecodedEnvelope {
-  std::string type_name;
-  uint32_t type_version = 0;
-  uint64_t layout_hash = 0;
-  std::vector<BufferInfo> buffers;
-  std::span<const std::byte> inline_data;
+struct DecodedEnvelope : EnvelopeFields {
   std::shared_ptr<std::vector<uint64_t>> aligned_copy;
 };
 
