@@ -120,7 +120,8 @@ Status PoolCore::Init() {
   auto fd = platform::CreateMemoryFile("pool-control");
   if (!fd.ok()) return fd.status();
   control_fd = *fd;
-  if (Status st = platform::ReserveFile(control_fd, ControlSize(n), "the pool's queues"); !st.ok()) {
+  if (Status st = platform::ReserveFile(control_fd, ControlSize(n), "the pool's queues", ControlSize(n));
+      !st.ok()) {
     return st;
   }
   auto map = platform::MapFile(control_fd, ControlSize(n), true);

@@ -80,11 +80,15 @@ struct alignas(64) StoreHeader {
   uint32_t names_bound;      // derived: NameEntries in use (Delete skips the scan at 0)
   uint64_t used;             // bytes of live extents (derived; rebuilt on recovery)
   uint64_t epoch;            // +1 per recovery, for diagnostics
-  uint8_t reserved3[4096 - 256 - 24];
+  // Bytes at the start of the data region whose storage is reserved
+  // (fallocate). Grown by CreateObject, only after the reservation succeeded.
+  uint64_t reserved_bytes;
+  uint8_t reserved3[4096 - 256 - 32];
 };
 static_assert(sizeof(pthread_mutex_t) <= 64);
 static_assert(offsetof(StoreHeader, mutex) == 192);
 static_assert(offsetof(StoreHeader, extent_head) == 256);
+static_assert(offsetof(StoreHeader, reserved_bytes) == 280);
 static_assert(sizeof(StoreHeader) == 4096);
 
 enum ObjectState : uint32_t {

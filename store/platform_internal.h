@@ -29,9 +29,11 @@ bool IsAlive(const ProcessStamp& stamp);
 // open(2) that, when creating, sets exactly `mode` whatever the umask.
 Result<int> OpenFile(const std::string& path, int flags, mode_t mode);
 void CloseFile(int fd);
-// Sets the size and reserves every block (posix_fallocate), so later writes
-// cannot fail for lack of space. ENOSPC -> StoreFull naming `what`.
-Status ReserveFile(int fd, uint64_t size, std::string_view what);
+// Sets the size and reserves the first `reserve` bytes (posix_fallocate), so
+// writes there cannot fail for lack of space. ENOSPC -> StoreFull naming `what`.
+Status ReserveFile(int fd, uint64_t size, std::string_view what, uint64_t reserve);
+// Reserves [offset, offset + length) of a file already sized.
+Status ReserveRange(int fd, uint64_t offset, uint64_t length, std::string_view what);
 Result<uint64_t> FileSize(int fd);
 // An anonymous memory file whose size is sealed once set (memfd_create).
 Result<int> CreateMemoryFile(const std::string& label);

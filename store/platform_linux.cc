@@ -106,18 +106,23 @@ void CloseFile(int fd) {
   if (fd >= 0) ::close(fd);
 }
 
-Status ReserveFile(int fd, uint64_t size, std::string_view what) {
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
-    return ErrnoStatus(errno, "cannot size " + std::string(what));
-  }
-  int err = posix_fallocate(fd, 0, static_cast<off_t>(size));
+Status ReserveRange(int fd, uint64_t offset, uint64_t length, std::string_view what) {
+  if (length == 0) return Status::OK();
+  int err = posix_fallocate(fd, static_cast<off_t>(offset), static_cast<off_t>(length));
   if (err == ENOSPC || err == EFBIG || err == EDQUOT) {
-    return StoreFull("no room for " + std::string(what) + " (" + std::to_string(size >> 20) +
-                     " MiB): " + std::strerror(err) +
-                     "; free space in /dev/shm or on disk, or ask for a smaller capacity");
+    return StoreFull("no room in /dev/shm or on disk for " + std::string(what) + " (" +
+                     std::to_string(length >> 20) + " MiB): " + std::strerror(err) +
+                     "; free space in /dev/shm or on disk, or ask for less");
   }
   if (err != 0) return ErrnoStatus(err, "cannot reserve space for " + std::string(what));
   return Status::OK();
+}
+
+Status ReserveFile(int fd, uint64_t size, std::string_view what, uint64_t reserve) {
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    return ErrnoStatus(errno, "cannot size " + std::string(what));
+  }
+  return ReserveRange(fd, 0, reserve, what);
 }
 
 Result<uint64_t> FileSize(int fd) {

@@ -184,6 +184,7 @@ void StoreImpl::InitializeHeader(const StoreOptions& options, Backing backing) {
   h->names_bound = 0;
   h->used = 0;
   h->epoch = 0;
+  h->reserved_bytes = 0;
   (void)options;
   pthread_mutexattr_t attr;
   pthread_mutexattr_init(&attr);
@@ -314,7 +315,9 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::Create(std::string_view name,
   auto cleanup_temp = [&] {
     if (!temp.empty()) (void)platform::RemoveFile(temp);
   };
-  Status st = platform::ReserveFile(s->fd_, s->geo_.total_size, s->Describe());
+  // The tables are reserved now; the data region as objects claim it (see
+  // CreateObject), so creating a large store costs no time per byte.
+  Status st = platform::ReserveFile(s->fd_, s->geo_.total_size, s->Describe(), s->geo_.data_offset);
   if (st.ok() && options.backing == Backing::kMemfd) st = platform::SealFileSize(s->fd_);
   if (st.ok()) {
     auto base = platform::MapFile(s->fd_, s->geo_.total_size, true);
@@ -762,6 +765,19 @@ Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
                   Mib(LargestFree()) + "); raise capacity or delete objects";
     Unlock();
     return StoreFull(msg);
+  }
+  // Back the extent with storage before anyone writes to it, so a full
+  // /dev/shm or disk is a StoreFull here and never a SIGBUS later. Each byte
+  // of the data region is reserved once: `reserved_bytes` only grows.
+  if (uint64_t end = objects_[slot].offset + size; end > header_->reserved_bytes) {
+    uint64_t from = std::min(header_->reserved_bytes, geo_.data_size);
+    Status st = platform::ReserveRange(fd_, geo_.data_offset + from, end - from, Describe());
+    if (!st.ok()) {
+      FreeSlot(slot);
+      Unlock();
+      return st;
+    }
+    header_->reserved_bytes = end;
   }
   ObjectEntry& e = objects_[slot];
   e.id_hi = id.hi;

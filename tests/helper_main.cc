@@ -258,8 +258,9 @@ int OpenDenied(const std::vector<std::string>& a) {
   return 0;
 }
 
-// In a private mount namespace, mounts a tmpfs of `a[0]` KiB and creates a
-// store of `a[1]` bytes there: reports what Create said.
+// In a private mount namespace, mounts a tmpfs of `a[0]` KiB, creates a store
+// of `a[1]` bytes and `a[2]` object slots there, and puts a small and a large
+// object: reports what each said.
 int CreateOnSmallTmpfs(const std::vector<std::string>& a) {
   if (unshare(CLONE_NEWNS) != 0 && unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) {
     Say("skip cannot unshare a mount namespace");
@@ -280,16 +281,32 @@ int CreateOnSmallTmpfs(const std::vector<std::string>& a) {
   StoreOptions so;
   so.shm_dir = dir;
   so.capacity = std::stoull(a[1]);
-  so.max_objects = 64;
+  so.max_objects = static_cast<uint32_t>(std::stoul(a[2]));
   so.max_clients = 4;
   so.max_pins_per_client = 16;
   so.max_names = 4;
   auto s = Store::Create("small", so);
+  std::string big = "-", small = "-", kept = "-";
+  if (s.ok()) {
+    // An object larger than the tmpfs has room for, then a small one; the
+    // small one must still work, and the first object must survive.
+    ObjectId first = ObjectId::Random();
+    std::vector<std::byte> kb(100 << 10, std::byte{7});
+    std::span<const std::byte> one[] = {kb};
+    small = std::string(StatusCodeName(s->Put(first, {}, one).code()));
+    std::vector<std::byte> mb(size_t{4} << 20, std::byte{1});
+    std::span<const std::byte> huge[] = {mb};
+    Status st = s->Put(ObjectId::Random(), {}, huge);
+    big = std::string(StatusCodeName(st.code())) + (st.ok() ? "" : " (" + st.message() + ")");
+    auto v = s->Get(first);
+    kept = v.ok() && v->buffer(0)[12345] == std::byte{7} ? "yes" : "no";
+  }
   // Count every file, temporaries included: a failed Create must leave none.
   int files = 0;
   for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(dir)) ++files;
-  Say(std::string(StatusCodeName(s.ok() ? StatusCode::kOk : s.status().code())) +
-      " files=" + std::to_string(files) + " " + (s.ok() ? "" : s.status().message()));
+  Say("create=" + std::string(StatusCodeName(s.ok() ? StatusCode::kOk : s.status().code())) +
+      " files=" + std::to_string(files) + " small=" + small + " kept=" + kept + " big=" + big +
+      (s.ok() ? "" : " " + s.status().message()));
   s = Status(StatusCode::kCancelled, "closed");
   umount(dir);
   rmdir(dir);
@@ -319,6 +336,6 @@ int main(int argc, char** argv) {
   if (cmd == "write-array" && a.size() == 2) return WriteArray(a);
   if (cmd == "rss-after-get" && a.size() == 2) return RssAfterGet(a);
   if (cmd == "open-denied" && a.size() == 2) return OpenDenied(a);
-  if (cmd == "create-on-small-tmpfs" && a.size() == 2) return CreateOnSmallTmpfs(a);
+  if (cmd == "create-on-small-tmpfs" && a.size() == 3) return CreateOnSmallTmpfs(a);
   Fail("unknown command or wrong arguments: " + cmd);
 }

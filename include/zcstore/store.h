@@ -21,8 +21,9 @@
 //                  processes it starts, which call OpenFd(). It disappears with
 //                  its last user, so nothing is ever left behind.
 //
-// Memory: capacity is reserved when the store is created (fallocate), so a full
-// /dev/shm or disk is a StoreFull error from Create, never a SIGBUS later.
+// Memory: storage is reserved (fallocate) before it is written: the tables at
+// Create, each object's extent at CreateObject. A full /dev/shm or disk is a
+// StoreFull from Create or Put, never a SIGBUS later.
 // Every process maps the data region PROT_READ, and every ObjectView points
 // there, so writing through a view faults. A process that creates objects
 // also maps the data region writable, once, and builders write through that
@@ -233,8 +234,8 @@ class ZCSTORE_EXPORT Store {
   // for kFile, the file's path; for kMemfd, a label shown in /proc (may be empty).
   // Errors: AlreadyExists (a live store or existing file has that name; a
   // shared-memory store whose users all died is replaced), StoreFull (no room
-  // in /dev/shm or on disk for `capacity`), PermissionDenied, InvalidArgument.
-  // Cost: reserving capacity (fallocate; ~0.4 s per GiB here), no page touched.
+  // in /dev/shm or on disk for the tables), PermissionDenied, InvalidArgument.
+  // Cost: O(1) in capacity: the data region is reserved as objects claim it.
   static Result<Store> Create(std::string_view name, const StoreOptions& options = {});
 
   // Opens an existing store. Errors: NotFound, PermissionDenied, Corrupt (not
@@ -265,9 +266,11 @@ class ZCSTORE_EXPORT Store {
   // Reserves an unsealed object: a metadata blob and one buffer per entry of
   // `buffer_sizes`. Errors: AlreadyExists (id in use, also by a deleted object
   // still pinned), StoreFull (no contiguous room, or the object table is
-  // full; the pins of dead processes are reclaimed before giving up),
-  // InvalidArgument (nil id, too many buffers), PermissionDenied (read-only).
-  // Cost: O(objects) to find room; no page of the new object is touched.
+  // full, or /dev/shm or the disk cannot back the extent; the pins of dead
+  // processes are reclaimed before giving up), InvalidArgument (nil id, too
+  // many buffers), PermissionDenied (read-only).
+  // Cost: O(objects) to find room; no page of the new object is touched. The
+  // first use of a region reserves its storage (fallocate, ~0.4 s per GiB).
   //
   // `adopt`: unsealed single-buffer builders of this handle, already filled
   // in place, whose buffer 0 become this object's buffers after the

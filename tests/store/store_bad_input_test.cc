@@ -324,14 +324,21 @@ TEST(BadInputTest, NoPermissionIsPermissionDenied) {
   EXPECT_NE(access(file.c_str(), F_OK), 0);
 }
 
-TEST(BadInputTest, FullDevShmIsStoreFullAtCreateAndLeavesNoFile) {
-  // A 1 MiB tmpfs in a private mount namespace stands in for a full /dev/shm.
-  auto child = testing::Child::Helper({"create-on-small-tmpfs", "1024", std::to_string(8 << 20)});
+TEST(BadInputTest, FullDevShmIsStoreFullAtCreateOrPutNeverSigbus) {
+  // A small tmpfs in a private mount namespace stands in for a full /dev/shm.
+  // Tables that do not fit: StoreFull from Create, and no file left behind.
+  auto child = testing::Child::Helper({"create-on-small-tmpfs", "64", std::to_string(8 << 20), "4096"});
   std::string line = child.ReadLine();
   ASSERT_EQ(child.Wait(), 0);
   if (line.rfind("skip", 0) == 0) GTEST_SKIP() << line;
-  EXPECT_EQ(line.rfind("StoreFull files=0 ", 0), 0u) << line;
+  EXPECT_EQ(line.rfind("create=StoreFull files=0 ", 0), 0u) << line;
   EXPECT_NE(line.find("free space in /dev/shm"), std::string::npos) << line;
+  // Tables that fit in 1 MiB, an object that does not: StoreFull from Put
+  // (the write never happens, so no SIGBUS), and the store goes on working.
+  auto second = testing::Child::Helper({"create-on-small-tmpfs", "1024", std::to_string(8 << 20), "64"});
+  line = second.ReadLine();
+  ASSERT_EQ(second.Wait(), 0);
+  EXPECT_EQ(line.rfind("create=OK files=1 small=OK kept=yes big=StoreFull ", 0), 0u) << line;
 }
 
 }  // namespace
