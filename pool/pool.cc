@@ -46,8 +46,8 @@ struct Worker {
   bool ready = false;
   bool alive = false;
   bool timed_out = false;
-  int deaths_in_a_row = 0;  // deaths without a single answer between them
-  std::thread thread;  // kThreads
+  int deaths_in_a_row = 0;             // deaths without a single answer between them
+  std::thread thread;                  // kThreads
   std::unique_ptr<WorkerState> state;  // kThreads
   std::deque<InFlight> in_flight;
 };
@@ -62,6 +62,9 @@ class PoolCore {
   Status Init();
   void Run();  // the pool thread
   void Dispatch();
+  // Takes every answer waiting in the response rings, then dispatches. Holds
+  // `mu`. Run by the pool thread, and by callers that spin while they wait.
+  bool DrainLocked();
   void Complete(Worker& w, MessageReader& in);
   void HandleDeath(Worker& w);
   void FailItems(const std::shared_ptr<Job>& job, size_t first, size_t count, StatusCode code,
@@ -100,6 +103,7 @@ class PoolCore {
   bool progress_shown = false;
   std::thread thread;
   bool shut_down = false;
+  std::vector<std::byte> drain_buffer;
 };
 
 PoolCore::~PoolCore() {
@@ -120,7 +124,8 @@ Status PoolCore::Init() {
   auto fd = platform::CreateMemoryFile("pool-control");
   if (!fd.ok()) return fd.status();
   control_fd = *fd;
-  if (Status st = platform::ReserveFile(control_fd, ControlSize(n), "the pool's queues", ControlSize(n));
+  if (Status st =
+          platform::ReserveFile(control_fd, ControlSize(n), "the pool's queues", ControlSize(n));
       !st.ok()) {
     return st;
   }
@@ -193,11 +198,17 @@ Status PoolCore::Spawn(Worker& w) {
     if (pid < 0) return platform::ErrnoStatus(errno, "fork");
     w.pid = pid;
   } else {
-    std::vector<std::string> argv = {exe, kWorkerFlag, std::to_string(w.index),
-                                     std::to_string(parent), std::to_string(opts.spin_us),
+    std::vector<std::string> argv = {exe,
+                                     kWorkerFlag,
+                                     std::to_string(w.index),
+                                     std::to_string(parent),
+                                     std::to_string(opts.spin_us),
                                      std::to_string(n)};
-    auto pid = platform::SpawnProcess(argv, {{log[1], 1}, {log[1], 2}, {control_fd, kControlFd},
-                                             {store->fd(), kStoreFd}, {doorbell, kDoorbellFd}});
+    auto pid = platform::SpawnProcess(argv, {{log[1], 1},
+                                             {log[1], 2},
+                                             {control_fd, kControlFd},
+                                             {store->fd(), kStoreFd},
+                                             {doorbell, kDoorbellFd}});
     if (!pid.ok()) {
       ::close(log[0]);
       ::close(log[1]);
@@ -359,8 +370,10 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
       }
     }
     size_t index = first + k;
-    if (r.code == StatusCode::kOk) ++stats.tasks_done;
-    else ++stats.tasks_failed;
+    if (r.code == StatusCode::kOk)
+      ++stats.tasks_done;
+    else
+      ++stats.tasks_failed;
     if (job.cancelled && r.code == StatusCode::kOk && !r.ref.is_nil()) (void)store->Delete(r.ref);
     job.Put(index, std::move(r));
     ++job.done;
@@ -370,7 +383,8 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
   w.deaths_in_a_row = 0;
   f.first += count;
   f.count -= count;
-  f.arg_refs.erase(f.arg_refs.begin(), f.arg_refs.begin() + std::min<size_t>(count, f.arg_refs.size()));
+  f.arg_refs.erase(f.arg_refs.begin(),
+                   f.arg_refs.begin() + std::min<size_t>(count, f.arg_refs.size()));
   if (f.count == 0) w.in_flight.pop_front();
 }
 
@@ -402,8 +416,8 @@ void PoolCore::HandleDeath(Worker& w) {
     std::string task = "task '" + TaskName(f.job->task) + "'";
     if (w.timed_out) {
       FailItems(f.job, item, 1, StatusCode::kTimeout,
-                task + " ran longer than " + std::to_string(opts.task_timeout.count()) +
-                    " ms; " + how + " after being stopped");
+                task + " ran longer than " + std::to_string(opts.task_timeout.count()) + " ms; " +
+                    how + " after being stopped");
     } else if (f.attempt < opts.max_retries && !stop) {
       retries.push_back({f.job, item, 1, f.attempt + 1});
     } else {
@@ -422,8 +436,10 @@ void PoolCore::HandleDeath(Worker& w) {
     return;
   }
   if (++w.deaths_in_a_row > 3) {
-    std::fprintf(stderr, "zcstore pool: worker %d died 3 times in a row without answering; "
-                         "not replacing it\n", w.index);
+    std::fprintf(stderr,
+                 "zcstore pool: worker %d died 3 times in a row without answering; "
+                 "not replacing it\n",
+                 w.index);
   } else if (!stop && start_status.ok()) {
     ++stats.workers_replaced;
     if (Status st = Spawn(w); !st.ok()) {
@@ -514,6 +530,43 @@ void PoolCore::Progress(bool final) {
   if (final) std::fprintf(stderr, "\n");
 }
 
+bool PoolCore::DrainLocked() {
+  bool any = false;
+  std::vector<std::byte>& msg = drain_buffer;
+  for (Worker& w : workers) {
+    Status corrupt;
+    while (w.alive && w.responses.TryPop(&msg, &corrupt)) {
+      any = true;
+      MessageReader in(msg);
+      uint8_t kind = 0;
+      in.U8(&kind);
+      if (kind == kDone) {
+        Complete(w, in);
+      } else if (kind == kHello) {
+        uint32_t pid = 0, index = 0;
+        uint64_t hash = 0;
+        in.U32(&pid);
+        in.U64(&hash);
+        in.U32(&index);
+        if (hash != RegistryHash() || static_cast<int>(index) != w.index) {
+          start_status = VersionMismatch(
+              "worker " + std::to_string(w.index) + " ('" + exe + "', pid " + std::to_string(pid) +
+              ") has another task registry than this program: it is another build; "
+              "rebuild both, or point worker_executable at this build");
+          platform::KillProcess(w.pid, SIGKILL);
+        } else if (!w.ready) {
+          w.ready = true;
+          ++hellos;
+        }
+        started_cv.notify_all();
+      }
+    }
+    if (!corrupt.ok()) platform::KillProcess(w.pid, SIGKILL);
+  }
+  Dispatch();
+  return any;
+}
+
 void PoolCore::Run() {
   {
     std::lock_guard<std::mutex> lock(mu);
@@ -548,7 +601,8 @@ void PoolCore::Run() {
         }
         if (!w.in_flight.empty() && w.in_flight.front().deadline != Clock::time_point::max()) {
           auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          w.in_flight.front().deadline - Clock::now()).count();
+                          w.in_flight.front().deadline - Clock::now())
+                          .count();
           timeout_ms = static_cast<int>(std::clamp<int64_t>(left + 1, 0, timeout_ms));
         }
       }
@@ -557,35 +611,7 @@ void PoolCore::Run() {
     platform::DrainDoorbell(doorbell);
     {
       std::lock_guard<std::mutex> lock(mu);
-      for (Worker& w : workers) {
-        Status corrupt;
-        while (w.alive && w.responses.TryPop(&msg, &corrupt)) {
-          MessageReader in(msg);
-          uint8_t kind = 0;
-          in.U8(&kind);
-          if (kind == kDone) {
-            Complete(w, in);
-          } else if (kind == kHello) {
-            uint32_t pid = 0, index = 0;
-            uint64_t hash = 0;
-            in.U32(&pid);
-            in.U64(&hash);
-            in.U32(&index);
-            if (hash != RegistryHash() || static_cast<int>(index) != w.index) {
-              start_status = VersionMismatch(
-                  "worker " + std::to_string(w.index) + " ('" + exe + "', pid " + std::to_string(pid) +
-                  ") has another task registry than this program: it is another build; "
-                  "rebuild both, or point worker_executable at this build");
-              platform::KillProcess(w.pid, SIGKILL);
-            } else if (!w.ready) {
-              w.ready = true;
-              ++hellos;
-            }
-            started_cv.notify_all();
-          }
-        }
-        if (!corrupt.ok()) platform::KillProcess(w.pid, SIGKILL);
-      }
+      DrainLocked();
       for (size_t i = 0; i < fds.size(); ++i) {
         if (owner[i] >= 0 && fds[i].fd == workers[owner[i]].pidfd && (fds[i].revents & POLLIN)) {
           HandleDeath(workers[owner[i]]);
@@ -593,7 +619,8 @@ void PoolCore::Run() {
       }
       auto now = Clock::now();
       for (Worker& w : workers) {
-        if (w.alive && !w.timed_out && !w.in_flight.empty() && w.in_flight.front().deadline <= now) {
+        if (w.alive && !w.timed_out && !w.in_flight.empty() &&
+            w.in_flight.front().deadline <= now) {
           w.timed_out = true;
           platform::KillProcess(w.pid, SIGKILL);
         }
@@ -649,7 +676,8 @@ void PoolCore::Run() {
   }
   DeliverLogs();
   if (stats.log_lines_dropped > 0) {
-    std::fprintf(stderr, "zcstore pool: %llu log lines from workers were dropped (max_log_lines %zu)\n",
+    std::fprintf(stderr,
+                 "zcstore pool: %llu log lines from workers were dropped (max_log_lines %zu)\n",
                  static_cast<unsigned long long>(stats.log_lines_dropped), opts.max_log_lines);
   }
   std::lock_guard<std::mutex> lock(mu);
@@ -658,6 +686,28 @@ void PoolCore::Run() {
 }
 
 std::mutex& JobsMutex(PoolCore* core) { return core->mu; }
+
+void WaitJob(PoolCore* core, Job& job) {
+  std::unique_lock<std::mutex> lock(core->mu);
+  if (core->opts.spin_us > 0 && job.done != job.n) {
+    // Spin: take the answers ourselves rather than wait for the pool thread
+    // to wake up and hand them over (each wake-up costs ~17 us here), and
+    // tell the workers they need not ring the doorbell meanwhile.
+    for (Worker& w : core->workers) w.responses.header()->consumer_spinning.fetch_add(1);
+    auto until = Clock::now() + std::chrono::microseconds(core->opts.spin_us);
+    while (job.done != job.n && Clock::now() < until) {
+      core->DrainLocked();
+      if (job.done == job.n) break;
+      lock.unlock();
+      __builtin_ia32_pause();
+      lock.lock();
+    }
+    for (Worker& w : core->workers) w.responses.header()->consumer_spinning.fetch_sub(1);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    core->DrainLocked();  // an answer whose doorbell was skipped while we spun
+  }
+  job.cv.wait(lock, [&] { return job.done == job.n; });
+}
 const Store& CoreStore(PoolCore* core) { return *core->store; }
 
 void CancelJob(PoolCore* core, Job& job) {
@@ -744,8 +794,9 @@ Result<uint32_t> Pool::TaskIndex(std::string_view name, const std::string& arg_t
   }
   std::string known;
   for (const auto& t : r) known += (known.empty() ? "" : ", ") + t.name;
-  return NotFound("task '" + std::string(name) + "' is not registered (ZCSTORE_TASK); registered: " +
-                  (known.empty() ? "none" : known));
+  return NotFound(
+      "task '" + std::string(name) +
+      "' is not registered (ZCSTORE_TASK); registered: " + (known.empty() ? "none" : known));
 }
 
 std::shared_ptr<internal::Job> Pool::Start(
@@ -776,10 +827,7 @@ std::shared_ptr<internal::Job> Pool::Start(
   return job;
 }
 
-void Pool::WaitDone(internal::Job& job) {
-  std::unique_lock<std::mutex> lock(core_->mu);
-  job.cv.wait(lock, [&] { return job.done == job.n; });
-}
+void Pool::WaitDone(internal::Job& job) { internal::WaitJob(core_.get(), job); }
 
 bool Pool::WaitNext(internal::Job& job, size_t* index, internal::ItemResult* result) {
   std::unique_lock<std::mutex> lock(core_->mu);

@@ -20,6 +20,7 @@ void Ring::Reset() {
   h_->space_waiting.store(0);
   h_->current_job.store(0);
   h_->current_item.store(0);
+  h_->consumer_spinning.store(0);
 }
 
 bool Ring::TryPush(std::span<const std::byte> msg) {

@@ -40,11 +40,15 @@ struct alignas(64) RingHeader {
   // before each task starts, read by the parent after the worker died.
   std::atomic<uint64_t> current_job;
   std::atomic<uint64_t> current_item;
-  uint8_t reserved[48];
+  // Response rings only: callers spinning on this ring's answers; while it is
+  // non-zero the worker skips the doorbell (they take the answers themselves).
+  std::atomic<uint32_t> consumer_spinning;
+  uint8_t reserved[44];
 };
 static_assert(sizeof(RingHeader) == 256);
 static_assert(offsetof(RingHeader, tail) == 64 && offsetof(RingHeader, data_seq) == 128 &&
-              offsetof(RingHeader, current_job) == 192);
+              offsetof(RingHeader, current_job) == 192 &&
+              offsetof(RingHeader, consumer_spinning) == 208);
 static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free);
 
 class Ring {

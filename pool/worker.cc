@@ -35,7 +35,8 @@ const std::vector<TaskInfo>& Registry() { return MutableRegistry(); }
 
 uint64_t RegistryHash() {
   std::string text;
-  for (const TaskInfo& t : Registry()) text += t.name + "(" + t.arg_type + ")->" + t.result_type + ";";
+  for (const TaskInfo& t : Registry())
+    text += t.name + "(" + t.arg_type + ")->" + t.result_type + ";";
   return HashString(text, 0x706F6F6C);
 }
 
@@ -62,7 +63,12 @@ bool ParentAlive(const WorkerState& w) { return w.parent == 0 || getppid() == w.
 
 bool Send(WorkerState& w, const std::vector<std::byte>& msg) {
   bool ok = w.responses.Push(msg, w.spin_us, 100, [&] { return ParentAlive(w); });
-  if (ok) platform::RingDoorbell(w.doorbell);
+  // Pairs with the fence in WaitJob: either a spinning caller sees this
+  // answer, or we see that nobody spins and ring the doorbell.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (ok && w.responses.header()->consumer_spinning.load(std::memory_order_relaxed) == 0) {
+    platform::RingDoorbell(w.doorbell);
+  }
   return ok;
 }
 
@@ -192,7 +198,8 @@ int RunWorkerProcess(int argc, char** argv) {
   int workers = std::atoi(argv[5]);
   if (!internal::platform::DieWithParent(w.parent)) return 0;  // the parent is already gone
   if (w.index < 0 || w.index >= workers) return 2;
-  auto control = internal::platform::MapFile(internal::kControlFd, internal::ControlSize(workers), true);
+  auto control =
+      internal::platform::MapFile(internal::kControlFd, internal::ControlSize(workers), true);
   auto store = Store::OpenFd(internal::kStoreFd);
   if (!control.ok() || !store.ok()) {
     std::fprintf(stderr, "zcstore worker %d: %s\n", w.index,

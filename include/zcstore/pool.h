@@ -472,6 +472,8 @@ struct WithUpdate {
 namespace internal {
 ZCSTORE_EXPORT void CancelJob(PoolCore* core, Job& job);
 ZCSTORE_EXPORT std::mutex& JobsMutex(PoolCore* core);
+// Waits until every item of `job` is done (spinning first if the pool spins).
+ZCSTORE_EXPORT void WaitJob(PoolCore* core, Job& job);
 ZCSTORE_EXPORT const Store& CoreStore(PoolCore* core);
 }  // namespace internal
 
@@ -485,9 +487,18 @@ Result<R> Pool::Take(internal::ItemResult& r) {
   return value;
 }
 
+namespace internal {
+// TypeName<T>(), computed once.
+template <typename T>
+const std::string& CachedTypeName() {
+  static const std::string name = TypeName<T>();
+  return name;
+}
+}  // namespace internal
+
 template <typename R, typename A>
 Future<R> Pool::Submit(std::string_view name, const A& arg) {
-  auto task = TaskIndex(name, TypeName<A>(), TypeName<R>());
+  auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
   std::shared_ptr<internal::Job> job;
   if (!task.ok()) {
     job = std::make_shared<internal::Job>();
@@ -517,10 +528,7 @@ template <typename R>
 Result<R> Future<R>::Get() {
   if (!job_) return InvalidArgument("Future::Get called twice (or on a moved-from future)");
   auto job = std::move(job_);
-  {
-    std::unique_lock<std::mutex> lock(internal::JobsMutex(core_));
-    job->cv.wait(lock, [&] { return job->done == job->n; });
-  }
+  internal::WaitJob(core_, *job);
   internal::ItemResult r = std::move(job->results[0]);
   if (r.code != StatusCode::kOk) return Status(r.code, r.error);
   auto value = internal::DecodeValue<R>(internal::CoreStore(core_), r.bytes, r.ref);
@@ -543,7 +551,7 @@ void Future<R>::Cancel() {
 template <typename R, typename A>
 Result<std::vector<R>> Pool::Map(std::string_view name, const std::vector<A>& args,
                                  const MapOptions& options) {
-  auto task = TaskIndex(name, TypeName<A>(), TypeName<R>());
+  auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
   if (!task.ok()) return task.status();
   std::vector<R> out;
   if (args.empty()) return out;
@@ -572,7 +580,7 @@ template <typename R, typename A>
 Status Pool::MapUnordered(std::string_view name, const std::vector<A>& args,
                           const std::function<void(size_t, Result<R>)>& on_result,
                           const MapOptions& options) {
-  auto task = TaskIndex(name, TypeName<A>(), TypeName<R>());
+  auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
   if (!task.ok()) return task.status();
   if (args.empty()) return Status::OK();
   auto job = Start(*task, args.size(), options.chunk_size, -1, false,
@@ -613,7 +621,7 @@ Result<std::vector<R>> Pool::MapWithContext(std::string_view name, const std::ve
 
 template <typename R, typename A>
 Result<std::vector<Result<R>>> Pool::Broadcast(std::string_view name, const A& arg) {
-  auto task = TaskIndex(name, TypeName<A>(), TypeName<R>());
+  auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
   if (!task.ok()) return task.status();
   std::vector<std::byte> bytes;
   ObjectId ref;
