@@ -20,6 +20,9 @@ namespace internal {
 
 using Clock = std::chrono::steady_clock;
 
+// Results of an unordered map waiting for its caller, at most (backpressure).
+constexpr size_t kMaxUntakenResults = 4096;
+
 namespace {
 
 struct InFlight {
@@ -262,13 +265,17 @@ void PoolCore::Dispatch() {
         attempt = r.attempt;
         retries.pop_front();
       } else {
+        // An unordered job whose caller has not taken its results yet gets no
+        // more work until it does: results never pile up without bound.
         auto it = std::find_if(jobs.begin(), jobs.end(), [&](const std::shared_ptr<Job>& j) {
-          return j->target_worker < 0 || j->target_worker == w.index;
+          return (j->target_worker < 0 || j->target_worker == w.index) &&
+                 (j->keep_order || j->completed.size() < kMaxUntakenResults);
         });
         if (it == jobs.end()) break;
         job = *it;
         first = job->next;
-        count = std::min(job->chunk, job->n - job->next);
+        count = std::min({job->chunk, job->ramp, job->n - job->next});
+        job->ramp = std::min(job->chunk, job->ramp * 2);
         job->next += count;
         if (job->next == job->n) jobs.erase(it);
       }
@@ -836,6 +843,7 @@ bool Pool::WaitNext(internal::Job& job, size_t* index, internal::ItemResult* res
   *index = job.completed.front().first;
   *result = std::move(job.completed.front().second);
   job.completed.pop_front();
+  if (job.completed.size() + 1 == internal::kMaxUntakenResults) core_->Dispatch();  // room again
   return true;
 }
 

@@ -18,8 +18,9 @@
 
 namespace zcstore::internal {
 
-// Bytes of each ring's message area. A message is at most a quarter of it.
-inline constexpr uint64_t kRingCapacity = uint64_t{1} << 20;
+// Bytes of each ring's message area (every page of it is touched as it
+// wraps). A message is at most a quarter of it: 64 KiB.
+inline constexpr uint64_t kRingCapacity = uint64_t{1} << 18;
 // Descriptors a spawned worker finds its resources at.
 inline constexpr int kControlFd = 3, kStoreFd = 4, kDoorbellFd = 5;
 inline constexpr char kWorkerFlag[] = "--zcstore-worker";

@@ -94,7 +94,9 @@ struct ItemResult {
 struct Job {
   uint32_t task = 0;
   size_t n = 0;
-  size_t chunk = 1;
+  size_t chunk = 1;   // the largest chunk
+  size_t ramp = 1;    // the next chunk: 1, 2, 4, ... up to `chunk`, so the
+                      // first results come after one task, not a full chunk
   int target_worker = -1;  // Broadcast: one job per worker
   std::function<Status(size_t i, std::vector<std::byte>* out, ObjectId* ref)> encode;
   // Guarded by the pool's mutex:
