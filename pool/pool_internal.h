@@ -41,6 +41,7 @@ enum MessageKind : uint8_t { kHello = 1, kRun = 2, kDone = 3, kDetach = 4, kStop
 // Little-endian fixed fields and varints into a message.
 class MessageWriter {
  public:
+  MessageWriter() { bytes.reserve(256); }
   void U8(uint8_t v) { bytes.push_back(std::byte{v}); }
   void U32(uint32_t v) { Raw(&v, 4); }
   void U64(uint64_t v) { Raw(&v, 8); }
