@@ -172,7 +172,8 @@ int main(int argc, char** argv) {
     if (!t.ok()) return Fail(t.status());
     std::vector<ScoreArgs> warm(args.begin(), args.begin() + std::min<size_t>(tasks, 20000));
     for (ScoreArgs& a : warm) a.model = *t;
-    zcstore::Status w = pool.MapUnordered<Best>("score_user", warm, [](size_t, zcstore::Result<Best>) {});
+    zcstore::Status w = pool.MapUnordered<Best>(
+        "score_user", warm, [](size_t, zcstore::Result<Best>) {}, {.progress = false});
     if (!w.ok()) return Fail(w);
     if (auto u = pool.Unshare(*t); !u.ok()) return Fail(u);
   }

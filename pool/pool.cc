@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -103,7 +104,8 @@ class PoolCore {
   std::deque<std::pair<int, std::string>> log_lines;
   std::mutex log_mu;  // log_lines and the log stats
   Clock::time_point progress_start;
-  bool progress_shown = false;
+  std::atomic<bool> progress_shown{false};
+  std::mutex progress_mu;  // one progress update at a time
   std::thread thread;
   bool shut_down = false;
   std::vector<std::byte> drain_buffer;
@@ -512,6 +514,7 @@ void PoolCore::DeliverLogs() {
 }
 
 void PoolCore::Progress(bool final) {
+  std::lock_guard<std::mutex> progress_lock(progress_mu);
   uint64_t done = 0, total = 0;
   {
     std::lock_guard<std::mutex> lock(mu);
@@ -807,7 +810,7 @@ Result<uint32_t> Pool::TaskIndex(std::string_view name, const std::string& arg_t
 }
 
 std::shared_ptr<internal::Job> Pool::Start(
-    uint32_t task, size_t n, size_t chunk, int target, bool keep_order,
+    uint32_t task, size_t n, size_t chunk, int target, bool keep_order, bool track,
     std::function<Status(size_t, std::vector<std::byte>*, ObjectId*)> encode) {
   PoolCore& c = *core_;
   auto job = std::make_shared<internal::Job>();
@@ -825,7 +828,7 @@ std::shared_ptr<internal::Job> Pool::Start(
     c.FailItems(job, 0, n, StatusCode::kCancelled, "the pool is shut down");
     return job;
   }
-  if (n > 1) {
+  if (track) {
     if (c.tracked.empty()) c.progress_start = internal::Clock::now();
     c.tracked.push_back(job);
   }
@@ -834,12 +837,19 @@ std::shared_ptr<internal::Job> Pool::Start(
   return job;
 }
 
-void Pool::WaitDone(internal::Job& job) { internal::WaitJob(core_.get(), job); }
+void Pool::WaitDone(internal::Job& job) {
+  internal::WaitJob(core_.get(), job);
+  core_->Progress(false);  // the final bar before the caller prints anything
+}
 
 bool Pool::WaitNext(internal::Job& job, size_t* index, internal::ItemResult* result) {
   std::unique_lock<std::mutex> lock(core_->mu);
   job.cv.wait(lock, [&] { return !job.completed.empty() || job.done == job.n; });
-  if (job.completed.empty()) return false;
+  if (job.completed.empty()) {
+    lock.unlock();
+    core_->Progress(false);  // the final bar before the caller prints anything
+    return false;
+  }
   *index = job.completed.front().first;
   *result = std::move(job.completed.front().second);
   job.completed.pop_front();

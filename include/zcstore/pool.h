@@ -314,7 +314,8 @@ struct PoolOptions {
   // Progress bar (done/total, rate, ETA) on stderr during Map calls, shown
   // only when stderr is a terminal.
   bool progress_bar = true;
-  // Called on the pool's thread about every 100 ms during Map calls.
+  // Called about every 100 ms during Map calls (on the pool's thread), and
+  // once at the end of each (on the thread that waited for it).
   std::function<void(uint64_t done, uint64_t total)> progress;
   // Receives each line a worker writes (stdout, stderr, TaskContext::Log), in
   // order per worker, on the pool's thread. Default: the parent's stderr,
@@ -329,6 +330,8 @@ struct PoolOptions {
 struct MapOptions {
   // Tasks per message to a worker; 0: chosen from the count and the workers.
   size_t chunk_size = 0;
+  // Count this call in the progress bar and callback.
+  bool progress = true;
 };
 
 struct PoolStats {
@@ -438,7 +441,7 @@ class ZCSTORE_EXPORT Pool {
   Result<uint32_t> TaskIndex(std::string_view name, const std::string& arg_type,
                              const std::string& result_type);
   std::shared_ptr<internal::Job> Start(uint32_t task, size_t n, size_t chunk, int target,
-                                       bool keep_order,
+                                       bool keep_order, bool track,
                                        std::function<Status(size_t, std::vector<std::byte>*, ObjectId*)> encode);
   // Waits until the job is done (Map) or a result is ready (unordered).
   void WaitDone(internal::Job& job);
@@ -515,7 +518,7 @@ Future<R> Pool::Submit(std::string_view name, const A& arg) {
     ObjectId ref;
     Status st = internal::EncodeValue(store(), arg, &bytes, &ref);
     auto shared_bytes = std::make_shared<std::vector<std::byte>>(std::move(bytes));
-    job = Start(*task, 1, 1, -1, true,
+    job = Start(*task, 1, 1, -1, true, false,
                 [st, shared_bytes, ref](size_t, std::vector<std::byte>* out, ObjectId* r) {
                   if (!st.ok()) return st;
                   *out = *shared_bytes;
@@ -558,7 +561,7 @@ Result<std::vector<R>> Pool::Map(std::string_view name, const std::vector<A>& ar
   std::vector<R> out;
   if (args.empty()) return out;
   size_t chunk = options.chunk_size;
-  auto job = Start(*task, args.size(), chunk, -1, true,
+  auto job = Start(*task, args.size(), chunk, -1, true, options.progress,
                    [this, &args](size_t i, std::vector<std::byte>* bytes, ObjectId* ref) {
                      return internal::EncodeValue(store(), args[i], bytes, ref);
                    });
@@ -585,7 +588,7 @@ Status Pool::MapUnordered(std::string_view name, const std::vector<A>& args,
   auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
   if (!task.ok()) return task.status();
   if (args.empty()) return Status::OK();
-  auto job = Start(*task, args.size(), options.chunk_size, -1, false,
+  auto job = Start(*task, args.size(), options.chunk_size, -1, false, options.progress,
                    [this, &args](size_t i, std::vector<std::byte>* bytes, ObjectId* ref) {
                      return internal::EncodeValue(store(), args[i], bytes, ref);
                    });
@@ -630,7 +633,7 @@ Result<std::vector<Result<R>>> Pool::Broadcast(std::string_view name, const A& a
   if (Status st = internal::EncodeValue(store(), arg, &bytes, &ref); !st.ok()) return st;
   std::vector<std::shared_ptr<internal::Job>> jobs;
   for (int w = 0; w < workers(); ++w) {
-    jobs.push_back(Start(*task, 1, 1, w, true,
+    jobs.push_back(Start(*task, 1, 1, w, true, false,
                          [&bytes, ref](size_t, std::vector<std::byte>* out, ObjectId* r) {
                            *out = bytes;
                            *r = ref;
