@@ -383,7 +383,10 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
       ++stats.tasks_done;
     else
       ++stats.tasks_failed;
-    if (job.cancelled && r.code == StatusCode::kOk && !r.ref.is_nil()) (void)store->Delete(r.ref);
+    if ((job.cancelled || job.dropped) && !r.ref.is_nil()) {
+      (void)store->Delete(r.ref);
+      r.ref = ObjectId{};
+    }
     job.Put(index, std::move(r));
     ++job.done;
     if (k < f.arg_refs.size() && !f.arg_refs[k].is_nil()) (void)store->Delete(f.arg_refs[k]);
@@ -696,6 +699,15 @@ void PoolCore::Run() {
 }
 
 std::mutex& JobsMutex(PoolCore* core) { return core->mu; }
+
+void DropJob(PoolCore* core, std::shared_ptr<Job> job) {
+  std::lock_guard<std::mutex> lock(core->mu);
+  job->dropped = true;
+  for (ItemResult& r : job->results) {
+    if (!r.ref.is_nil()) (void)core->store->Delete(r.ref);
+    r.ref = ObjectId{};
+  }
+}
 
 void WaitJob(PoolCore* core, Job& job) {
   std::unique_lock<std::mutex> lock(core->mu);

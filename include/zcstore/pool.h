@@ -114,6 +114,7 @@ struct Job {
     else completed.emplace_back(i, std::move(r));
   }
   bool keep_order = true;
+  bool dropped = false;  // nobody will take the results: delete them on arrival
   std::condition_variable cv;
   std::vector<ObjectId> arg_refs;        // argument objects to delete when done
 };
@@ -135,6 +136,9 @@ ZCSTORE_EXPORT uint64_t RegistryHash();
 
 class PoolCore;
 struct WorkerState;
+// Gives up a job nobody will take results from: results already in the
+// store are deleted now, later ones when they arrive.
+ZCSTORE_EXPORT void DropJob(PoolCore* core, std::shared_ptr<Job> job);
 
 // Encoding helpers shared by both sides. Values with out-of-band buffers go
 // through the store (zero-copy on the other side); the rest inline.
@@ -347,6 +351,12 @@ struct PoolStats {
 template <typename R>
 class Future {
  public:
+  Future(Future&&) noexcept = default;
+  Future& operator=(Future&&) noexcept = default;
+  // A future dropped before Get releases its result (and its store object).
+  ~Future() {
+    if (job_) internal::DropJob(core_, std::move(job_));
+  }
   // Waits for the task and returns its result, or why there is none
   // (WorkerCrashed, Timeout, Cancelled, a task's error). Call once.
   Result<R> Get();

@@ -462,6 +462,26 @@ TEST(PoolTest, CancelledTasksFailWithCancelled) {
   EXPECT_EQ(pool->Submit<int>("square", 6).Get().value(), 36);
 }
 
+std::vector<float> BigResult(TaskContext&, const int& n) { return std::vector<float>(n, 2.f); }
+ZCSTORE_TASK("big_result", BigResult);
+
+TEST(PoolTest, LargeResultsComeBackThroughTheStoreAndNeverLeak) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  auto r = pool->Submit<std::vector<float>>("big_result", 100000).Get();  // 400 KB: via the store
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->size(), 100000u);
+  EXPECT_EQ((*r)[99999], 2.f);
+  {
+    auto dropped = pool->Submit<std::vector<float>>("big_result", 100000);
+    auto dropped_late = pool->Submit<std::vector<float>>("big_result", 100000);
+    while (!dropped.Ready()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }  // one dropped after its answer came, one (likely) before
+  (void)pool->Submit<int>("square", 1).Get();
+  ASSERT_TRUE(pool->Shutdown().ok());  // every answer is in
+  EXPECT_EQ(pool->store().Stats()->objects, 0u);  // no result object left behind
+}
+
 TEST(PoolTest, ProgressCallbackSeesTheEnd) {
   std::atomic<uint64_t> last_done{0}, last_total{0};
   PoolOptions o = Small();
