@@ -730,7 +730,7 @@ void WaitJob(PoolCore* core, Job& job) {
   }
   job.cv.wait(lock, [&] { return job.done == job.n; });
 }
-const Store& CoreStore(PoolCore* core) { return *core->store; }
+Store& CoreStore(PoolCore* core) { return *core->store; }
 
 void CancelJob(PoolCore* core, Job& job) {
   std::lock_guard<std::mutex> lock(core->mu);

@@ -159,7 +159,7 @@ std::string StoreImpl::Describe() const {
 
 // ---------------------------------------------------------------- set-up
 
-void StoreImpl::InitializeHeader(const StoreOptions& options, Backing backing) {
+void StoreImpl::InitializeHeader(Backing backing) {
   StoreHeader* h = header_;
   std::memcpy(h->magic, kStoreMagic, 8);
   h->format_version = kFormatVersion;
@@ -185,7 +185,6 @@ void StoreImpl::InitializeHeader(const StoreOptions& options, Backing backing) {
   h->used = 0;
   h->epoch = 0;
   h->reserved_bytes = 0;
-  (void)options;
   pthread_mutexattr_t attr;
   pthread_mutexattr_init(&attr);
   pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
@@ -333,7 +332,7 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::Create(std::string_view name,
     return st;
   }
   s->header_ = reinterpret_cast<StoreHeader*>(s->base_);
-  s->InitializeHeader(options, options.backing);
+  s->InitializeHeader(options.backing);
   s->objects_ = reinterpret_cast<ObjectEntry*>(s->base_ + s->geo_.objects_offset);
   s->clients_ = reinterpret_cast<ClientEntry*>(s->base_ + s->geo_.clients_offset);
   s->pins_ = reinterpret_cast<PinRecord*>(s->base_ + s->geo_.pins_offset);

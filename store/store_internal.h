@@ -90,7 +90,7 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   Status MapAndCheck(int fd, bool control_writable, const std::string& what);
   Result<std::byte*> WritableData();  // write_data_, mapped on first use
   Status FinishOpen();  // registers this handle; run under the file lock
-  void InitializeHeader(const StoreOptions& options, Backing backing);
+  void InitializeHeader(Backing backing);
 
   // --- table access: the caller holds the lock ---
   void Lock();

@@ -186,6 +186,17 @@ Result<T> DecodeValue(const Store& store, std::span<const std::byte> bytes, Obje
   return value;
 }
 
+// An item's result as the caller's type; a result that came through the
+// store is deleted there (Arrays in the value keep it pinned while they live).
+template <typename R>
+Result<R> TakeResult(Store& store, ItemResult& r) {
+  if (r.code != StatusCode::kOk) return Status(r.code, r.error);
+  auto value = DecodeValue<R>(store, r.bytes, r.ref);
+  if (!r.ref.is_nil()) (void)store.Delete(r.ref);
+  r.ref = ObjectId{};
+  return value;
+}
+
 template <typename R, typename A>
 Status Invoke(R (*fn)(TaskContext&, const A&), TaskContext& ctx, std::span<const std::byte> arg,
               ObjectId arg_ref, std::vector<std::byte>* out, ObjectId* out_ref);
@@ -489,17 +500,14 @@ ZCSTORE_EXPORT void CancelJob(PoolCore* core, Job& job);
 ZCSTORE_EXPORT std::mutex& JobsMutex(PoolCore* core);
 // Waits until every item of `job` is done (spinning first if the pool spins).
 ZCSTORE_EXPORT void WaitJob(PoolCore* core, Job& job);
-ZCSTORE_EXPORT const Store& CoreStore(PoolCore* core);
+ZCSTORE_EXPORT Store& CoreStore(PoolCore* core);
 }  // namespace internal
 
 // ------------------------------------------------------------ templates
 
 template <typename R>
 Result<R> Pool::Take(internal::ItemResult& r) {
-  if (r.code != StatusCode::kOk) return Status(r.code, r.error);
-  auto value = internal::DecodeValue<R>(store(), r.bytes, r.ref);
-  if (!r.ref.is_nil()) (void)store().Delete(r.ref);  // Arrays in the value keep it pinned
-  return value;
+  return internal::TakeResult<R>(store(), r);
 }
 
 namespace internal {
@@ -545,10 +553,7 @@ Result<R> Future<R>::Get() {
   auto job = std::move(job_);
   internal::WaitJob(core_, *job);
   internal::ItemResult r = std::move(job->results[0]);
-  if (r.code != StatusCode::kOk) return Status(r.code, r.error);
-  auto value = internal::DecodeValue<R>(internal::CoreStore(core_), r.bytes, r.ref);
-  if (!r.ref.is_nil()) (void)const_cast<Store&>(internal::CoreStore(core_)).Delete(r.ref);
-  return value;
+  return internal::TakeResult<R>(internal::CoreStore(core_), r);
 }
 
 template <typename R>
