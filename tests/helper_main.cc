@@ -205,10 +205,12 @@ int WriteArray(const std::vector<std::string>& a) {
   return 0;
 }
 
-// Creates a (non-persistent) store and waits to be killed, leaving it behind.
+// Creates a (non-persistent) store, in directory a[1] if given, and waits to
+// be killed, leaving it behind.
 int CreateAndHang(const std::vector<std::string>& a) {
   StoreOptions so;
   so.capacity = 1 << 20;
+  if (a.size() > 1) so.shm_dir = a[1];
   auto s = Store::Create(a[0], so);
   if (!s.ok()) Fail(s.status().ToString());
   Say("created");
@@ -331,7 +333,7 @@ int main(int argc, char** argv) {
   if (cmd == "lock-hang" && a.size() == 1) return LockHang(a);
   if (cmd == "write-view" && a.size() == 2) return WriteView(a);
   if (cmd == "churn" && a.size() >= 3) return Churn(a);
-  if (cmd == "create-and-hang" && a.size() == 1) return CreateAndHang(a);
+  if (cmd == "create-and-hang" && (a.size() == 1 || a.size() == 2)) return CreateAndHang(a);
   if (cmd == "get-model" && a.size() == 2) return GetModel(a);
   if (cmd == "write-array" && a.size() == 2) return WriteArray(a);
   if (cmd == "rss-after-get" && a.size() == 2) return RssAfterGet(a);

@@ -228,30 +228,34 @@ TEST(MultiProcessTest, ConcurrentPutGetDeleteFromSeveralProcesses) {
 }
 
 TEST(MultiProcessTest, AbandonedStoreIsRemovedByGcAndByTheNextCreate) {
-  std::string a = UniqueName(), b = UniqueName();
-  for (const std::string& name : {a, b}) {
-    Child c = Child::Helper({"create-and-hang", name});
-    ASSERT_EQ(c.ReadLine(), "created");
-    c.Kill(SIGKILL);
-    c.Wait();
-  }
-  Fixture live;  // a store in use must survive gc
-  auto removed = Store::CollectGarbage();
-  ASSERT_TRUE(removed.ok());
-  EXPECT_NE(std::find(removed->begin(), removed->end(), a), removed->end());
-  EXPECT_EQ(std::find(removed->begin(), removed->end(), live.name), removed->end());
-  EXPECT_EQ(Store::Open(a).status().code(), StatusCode::kNotFound);
-  EXPECT_TRUE(Store::Open(live.name).ok());
-  // b may have gone with the same sweep; recreate one abandoned name to test Create.
-  std::string c_name = UniqueName();
-  {
-    Child c = Child::Helper({"create-and-hang", c_name});
-    ASSERT_EQ(c.ReadLine(), "created");
-    c.Kill(SIGKILL);
-    c.Wait();
-  }
+  // A private store directory: gc sweeps every store of the user, and other
+  // tests running at the same time must not sweep ours (nor we theirs).
+  testing::TempDir dir;
+  OpenOptions here;
+  here.shm_dir = dir.path();
   StoreOptions o;
   o.capacity = 1 << 20;
+  o.shm_dir = dir.path();
+  auto abandon = [&](const std::string& name) {
+    Child c = Child::Helper({"create-and-hang", name, dir.path()});
+    ASSERT_EQ(c.ReadLine(), "created");
+    c.Kill(SIGKILL);
+    c.Wait();
+  };
+  std::string a = UniqueName(), b = UniqueName(), live_name = UniqueName();
+  abandon(a);
+  abandon(b);
+  auto live = Store::Create(live_name, o);  // a store in use must survive gc
+  ASSERT_TRUE(live.ok());
+  auto removed = Store::CollectGarbage(dir.path());
+  ASSERT_TRUE(removed.ok());
+  EXPECT_EQ(*removed, (std::vector<std::string>{std::min(a, b), std::max(a, b)}));
+  EXPECT_EQ(Store::Open(a, here).status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(Store::Open(live_name, here).ok());
+  // The next Create of an abandoned name replaces it.
+  std::string c_name = UniqueName();
+  abandon(c_name);
+  EXPECT_EQ(Store::ListStores(dir.path())->size(), 2u);
   auto replaced = Store::Create(c_name, o);
   EXPECT_TRUE(replaced.ok()) << replaced.status().ToString();
 }

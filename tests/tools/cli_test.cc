@@ -122,28 +122,35 @@ TEST(CliTest, VerifyPassesThenNamesTheCorruptObjectAndBuffer) {
 }
 
 TEST(CliTest, GcRemovesAbandonedStoresAndRmRemovesByName) {
+  // A private store directory, so that gc runs of other tests cannot race us.
+  testing::TempDir dir;
+  std::string in_dir = "--shm-dir " + dir.path() + " ";
   std::string dead = testing::UniqueName();
   {
-    auto c = testing::Child::Helper({"create-and-hang", dead});
+    auto c = testing::Child::Helper({"create-and-hang", dead, dir.path()});
     ASSERT_EQ(c.ReadLine(), "created");
     c.Kill(SIGKILL);
     c.Wait();
   }
-  CliRun gc = Cli("gc");
+  CliRun gc = Cli(in_dir + "gc");
   EXPECT_EQ(gc.exit_code, 0);
   EXPECT_TRUE(Has(gc.output, "removed " + dead)) << gc.output;
-  EXPECT_EQ(Store::Open(dead).status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(Has(gc.output, "1 abandoned store removed")) << gc.output;
+  OpenOptions here;
+  here.shm_dir = dir.path();
+  EXPECT_EQ(Store::Open(dead, here).status().code(), StatusCode::kNotFound);
 
   std::string kept = testing::UniqueName();
   StoreOptions o;
   o.capacity = 1 << 20;
   o.persistent = true;
+  o.shm_dir = dir.path();
   { ASSERT_TRUE(Store::Create(kept, o).ok()); }
-  EXPECT_FALSE(Has(Cli("gc").output, kept));  // persistent: not garbage
-  CliRun rm = Cli("rm " + kept);
+  EXPECT_FALSE(Has(Cli(in_dir + "gc").output, kept));  // persistent: not garbage
+  CliRun rm = Cli(in_dir + "rm " + kept);
   EXPECT_EQ(rm.exit_code, 0) << rm.output;
-  EXPECT_EQ(Store::Open(kept).status().code(), StatusCode::kNotFound);
-  CliRun again = Cli("rm " + kept);
+  EXPECT_EQ(Store::Open(kept, here).status().code(), StatusCode::kNotFound);
+  CliRun again = Cli(in_dir + "rm " + kept);
   EXPECT_EQ(again.exit_code, 1);
   EXPECT_TRUE(Has(again.output, "NotFound")) << again.output;
 }
