@@ -286,7 +286,7 @@ void PoolCore::Dispatch() {
       msg.U64(reinterpret_cast<uint64_t>(job.get()));
       msg.U32(job->task);
       msg.U64(first);
-      msg.U32(0);  // count, patched below
+      size_t count_at = msg.Placeholder32();
       InFlight f;
       f.job = job;
       f.first = first;
@@ -329,8 +329,7 @@ void PoolCore::Dispatch() {
       }
       if (sent == 0) continue;
       f.count = sent;
-      uint32_t c = static_cast<uint32_t>(sent);
-      std::memcpy(msg.bytes.data() + 1 + 8 + 4 + 8, &c, 4);
+      msg.Patch32(count_at, static_cast<uint32_t>(sent));
       if (!w.requests.TryPush(msg.bytes)) {
         // Cannot happen while in-flight chunks are bounded; be safe anyway.
         retries.push_front({job, first, sent, attempt});
@@ -593,7 +592,6 @@ void PoolCore::Run() {
   }
   std::vector<pollfd> fds;
   std::vector<int> owner;  // worker index per fd, -1 for the doorbell
-  std::vector<std::byte> msg;
   auto last_progress = Clock::now();
   while (true) {
     fds.clear();
@@ -625,9 +623,11 @@ void PoolCore::Run() {
     {
       std::lock_guard<std::mutex> lock(mu);
       DrainLocked();
+      bool any_death = false;
       for (size_t i = 0; i < fds.size(); ++i) {
         if (owner[i] >= 0 && fds[i].fd == workers[owner[i]].pidfd && (fds[i].revents & POLLIN)) {
           HandleDeath(workers[owner[i]]);
+          any_death = true;
         }
       }
       auto now = Clock::now();
@@ -638,7 +638,7 @@ void PoolCore::Run() {
           platform::KillProcess(w.pid, SIGKILL);
         }
       }
-      Dispatch();
+      if (any_death) Dispatch();  // re-queued items, and the replacement may take them
       bool idle = jobs.empty() && retries.empty() &&
                   std::all_of(workers.begin(), workers.end(),
                               [](const Worker& w) { return w.in_flight.empty(); });

@@ -54,6 +54,12 @@ class MessageWriter {
     U64(id.hi);
     U64(id.lo);
   }
+  // A u32 written later (a count known only at the end): returns its place.
+  size_t Placeholder32() {
+    U32(0);
+    return bytes.size() - 4;
+  }
+  void Patch32(size_t at, uint32_t v) { std::memcpy(bytes.data() + at, &v, 4); }
   std::vector<std::byte> bytes;
 };
 

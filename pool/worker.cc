@@ -82,15 +82,16 @@ bool RunTasks(WorkerState& w, MessageReader& in) {
   MessageWriter out;
   uint64_t out_first = first;
   uint32_t out_count = 0;
+  size_t count_at = 0;
   auto start = [&] {
     out.bytes.clear();
     out.U8(kDone);
     out.U64(job);
     out.U64(out_first);
-    out.U32(0);  // count, patched when sent
+    count_at = out.Placeholder32();
   };
   auto flush = [&] {
-    std::memcpy(out.bytes.data() + 17, &out_count, 4);
+    out.Patch32(count_at, out_count);
     bool ok = Send(w, out.bytes);
     out_first += out_count;
     out_count = 0;

@@ -891,7 +891,7 @@ Status StoreImpl::Abort(ObjectBuilder& b) {
   return Status::OK();
 }
 
-Result<ObjectView> StoreImpl::Get(ObjectId id) {
+Result<ObjectView> StoreImpl::Get(ObjectId id, const ObjectHeader** header) {
   uint32_t slot;
   if (!snapshot_) {
     Lock();
@@ -911,7 +911,7 @@ Result<ObjectView> StoreImpl::Get(ObjectId id) {
     }
   }
   ObjectView v;
-  Status st = ReadObject(slot, id, &v.metadata_, &v.buffers_, nullptr);
+  Status st = ReadObject(slot, id, &v.metadata_, &v.buffers_, header);
   if (!st.ok()) {
     if (!snapshot_) {
       Lock();
@@ -1028,13 +1028,11 @@ Result<StoreStats> StoreImpl::Stats() {
 }
 
 Status StoreImpl::Verify(ObjectId id) {
-  auto view = Get(id);
-  if (!view.ok()) return view.status();
   const ObjectHeader* h = nullptr;
-  std::span<const std::byte> md;
-  std::vector<std::span<const std::byte>> bufs;
-  Status st = ReadObject(view->slot_, id, &md, &bufs, &h);
-  if (!st.ok()) return st;
+  auto view = Get(id, &h);  // pinned while we read
+  if (!view.ok()) return view.status();
+  std::span<const std::byte> md = view->metadata();
+  const std::vector<std::span<const std::byte>>& bufs = view->buffers();
   std::string what = Describe() + ": object " + id.ToString();
   if (!h->has_checksums) {
     return InvalidArgument(what + " was sealed without checksums; nothing to verify");

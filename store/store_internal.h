@@ -51,7 +51,8 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
                                      std::span<ObjectBuilder> adopt);
   Status Seal(ObjectBuilder& builder);
   Status Abort(ObjectBuilder& builder);
-  Result<ObjectView> Get(ObjectId id);
+  // `header`, if given, receives the object's checked header.
+  Result<ObjectView> Get(ObjectId id, const ObjectHeader** header = nullptr);
   Status Release(ObjectView& view);
   Status Delete(ObjectId id);
   bool Contains(ObjectId id);

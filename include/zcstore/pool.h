@@ -116,7 +116,6 @@ struct Job {
   bool keep_order = true;
   bool dropped = false;  // nobody will take the results: delete them on arrival
   std::condition_variable cv;
-  std::vector<ObjectId> arg_refs;        // argument objects to delete when done
 };
 
 using TaskInvoker = Status (*)(TaskContext& ctx, std::span<const std::byte> arg, ObjectId arg_ref,
@@ -313,7 +312,8 @@ struct PoolOptions {
   // empty: this program (/proc/self/exe).
   std::string worker_executable;
   // Bytes of the pool's store (shared objects, large arguments and results).
-  // Reserved up front.
+  // Storage is reserved as objects claim it, so a large value costs nothing
+  // until it is used.
   uint64_t store_capacity = uint64_t{1} << 30;
   // A task running longer is killed with its worker and fails with Timeout.
   // 0: no limit. (kThreads: not enforced.) Forces chunks of one task.
@@ -387,8 +387,8 @@ class ZCSTORE_EXPORT Pool {
  public:
   // Starts the workers and waits until each has reported in with a matching
   // task registry. Errors: VersionMismatch (a worker of another build),
-  // WorkerCrashed (a worker died at start), Timeout, StoreFull (the store's
-  // capacity cannot be reserved), IOError.
+  // WorkerCrashed (a worker died at start), Timeout, StoreFull (/dev/shm
+  // cannot hold the pool's queues), IOError.
   static Result<std::unique_ptr<Pool>> Create(const PoolOptions& options = {});
   // Shuts down (see Shutdown).
   ~Pool();

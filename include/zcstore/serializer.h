@@ -962,7 +962,6 @@ class Pinned {
   ObjectId id() const { return view_ ? view_->id() : ObjectId{}; }
 
  private:
-  friend class Store;
   template <typename U>
   friend Result<Pinned<U>> LoadPinned(RawObject raw, const LoadOptions& options);
   std::shared_ptr<const ObjectView> view_;

@@ -77,7 +77,8 @@ enum class Backing : uint32_t { kSharedMemory = 1, kFile = 2, kMemfd = 3 };
 struct StoreOptions {
   Backing backing = Backing::kSharedMemory;
   // Bytes available to objects (headers, metadata, buffers, alignment padding).
-  // Reserved up front; the segment or file is a little larger (the tables).
+  // The segment or file is a little larger (the tables). Storage is reserved
+  // as objects claim it (see CreateObject), not at Create.
   uint64_t capacity = uint64_t{1} << 30;  // 1 GiB
   // Most objects alive at once (sealed, being written, or deleted but pinned).
   uint32_t max_objects = 4096;
