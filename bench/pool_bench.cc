@@ -1,7 +1,13 @@
 // Pool benchmarks, each beside the threads backend and a fork baseline.
 //
 //   BM_PoolRoundTrip/<backend>      one empty task: Submit -> result
-//       spawn (blocking), spawn_spin (spin_us=50), fork, threads
+//       spawn (blocking), spawn_spin (spin_us=50), fork, threads, and
+//       spawn_1cpu: blocking with the caller and workers on one CPU, where a
+//       wake-up is a context switch rather than a cross-CPU interrupt
+//   BM_RawRoundTrip/<futex|spin|futex_1cpu>
+//                                   the floor under it: two processes
+//                                   ping-pong a word in shared memory, each
+//                                   sleeping in FUTEX_WAIT (or spinning)
 //   BM_PoolMapThroughput/<backend>  trivial tasks/s through Map with chunking
 //   BM_PoolStartup/<model bytes>    start a spawned pool, share a model built
 //                                   in place, first result (manual time; the
@@ -9,11 +15,17 @@
 //   BM_ForkStartup/<model bytes>    the copy-on-write limit: fork a child that
 //                                   reads the model, first result over a pipe
 #include <benchmark/benchmark.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 #include "zcstore/zcstore.h"
 
@@ -61,9 +73,33 @@ PoolOptions Options(int variant) {
   if (variant == 1) o.spin_us = 50;
   return o;
 }
-const char* kVariants[] = {"spawn", "spawn_spin", "fork", "threads"};
+const char* kVariants[] = {"spawn", "spawn_spin", "fork", "threads", "spawn_1cpu"};
+
+// Runs this thread, and what it starts from now on, on the first CPU it may
+// use until destroyed.
+class OnOneCpu {
+ public:
+  OnOneCpu() {
+    sched_getaffinity(0, sizeof(saved_), &saved_);
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &saved_)) {
+        CPU_SET(c, &one);
+        break;
+      }
+    }
+    sched_setaffinity(0, sizeof(one), &one);
+  }
+  ~OnOneCpu() { sched_setaffinity(0, sizeof(saved_), &saved_); }
+
+ private:
+  cpu_set_t saved_;
+};
 
 void BM_PoolRoundTrip(benchmark::State& state) {
+  std::optional<OnOneCpu> pinned;
+  if (state.range(0) == 4) pinned.emplace();
   auto pool = Pool::Create(Options(static_cast<int>(state.range(0))));
   if (!pool.ok()) return state.SkipWithError(pool.status().ToString().c_str());
   state.SetLabel(kVariants[state.range(0)]);
@@ -72,7 +108,47 @@ void BM_PoolRoundTrip(benchmark::State& state) {
     if (!r.ok()) return state.SkipWithError(r.status().ToString().c_str());
   }
 }
-BENCHMARK(BM_PoolRoundTrip)->DenseRange(0, 3)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_PoolRoundTrip)->DenseRange(0, 4)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// Two processes, two words in a shared page: the parent writes `ping`, the
+// child copies it to `pong`. With futex each side sleeps until woken, which
+// is what a blocking round trip can cost at best: two wake-ups.
+void BM_RawRoundTrip(benchmark::State& state) {
+  bool spin = state.range(0) == 1;
+  state.SetLabel(spin ? "spin" : state.range(0) == 2 ? "futex_1cpu" : "futex");
+  std::optional<OnOneCpu> pinned;
+  if (state.range(0) == 2) pinned.emplace();
+  void* page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (page == MAP_FAILED) return state.SkipWithError("mmap");
+  auto* ping = static_cast<std::atomic<uint32_t>*>(page);
+  auto* pong = ping + 16;  // its own cache line
+  auto wait = [spin](std::atomic<uint32_t>* word, uint32_t old) {
+    uint32_t v;
+    while ((v = word->load(std::memory_order_acquire)) == old) {
+      if (spin) continue;
+      syscall(SYS_futex, word, FUTEX_WAIT, old, nullptr, nullptr, 0);
+    }
+    return v;
+  };
+  auto post = [spin](std::atomic<uint32_t>* word, uint32_t v) {
+    word->store(v, std::memory_order_release);
+    if (!spin) syscall(SYS_futex, word, FUTEX_WAKE, 1, nullptr, nullptr, 0);
+  };
+  pid_t pid = fork();
+  if (pid == 0) {
+    for (uint32_t v = 0; (v = wait(ping, v)) != UINT32_MAX;) post(pong, v);
+    _exit(0);
+  }
+  uint32_t i = 0;
+  for (auto _ : state) {
+    post(ping, ++i);
+    wait(pong, i - 1);
+  }
+  post(ping, UINT32_MAX);
+  waitpid(pid, nullptr, 0);
+  munmap(page, 4096);
+}
+BENCHMARK(BM_RawRoundTrip)->DenseRange(0, 2)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 void BM_PoolMapThroughput(benchmark::State& state) {
   auto pool = Pool::Create(Options(static_cast<int>(state.range(0))));
