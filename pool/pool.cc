@@ -31,7 +31,9 @@ struct InFlight {
   size_t first = 0, count = 0;
   Clock::time_point deadline = Clock::time_point::max();
   int attempt = 0;
-  std::vector<ObjectId> arg_refs;  // argument objects to delete once answered
+  // Argument objects that Dispatch put into the store, to delete once
+  // answered: item first + k's at [k], nil or past the end for inline ones.
+  std::vector<ObjectId> arg_refs;
 };
 
 struct Retry {
@@ -74,6 +76,19 @@ class PoolCore {
   void FailItems(const std::shared_ptr<Job>& job, size_t first, size_t count, StatusCode code,
                  const std::string& message);
   void DeleteRefs(std::vector<ObjectId>& refs);
+  // True if a response ring holds an answer. Lock-free: a hint for spinners.
+  bool AnswersWaiting() const {
+    for (const Worker& w : workers) {
+      if (!w.responses.Empty()) return true;
+    }
+    return false;
+  }
+  // Items of `job` were answered: wakes the callers asleep on it, and lets
+  // go of its argument once every item is. Holds `mu`.
+  void JobMoved(Job& job);
+  // Waits until `ready()`, holding `lock` (on `mu`) except while asleep.
+  template <typename Ready>
+  void WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready);
   Status Spawn(Worker& w);
   void ReadLogs(Worker& w, bool to_eof);
   void DeliverLogs();
@@ -108,7 +123,9 @@ class PoolCore {
   std::mutex progress_mu;  // one progress update at a time
   std::thread thread;
   bool shut_down = false;
-  std::vector<std::byte> drain_buffer;
+  // Buffers reused under `mu`, so that a task costs no allocations here.
+  std::vector<std::byte> drain_buffer, encode_scratch;
+  MessageWriter dispatch_msg;
 };
 
 PoolCore::~PoolCore() {
@@ -168,6 +185,7 @@ Status PoolCore::Spawn(Worker& w) {
     w.state->store = std::make_unique<Store>(std::move(*s));
     w.state->index = w.index;
     w.state->spin_us = opts.spin_us;
+    w.state->control = Header(control);
     w.state->requests = w.requests;
     w.state->responses = w.responses;
     w.state->doorbell = doorbell;
@@ -189,6 +207,7 @@ Status PoolCore::Spawn(Worker& w) {
       ws.index = w.index;
       ws.parent = parent;
       ws.spin_us = opts.spin_us;
+      ws.control = Header(control);
       ws.requests = w.requests;
       ws.responses = w.responses;
       ws.doorbell = doorbell;
@@ -247,11 +266,12 @@ void PoolCore::FailItems(const std::shared_ptr<Job>& job, size_t first, size_t c
   }
   job->done += count;
   stats.tasks_failed += count;
-  job->cv.notify_all();
+  JobMoved(*job);
 }
 
 // Sends queued work to every ready worker with room. Holds `mu`.
 void PoolCore::Dispatch() {
+  if (jobs.empty() && retries.empty()) return;
   for (Worker& w : workers) {
     while (w.alive && w.ready && !w.timed_out &&
            static_cast<int>(w.in_flight.size()) < opts.max_in_flight_per_worker) {
@@ -271,7 +291,7 @@ void PoolCore::Dispatch() {
         // more work until it does: results never pile up without bound.
         auto it = std::find_if(jobs.begin(), jobs.end(), [&](const std::shared_ptr<Job>& j) {
           return (j->target_worker < 0 || j->target_worker == w.index) &&
-                 (j->keep_order || j->completed.size() < kMaxUntakenResults);
+                 (j->keep_order || j->completed->size() < kMaxUntakenResults);
         });
         if (it == jobs.end()) break;
         job = *it;
@@ -281,7 +301,8 @@ void PoolCore::Dispatch() {
         job->next += count;
         if (job->next == job->n) jobs.erase(it);
       }
-      MessageWriter msg;
+      MessageWriter& msg = dispatch_msg;
+      msg.Clear();
       msg.U8(kRun);
       msg.U64(reinterpret_cast<uint64_t>(job.get()));
       msg.U32(job->task);
@@ -296,9 +317,15 @@ void PoolCore::Dispatch() {
       }
       size_t sent = 0;
       while (sent < count) {
-        std::vector<std::byte> bytes;
-        ObjectId ref;
-        Status st = job->encode(first + sent, &bytes, &ref);
+        std::span<const std::byte> bytes = job->arg;
+        ObjectId ref = job->arg_ref;
+        Status st;
+        if (job->encode) {
+          encode_scratch.clear();
+          ref = ObjectId{};
+          st = job->encode(first + sent, &encode_scratch, &ref);
+          bytes = encode_scratch;
+        }
         if (!st.ok()) {
           // An argument that cannot be encoded fails alone; the items before
           // it go now, the ones after it in a later chunk.
@@ -308,8 +335,8 @@ void PoolCore::Dispatch() {
           --count;
           continue;
         }
-        if (msg.bytes.size() + bytes.size() + 32 > w.requests.max_message()) {
-          if (!ref.is_nil()) (void)store->Delete(ref);
+        if (msg.size() + bytes.size() + 32 > w.requests.max_message()) {
+          if (job->encode && !ref.is_nil()) (void)store->Delete(ref);
           break;  // the rest go in the next chunk
         }
         if (ref.is_nil()) {
@@ -320,7 +347,10 @@ void PoolCore::Dispatch() {
           msg.U8(1);
           msg.Id(ref);
         }
-        f.arg_refs.push_back(ref);
+        if (job->encode && !ref.is_nil()) {
+          f.arg_refs.resize(sent);  // nil for the inline ones before it
+          f.arg_refs.push_back(ref);
+        }
         ++sent;
       }
       if (sent < count) {
@@ -330,7 +360,7 @@ void PoolCore::Dispatch() {
       if (sent == 0) continue;
       f.count = sent;
       msg.Patch32(count_at, static_cast<uint32_t>(sent));
-      if (!w.requests.TryPush(msg.bytes)) {
+      if (!w.requests.TryPush(msg.bytes())) {
         // Cannot happen while in-flight chunks are bounded; be safe anyway.
         retries.push_front({job, first, sent, attempt});
         DeleteRefs(f.arg_refs);
@@ -390,7 +420,7 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
     ++job.done;
     if (k < f.arg_refs.size() && !f.arg_refs[k].is_nil()) (void)store->Delete(f.arg_refs[k]);
   }
-  job.cv.notify_all();
+  JobMoved(job);
   w.deaths_in_a_row = 0;
   f.first += count;
   f.count -= count;
@@ -575,7 +605,7 @@ bool PoolCore::DrainLocked() {
     }
     if (!corrupt.ok()) platform::KillProcess(w.pid, SIGKILL);
   }
-  Dispatch();
+  if (any) Dispatch();  // answers free room, and a hello brings a worker
   return any;
 }
 
@@ -661,7 +691,7 @@ void PoolCore::Run() {
     bye.U8(kStop);
     for (Worker& w : workers) {
       if (w.alive) {
-        (void)w.requests.TryPush(bye.bytes);
+        (void)w.requests.TryPush(bye.bytes());
         alive.push_back(&w);
       }
     }
@@ -709,26 +739,79 @@ void DropJob(PoolCore* core, std::shared_ptr<Job> job) {
   }
 }
 
+void PoolCore::JobMoved(Job& job) {
+  if (job.done == job.n && job.owns_arg_ref && !job.arg_ref.is_nil()) {
+    (void)store->Delete(job.arg_ref);
+    job.arg_ref = ObjectId{};
+  }
+  if (job.sleepers == 0) return;
+  ControlHeader* c = Header(control);
+  c->answer_seq.fetch_add(1, std::memory_order_release);
+  platform::FutexWake(reinterpret_cast<uint32_t*>(&c->answer_seq));
+}
+
+// A waiting caller takes the workers' answers itself and dispatches the work
+// they make room for, so an answer costs one wake-up: the caller's. It tells
+// the workers how to reach it through the control header (pool_internal.h);
+// each registration is followed by a fence and a drain, which pairs with the
+// fence in the worker's Send: either the drain sees the answer, or the worker
+// sees the registration. Callers of another job that this one's drain
+// completes are woken through `Job::sleepers`; the pool thread does the same
+// for deaths and timeouts.
+template <typename Ready>
+void PoolCore::WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready) {
+  if (ready()) return;
+  ControlHeader* c = Header(control);
+  auto enter = [&](std::atomic<uint32_t>& counter, int delta) {
+    counter.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  };
+  if (opts.spin_us > 0) {
+    // Poll the rings without the lock, and take it only when an answer is
+    // there, or every 64 rounds (another caller may have done our work; the
+    // clock is read then too).
+    enter(c->callers_spinning, 1);
+    auto until = Clock::now() + std::chrono::microseconds(opts.spin_us);
+    lock.unlock();
+    for (uint32_t round = 1;; ++round) {
+      bool answers = AnswersWaiting();
+      bool tick = round % 64 == 0;
+      if (answers || tick) {
+        lock.lock();
+        if (answers) DrainLocked();
+        if (ready() || (tick && Clock::now() >= until)) break;
+        lock.unlock();
+      }
+      CpuRelax();
+    }
+    if (ready()) {
+      enter(c->callers_spinning, -1);
+      DrainLocked();  // answers whose wake-up was skipped while we spun
+      return;
+    }
+  }
+  enter(c->callers_sleeping, 1);
+  if (opts.spin_us > 0) enter(c->callers_spinning, -1);
+  while (true) {
+    uint32_t seen = c->answer_seq.load(std::memory_order_acquire);
+    DrainLocked();
+    if (ready()) break;
+    ++job.sleepers;
+    lock.unlock();
+    // Bounded only as a safety net: every answer, death or cancellation
+    // bumps the word.
+    bool woken = platform::FutexWait(reinterpret_cast<uint32_t*>(&c->answer_seq), seen, 1000);
+    lock.lock();
+    --job.sleepers;
+    if (!woken && (DrainLocked() || ready())) ++stats.late_wakeups;
+  }
+  enter(c->callers_sleeping, -1);
+  DrainLocked();  // answers whose doorbell was skipped while we slept
+}
+
 void WaitJob(PoolCore* core, Job& job) {
   std::unique_lock<std::mutex> lock(core->mu);
-  if (core->opts.spin_us > 0 && job.done != job.n) {
-    // Spin: take the answers ourselves rather than wait for the pool thread
-    // to wake up and hand them over (each wake-up costs ~17 us here), and
-    // tell the workers they need not ring the doorbell meanwhile.
-    for (Worker& w : core->workers) w.responses.header()->consumer_spinning.fetch_add(1);
-    auto until = Clock::now() + std::chrono::microseconds(core->opts.spin_us);
-    while (job.done != job.n && Clock::now() < until) {
-      core->DrainLocked();
-      if (job.done == job.n) break;
-      lock.unlock();
-      __builtin_ia32_pause();
-      lock.lock();
-    }
-    for (Worker& w : core->workers) w.responses.header()->consumer_spinning.fetch_sub(1);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    core->DrainLocked();  // an answer whose doorbell was skipped while we spun
-  }
-  job.cv.wait(lock, [&] { return job.done == job.n; });
+  core->WaitFor(job, lock, [&] { return job.done == job.n; });
 }
 Store& CoreStore(PoolCore* core) { return *core->store; }
 
@@ -748,7 +831,7 @@ void CancelJob(PoolCore* core, Job& job) {
   core->jobs.erase(std::remove_if(core->jobs.begin(), core->jobs.end(),
                                   [&](const std::shared_ptr<Job>& j) { return j.get() == &job; }),
                    core->jobs.end());
-  job.cv.notify_all();
+  core->JobMoved(job);
 }
 
 }  // namespace internal
@@ -821,24 +904,32 @@ Result<uint32_t> Pool::TaskIndex(std::string_view name, const std::string& arg_t
       "' is not registered (ZCSTORE_TASK); registered: " + (known.empty() ? "none" : known));
 }
 
-std::shared_ptr<internal::Job> Pool::Start(
-    uint32_t task, size_t n, size_t chunk, int target, bool keep_order, bool track,
+std::shared_ptr<internal::Job> Pool::StartMap(
+    uint32_t task, size_t n, size_t chunk, bool keep_order, bool track,
     std::function<Status(size_t, std::vector<std::byte>*, ObjectId*)> encode) {
-  PoolCore& c = *core_;
   auto job = std::make_shared<internal::Job>();
   job->task = task;
   job->n = n;
-  job->target_worker = target;
   job->keep_order = keep_order;
   job->encode = std::move(encode);
-  if (keep_order) job->results.resize(n);
-  if (chunk == 0) chunk = std::clamp<size_t>(n / (size_t(c.n) * 8), 1, 256);
-  if (c.opts.task_timeout.count() > 0) chunk = 1;  // a deadline per task
+  if (keep_order) {
+    job->results.resize(n);
+  } else {
+    job->completed.emplace();
+  }
+  if (chunk == 0) chunk = std::clamp<size_t>(n / (size_t(core_->n) * 8), 1, 256);
   job->chunk = chunk;
+  Start(job, track);
+  return job;
+}
+
+void Pool::Start(const std::shared_ptr<internal::Job>& job, bool track) {
+  PoolCore& c = *core_;
+  if (c.opts.task_timeout.count() > 0) job->chunk = 1;  // a deadline per task
   std::lock_guard<std::mutex> lock(c.mu);
   if (c.stop) {
-    c.FailItems(job, 0, n, StatusCode::kCancelled, "the pool is shut down");
-    return job;
+    c.FailItems(job, 0, job->n, StatusCode::kCancelled, "the pool is shut down");
+    return;
   }
   if (track) {
     if (c.tracked.empty()) c.progress_start = internal::Clock::now();
@@ -846,7 +937,6 @@ std::shared_ptr<internal::Job> Pool::Start(
   }
   c.jobs.push_back(job);
   c.Dispatch();
-  return job;
 }
 
 void Pool::WaitDone(internal::Job& job) {
@@ -856,16 +946,17 @@ void Pool::WaitDone(internal::Job& job) {
 
 bool Pool::WaitNext(internal::Job& job, size_t* index, internal::ItemResult* result) {
   std::unique_lock<std::mutex> lock(core_->mu);
-  job.cv.wait(lock, [&] { return !job.completed.empty() || job.done == job.n; });
-  if (job.completed.empty()) {
+  auto& completed = *job.completed;
+  core_->WaitFor(job, lock, [&] { return !completed.empty() || job.done == job.n; });
+  if (completed.empty()) {
     lock.unlock();
     core_->Progress(false);  // the final bar before the caller prints anything
     return false;
   }
-  *index = job.completed.front().first;
-  *result = std::move(job.completed.front().second);
-  job.completed.pop_front();
-  if (job.completed.size() + 1 == internal::kMaxUntakenResults) core_->Dispatch();  // room again
+  *index = completed.front().first;
+  *result = std::move(completed.front().second);
+  completed.pop_front();
+  if (completed.size() + 1 == internal::kMaxUntakenResults) core_->Dispatch();  // room again
   return true;
 }
 
@@ -876,7 +967,7 @@ Status Pool::UnshareId(ObjectId id) {
   detach.Id(id);
   std::lock_guard<std::mutex> lock(core_->mu);
   for (auto& w : core_->workers) {
-    if (w.alive) (void)w.requests.TryPush(detach.bytes);
+    if (w.alive) (void)w.requests.TryPush(detach.bytes());
   }
   return Status::OK();
 }

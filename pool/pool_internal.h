@@ -5,6 +5,9 @@
 
 #include <sys/types.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <span>
@@ -25,30 +28,59 @@ inline constexpr uint64_t kRingCapacity = uint64_t{1} << 18;
 inline constexpr int kControlFd = 3, kStoreFd = 4, kDoorbellFd = 5;
 inline constexpr char kWorkerFlag[] = "--zcstore-worker";
 
-// Control segment: for worker i, its request ring then its response ring.
+// The start of the control segment: how a worker tells who waits for its
+// answers. A caller that waits drains the response rings itself, so an
+// answer costs one wake-up (the caller's) rather than two (the pool
+// thread's, then the caller's):
+//   callers_spinning > 0  a caller is polling the rings: nothing to do;
+//   callers_sleeping > 0  bump `answer_seq` and FUTEX_WAKE it;
+//   otherwise             ring the doorbell: the pool thread takes it.
+// The parent never trusts these words: a wrong value costs a spurious
+// wake-up or a late one, and the pool thread still drains within 100 ms.
+struct alignas(64) ControlHeader {
+  std::atomic<uint32_t> answer_seq;        // the sleeping callers' futex word
+  std::atomic<uint32_t> callers_sleeping;  // parent threads asleep on answer_seq
+  uint8_t pad0[56];
+  std::atomic<uint32_t> callers_spinning;  // parent threads polling the rings
+  uint8_t reserved[188];
+};
+static_assert(sizeof(ControlHeader) == 256 && offsetof(ControlHeader, callers_spinning) == 64);
+
+// Control segment: the header, then for worker i its request ring and its
+// response ring.
 inline uint64_t ControlSize(int workers) {
-  return uint64_t(workers) * 2 * Ring::Footprint(kRingCapacity);
+  return sizeof(ControlHeader) + uint64_t(workers) * 2 * Ring::Footprint(kRingCapacity);
 }
+inline ControlHeader* Header(std::byte* control) { return reinterpret_cast<ControlHeader*>(control); }
 inline Ring RequestRing(std::byte* control, int i) {
-  return Ring(control + uint64_t(i) * 2 * Ring::Footprint(kRingCapacity), kRingCapacity);
+  return Ring(control + sizeof(ControlHeader) + uint64_t(i) * 2 * Ring::Footprint(kRingCapacity),
+              kRingCapacity);
 }
 inline Ring ResponseRing(std::byte* control, int i) {
-  return Ring(control + (uint64_t(i) * 2 + 1) * Ring::Footprint(kRingCapacity), kRingCapacity);
+  return Ring(
+      control + sizeof(ControlHeader) + (uint64_t(i) * 2 + 1) * Ring::Footprint(kRingCapacity),
+      kRingCapacity);
 }
 
 enum MessageKind : uint8_t { kHello = 1, kRun = 2, kDone = 3, kDetach = 4, kStop = 5 };
 
-// Little-endian fixed fields and varints into a message.
+// Little-endian fixed fields and varints into a message. Clear() keeps the
+// buffer, so a writer reused from message to message allocates only while
+// its messages grow.
 class MessageWriter {
  public:
-  MessageWriter() { bytes.reserve(256); }
-  void U8(uint8_t v) { bytes.push_back(std::byte{v}); }
+  void Clear() { size_ = 0; }
+  void U8(uint8_t v) { Raw(&v, 1); }
   void U32(uint32_t v) { Raw(&v, 4); }
   void U64(uint64_t v) { Raw(&v, 8); }
-  void Varint(uint64_t v) { PutVarint(bytes, v); }
+  void Varint(uint64_t v) {
+    for (; v >= 0x80; v >>= 7) U8(static_cast<uint8_t>(v) | 0x80);
+    U8(static_cast<uint8_t>(v));
+  }
   void Raw(const void* p, size_t n) {
-    auto* b = static_cast<const std::byte*>(p);
-    bytes.insert(bytes.end(), b, b + n);
+    if (buf_.size() - size_ < n) buf_.resize(std::max({2 * buf_.size(), size_ + n, size_t{256}}));
+    if (n != 0) std::memcpy(buf_.data() + size_, p, n);
+    size_ += n;
   }
   void Id(ObjectId id) {
     U64(id.hi);
@@ -57,10 +89,15 @@ class MessageWriter {
   // A u32 written later (a count known only at the end): returns its place.
   size_t Placeholder32() {
     U32(0);
-    return bytes.size() - 4;
+    return size_ - 4;
   }
-  void Patch32(size_t at, uint32_t v) { std::memcpy(bytes.data() + at, &v, 4); }
-  std::vector<std::byte> bytes;
+  void Patch32(size_t at, uint32_t v) { std::memcpy(buf_.data() + at, &v, 4); }
+  std::span<const std::byte> bytes() const { return {buf_.data(), size_}; }
+  size_t size() const { return size_; }
+
+ private:
+  std::vector<std::byte> buf_;
+  size_t size_ = 0;
 };
 
 // Reads a message from the other side; every read is bounds-checked.
@@ -107,6 +144,7 @@ struct WorkerState {
   int index = 0;
   pid_t parent = 0;  // 0 for thread workers (no parent to watch)
   int spin_us = 0;
+  ControlHeader* control = nullptr;
   Ring requests, responses;
   int doorbell = -1;
   std::unique_ptr<Store> store;
@@ -117,6 +155,9 @@ struct WorkerState {
   };
   std::unordered_map<ObjectId, Attached> attached;
   TaskContext context{this};
+  // Buffers reused from task to task: a task allocates nothing here.
+  std::vector<std::byte> request, result;
+  MessageWriter answer;
 };
 
 // Runs a worker until it is told to stop or its parent is gone. Returns the

@@ -26,6 +26,15 @@
 
 namespace zcstore::internal {
 
+// Tells the CPU we are busy-waiting (frees the sibling hyperthread).
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 struct alignas(64) RingHeader {
   std::atomic<uint64_t> head;  // bytes published, ever (producer)
   uint8_t pad0[56];
@@ -40,15 +49,11 @@ struct alignas(64) RingHeader {
   // before each task starts, read by the parent after the worker died.
   std::atomic<uint64_t> current_job;
   std::atomic<uint64_t> current_item;
-  // Response rings only: callers spinning on this ring's answers; while it is
-  // non-zero the worker skips the doorbell (they take the answers themselves).
-  std::atomic<uint32_t> consumer_spinning;
-  uint8_t reserved[44];
+  uint8_t reserved[48];
 };
 static_assert(sizeof(RingHeader) == 256);
 static_assert(offsetof(RingHeader, tail) == 64 && offsetof(RingHeader, data_seq) == 128 &&
-              offsetof(RingHeader, current_job) == 192 &&
-              offsetof(RingHeader, consumer_spinning) == 208);
+              offsetof(RingHeader, current_job) == 192);
 static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free);
 
 class Ring {
@@ -89,6 +94,7 @@ class Ring {
 template <typename F>
 bool Ring::Push(std::span<const std::byte> msg, int spin_us, int slice_ms, F keep_waiting) {
   if (msg.size() > max_message()) return false;
+  if (TryPush(msg)) return true;
   auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
   while (true) {
     uint32_t seen = h_->space_seq.load(std::memory_order_acquire);

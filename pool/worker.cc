@@ -61,15 +61,20 @@ namespace {
 // Keeps waiting while the parent lives (process workers only).
 bool ParentAlive(const WorkerState& w) { return w.parent == 0 || getppid() == w.parent; }
 
-bool Send(WorkerState& w, const std::vector<std::byte>& msg) {
-  bool ok = w.responses.Push(msg, w.spin_us, 100, [&] { return ParentAlive(w); });
-  // Pairs with the fence in WaitJob: either a spinning caller sees this
-  // answer, or we see that nobody spins and ring the doorbell.
+bool Send(WorkerState& w, std::span<const std::byte> msg) {
+  if (!w.responses.Push(msg, w.spin_us, 100, [&] { return ParentAlive(w); })) return false;
+  // Pairs with the fences in the parent's WaitFor: either a waiting caller's
+  // drain sees this answer, or we see that caller here and wake it.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (ok && w.responses.header()->consumer_spinning.load(std::memory_order_relaxed) == 0) {
-    platform::RingDoorbell(w.doorbell);
+  ControlHeader* c = w.control;
+  if (c->callers_spinning.load(std::memory_order_relaxed) != 0) return true;
+  if (c->callers_sleeping.load(std::memory_order_relaxed) != 0) {
+    c->answer_seq.fetch_add(1, std::memory_order_release);
+    platform::FutexWake(reinterpret_cast<uint32_t*>(&c->answer_seq));
+    return true;
   }
-  return ok;
+  platform::RingDoorbell(w.doorbell);
+  return true;
 }
 
 // Runs the items of one Run message and answers, splitting the answer into
@@ -79,12 +84,12 @@ bool RunTasks(WorkerState& w, MessageReader& in) {
   uint32_t task, count;
   if (!in.U64(&job) || !in.U32(&task) || !in.U64(&first) || !in.U32(&count)) return false;
   const auto& registry = Registry();
-  MessageWriter out;
+  MessageWriter& out = w.answer;
   uint64_t out_first = first;
   uint32_t out_count = 0;
   size_t count_at = 0;
   auto start = [&] {
-    out.bytes.clear();
+    out.Clear();
     out.U8(kDone);
     out.U64(job);
     out.U64(out_first);
@@ -92,7 +97,7 @@ bool RunTasks(WorkerState& w, MessageReader& in) {
   };
   auto flush = [&] {
     out.Patch32(count_at, out_count);
-    bool ok = Send(w, out.bytes);
+    bool ok = Send(w, out.bytes());
     out_first += out_count;
     out_count = 0;
     start();
@@ -106,7 +111,7 @@ bool RunTasks(WorkerState& w, MessageReader& in) {
     ObjectId ref;
     if (!in.U8(&is_ref)) return false;
     if (is_ref ? !in.Id(&ref) : !(in.Varint(&len) && in.Bytes(len, &arg))) return false;
-    std::vector<std::byte> result;
+    std::vector<std::byte>& result = w.result;
     ObjectId result_ref;
     w.requests.header()->current_job.store(job, std::memory_order_relaxed);
     w.requests.header()->current_item.store(first + i, std::memory_order_release);
@@ -127,7 +132,7 @@ bool RunTasks(WorkerState& w, MessageReader& in) {
       out.Raw(result.data(), result.size());
     }
     ++out_count;
-    if (out.bytes.size() > w.responses.max_message() / 2 && !flush()) return false;
+    if (out.size() > w.responses.max_message() / 2 && !flush()) return false;
   }
   return out_count == 0 || flush();
 }
@@ -140,8 +145,8 @@ int WorkerLoop(WorkerState& w) {
   hello.U32(static_cast<uint32_t>(getpid()));
   hello.U64(RegistryHash());
   hello.U32(static_cast<uint32_t>(w.index));
-  if (!Send(w, hello.bytes)) return 1;
-  std::vector<std::byte> msg;
+  if (!Send(w, hello.bytes())) return 1;
+  std::vector<std::byte>& msg = w.request;
   while (true) {
     if (!w.requests.WaitForData(w.spin_us, 100)) {
       if (!ParentAlive(w)) return 0;  // orphaned: the parent was killed
@@ -207,6 +212,7 @@ int RunWorkerProcess(int argc, char** argv) {
                  (control.ok() ? store.status() : control.status()).ToString().c_str());
     return 2;
   }
+  w.control = internal::Header(*control);
   w.requests = internal::RequestRing(*control, w.index);
   w.responses = internal::ResponseRing(*control, w.index);
   w.doorbell = internal::kDoorbellFd;

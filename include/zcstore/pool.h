@@ -42,6 +42,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -89,8 +90,8 @@ struct ItemResult {
 };
 
 // What the pool keeps per submitted batch of items (a Submit is a batch of
-// one). The caller's thread encodes arguments (through `encode`) and decodes
-// results; the pool only moves bytes.
+// one). The caller's thread encodes arguments and decodes results; the pool
+// only moves bytes.
 struct Job {
   uint32_t task = 0;
   size_t n = 0;
@@ -98,7 +99,13 @@ struct Job {
   size_t ramp = 1;    // the next chunk: 1, 2, 4, ... up to `chunk`, so the
                       // first results come after one task, not a full chunk
   int target_worker = -1;  // Broadcast: one job per worker
+  // Item i's argument, encoded when it is dispatched (Map: into `out`, or
+  // into the store as `ref`, which the pool deletes once the item is
+  // answered). Empty for a single item encoded up front (Submit):
   std::function<Status(size_t i, std::vector<std::byte>* out, ObjectId* ref)> encode;
+  std::vector<std::byte> arg;  // its inline bytes,
+  ObjectId arg_ref;            // or its store object, deleted when the job
+  bool owns_arg_ref = true;    // ends if it owns it (Broadcast shares one)
   // Guarded by the pool's mutex:
   size_t next = 0;          // next item to dispatch
   size_t done = 0;
@@ -107,15 +114,15 @@ struct Job {
   // (MapUnordered): results in completion order until the caller takes them,
   // so memory follows what is in flight, not the whole map.
   std::vector<ItemResult> results;
-  std::deque<std::pair<size_t, ItemResult>> completed;
+  std::optional<std::deque<std::pair<size_t, ItemResult>>> completed;  // unordered only
   // Stores item i's result where the job keeps it.
   void Put(size_t i, ItemResult r) {
     if (keep_order) results[i] = std::move(r);
-    else completed.emplace_back(i, std::move(r));
+    else completed->emplace_back(i, std::move(r));
   }
   bool keep_order = true;
   bool dropped = false;  // nobody will take the results: delete them on arrival
-  std::condition_variable cv;
+  int sleepers = 0;      // callers asleep until this job moves on
 };
 
 using TaskInvoker = Status (*)(TaskContext& ctx, std::span<const std::byte> arg, ObjectId arg_ref,
@@ -149,16 +156,20 @@ ZCSTORE_EXPORT void RememberAttached(TaskContext& ctx, ObjectId id, std::type_in
 // Values whose inline encoding is larger travel through the store too.
 inline constexpr size_t kMaxInlineItem = 16 << 10;
 
+// Encodes `value` into `out` (replacing what it held, reusing its capacity),
+// or puts it into `store` and sets `ref`.
 template <typename T>
 Status EncodeValue(Store& store, const T& value, std::vector<std::byte>* out, ObjectId* ref) {
   SaveArchive ar(SerializeOptions{}, /*move=*/false);
+  out->clear();
+  ar.bytes().swap(*out);  // write into the caller's buffer: its capacity is reused
   Status st = Guarded([&] {
     ar.Field(value);
     return ar.status();
   });
   if (!st.ok()) return st;
   if (ar.buffers().empty() && ar.bytes().size() <= kMaxInlineItem) {
-    *out = std::move(ar.bytes());
+    out->swap(ar.bytes());
     return Status::OK();
   }
   auto id = store.Put(value);
@@ -356,6 +367,9 @@ struct PoolStats {
   uint32_t workers_replaced = 0;
   uint64_t log_lines = 0;
   uint64_t log_lines_dropped = 0;
+  // Waits that found their answer only when their 1 s safety net expired: a
+  // lost wake-up. Always 0 unless something is wrong.
+  uint64_t late_wakeups = 0;
 };
 
 // The result of a Submit. Move-only.
@@ -461,9 +475,17 @@ class ZCSTORE_EXPORT Pool {
   Status UnshareId(ObjectId id);
   Result<uint32_t> TaskIndex(std::string_view name, const std::string& arg_type,
                              const std::string& result_type);
-  std::shared_ptr<internal::Job> Start(uint32_t task, size_t n, size_t chunk, int target,
-                                       bool keep_order, bool track,
-                                       std::function<Status(size_t, std::vector<std::byte>*, ObjectId*)> encode);
+  // Queues `job` and dispatches what it can; `track`: show it in the
+  // progress bar. A job of one item may come encoded (Job::arg).
+  void Start(const std::shared_ptr<internal::Job>& job, bool track);
+  // A job of `n` items, each encoded by `encode` when it is dispatched,
+  // started.
+  std::shared_ptr<internal::Job> StartMap(
+      uint32_t task, size_t n, size_t chunk, bool keep_order, bool track,
+      std::function<Status(size_t, std::vector<std::byte>*, ObjectId*)> encode);
+  // A job of one item for `task`, its argument encoded now, not started.
+  template <typename A>
+  std::shared_ptr<internal::Job> SingleJob(uint32_t task, const A& arg);
   // Waits until the job is done (Map) or a result is ready (unordered).
   void WaitDone(internal::Job& job);
   bool WaitNext(internal::Job& job, size_t* index, internal::ItemResult* result);
@@ -519,6 +541,20 @@ const std::string& CachedTypeName() {
 }
 }  // namespace internal
 
+template <typename A>
+std::shared_ptr<internal::Job> Pool::SingleJob(uint32_t task, const A& arg) {
+  auto job = std::make_shared<internal::Job>();
+  job->task = task;
+  job->n = 1;
+  job->results.resize(1);
+  if (Status st = internal::EncodeValue(store(), arg, &job->arg, &job->arg_ref); !st.ok()) {
+    job->done = 1;
+    job->results[0].code = st.code();
+    job->results[0].error = st.message();
+  }
+  return job;
+}
+
 template <typename R, typename A>
 Future<R> Pool::Submit(std::string_view name, const A& arg) {
   auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
@@ -532,17 +568,8 @@ Future<R> Pool::Submit(std::string_view name, const A& arg) {
     job->results[0].error = task.status().message();
   } else {
     // Encode now: the caller's argument may be gone by the time it is sent.
-    std::vector<std::byte> bytes;
-    ObjectId ref;
-    Status st = internal::EncodeValue(store(), arg, &bytes, &ref);
-    auto shared_bytes = std::make_shared<std::vector<std::byte>>(std::move(bytes));
-    job = Start(*task, 1, 1, -1, true, false,
-                [st, shared_bytes, ref](size_t, std::vector<std::byte>* out, ObjectId* r) {
-                  if (!st.ok()) return st;
-                  *out = *shared_bytes;
-                  *r = ref;
-                  return Status::OK();
-                });
+    job = SingleJob(*task, arg);
+    if (job->done == 0) Start(job, false);
   }
   return Future<R>(core_.get(), job);
 }
@@ -576,7 +603,7 @@ Result<std::vector<R>> Pool::Map(std::string_view name, const std::vector<A>& ar
   std::vector<R> out;
   if (args.empty()) return out;
   size_t chunk = options.chunk_size;
-  auto job = Start(*task, args.size(), chunk, -1, true, options.progress,
+  auto job = StartMap(*task, args.size(), chunk, true, options.progress,
                    [this, &args](size_t i, std::vector<std::byte>* bytes, ObjectId* ref) {
                      return internal::EncodeValue(store(), args[i], bytes, ref);
                    });
@@ -603,7 +630,7 @@ Status Pool::MapUnordered(std::string_view name, const std::vector<A>& args,
   auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
   if (!task.ok()) return task.status();
   if (args.empty()) return Status::OK();
-  auto job = Start(*task, args.size(), options.chunk_size, -1, false, options.progress,
+  auto job = StartMap(*task, args.size(), options.chunk_size, false, options.progress,
                    [this, &args](size_t i, std::vector<std::byte>* bytes, ObjectId* ref) {
                      return internal::EncodeValue(store(), args[i], bytes, ref);
                    });
@@ -643,24 +670,29 @@ template <typename R, typename A>
 Result<std::vector<Result<R>>> Pool::Broadcast(std::string_view name, const A& arg) {
   auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
   if (!task.ok()) return task.status();
-  std::vector<std::byte> bytes;
-  ObjectId ref;
-  if (Status st = internal::EncodeValue(store(), arg, &bytes, &ref); !st.ok()) return st;
+  // One job per worker, all with the argument encoded once; its store
+  // object (if any) is deleted when every job is done.
+  auto model = SingleJob(*task, arg);
+  if (model->done != 0) return Status(model->results[0].code, model->results[0].error);
   std::vector<std::shared_ptr<internal::Job>> jobs;
   for (int w = 0; w < workers(); ++w) {
-    jobs.push_back(Start(*task, 1, 1, w, true, false,
-                         [&bytes, ref](size_t, std::vector<std::byte>* out, ObjectId* r) {
-                           *out = bytes;
-                           *r = ref;
-                           return Status::OK();
-                         }));
+    auto job = std::make_shared<internal::Job>();
+    job->task = *task;
+    job->n = 1;
+    job->results.resize(1);
+    job->arg = model->arg;
+    job->arg_ref = model->arg_ref;
+    job->owns_arg_ref = false;
+    job->target_worker = w;
+    Start(job, false);
+    jobs.push_back(std::move(job));
   }
   std::vector<Result<R>> out;
   for (auto& job : jobs) {
     WaitDone(*job);
     out.push_back(Take<R>(job->results[0]));
   }
-  if (!ref.is_nil()) (void)store().Delete(ref);
+  if (!model->arg_ref.is_nil()) (void)store().Delete(model->arg_ref);
   return out;
 }
 

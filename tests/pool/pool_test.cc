@@ -77,6 +77,28 @@ int CrashOnce(TaskContext&, const std::string& marker) {
 }
 ZCSTORE_TASK("crash_once", CrashOnce);
 
+// An argument too large to travel inline: it goes through the pool's store.
+struct BigArg {
+  std::string marker;  // crash the first time if set (see CrashOnce)
+  std::vector<float> values;
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(marker, values);
+  }
+};
+BigArg MakeBigArg(std::string marker) {
+  BigArg a{std::move(marker), std::vector<float>(64 << 10)};  // 256 KiB
+  for (size_t i = 0; i < a.values.size(); ++i) a.values[i] = static_cast<float>(i % 7);
+  return a;
+}
+double BigSum(TaskContext& ctx, const BigArg& a) {
+  if (!a.marker.empty()) CrashOnce(ctx, a.marker);
+  double sum = 0;
+  for (float v : a.values) sum += v;
+  return sum;
+}
+ZCSTORE_TASK("big_sum", BigSum);
+
 int Throws(TaskContext&, const int&) { throw std::out_of_range("bad index 7"); }
 ZCSTORE_TASK("throws", Throws);
 
@@ -181,6 +203,42 @@ TEST(PoolTest, SubmitAndMapReturnResultsInOrder) {
   EXPECT_EQ(pool->workers(), 2);
 }
 
+// Several threads wait at once, each for its own work. A waiting caller
+// takes every worker's answers, so it completes the others' jobs too and must
+// wake them; a lost wake-up would surface through the waits' 1 s safety net,
+// which the pool counts.
+TEST(PoolTest, ManyWaitingCallersAreEachWokenForTheirOwnAnswers) {
+  for (int spin_us : {0, 20}) {
+    SCOPED_TRACE("spin_us=" + std::to_string(spin_us));
+    PoolOptions o = Small();
+    o.spin_us = spin_us;
+    auto pool = MakePool(o);
+    ASSERT_TRUE(pool);
+    constexpr int kThreads = 4, kRounds = 40;
+    std::atomic<int> wrong{0};
+    std::vector<std::thread> callers;
+    for (int t = 0; t < kThreads; ++t) {
+      callers.emplace_back([&, t] {
+        for (int round = 0; round < kRounds; ++round) {
+          int x = t * 1000 + round;
+          auto square = pool->Submit<int>("square", x);
+          auto sleep = pool->Submit<int>("sleep_ms", round % 3);
+          auto map = pool->Map<int>("square", std::vector<int>{x, x + 1, x + 2});
+          auto r = square.Get();
+          if (!r.ok() || *r != x * x) ++wrong;
+          if (!sleep.Get().ok()) ++wrong;
+          if (!map.ok() || map->size() != 3 || (*map)[2] != (x + 2) * (x + 2)) ++wrong;
+        }
+      });
+    }
+    for (auto& c : callers) c.join();
+    EXPECT_EQ(wrong.load(), 0);
+    PoolStats s = pool->Stats();
+    EXPECT_EQ(s.tasks_done, uint64_t{kThreads} * kRounds * 5);
+    EXPECT_EQ(s.late_wakeups, 0u);
+  }
+}
+
 TEST(PoolTest, SharedObjectIsAttachedOnceReadOnlyFromTheMemfd) {
   auto pool = MakePool();
   ASSERT_TRUE(pool);
@@ -242,6 +300,7 @@ TEST(PoolTest, WorkerKilledMidTaskFailsThatTaskAndIsReplaced) {
   EXPECT_NE(m.find("killed by signal 9"), std::string::npos) << m;
   EXPECT_NE(m.find("crash_on_13"), std::string::npos) << m;
   EXPECT_EQ(pool->Stats().workers_replaced, 1u);
+  EXPECT_EQ(pool->Stats().late_wakeups, 0u);
   EXPECT_EQ(*pool->Submit<int>("square", 5).Get(), 25);  // still usable
   for (pid_t p : pool->worker_pids()) EXPECT_GT(p, 0);
 }
@@ -431,6 +490,41 @@ TEST(PoolTest, MapWithContextMergesUpdatesInOrder) {
   EXPECT_EQ(tally.counts["order"], 1234);
 }
 
+// The argument of a retried task lives in the store: the retry must find it
+// there, and nothing may be left once the task is answered.
+TEST(PoolTest, ARetriedTaskKeepsItsArgumentFromTheStore) {
+  PoolOptions o = Small();
+  o.max_retries = 1;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  BigArg arg = MakeBigArg("/tmp/" + zcstore::testing::UniqueName("retry-big"));
+  double expected = 0;
+  for (float v : arg.values) expected += v;
+  auto r = pool->Submit<double>("big_sum", arg).Get();
+  unlink(arg.marker.c_str());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, expected);
+  EXPECT_EQ(pool->Stats().workers_replaced, 1u);
+  EXPECT_EQ(pool->store().Stats()->objects, 0u);
+}
+
+// One argument in the store serves every worker, and goes when all are done.
+TEST(PoolTest, BroadcastOfALargeArgumentReachesEveryWorker) {
+  auto pool = MakePool(Small(3));
+  ASSERT_TRUE(pool);
+  BigArg arg = MakeBigArg("");
+  double expected = 0;
+  for (float v : arg.values) expected += v;
+  auto r = pool->Broadcast<double>("big_sum", arg);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->size(), 3u);
+  for (auto& sum : *r) {
+    ASSERT_TRUE(sum.ok()) << sum.status().ToString();
+    EXPECT_EQ(*sum, expected);
+  }
+  EXPECT_EQ(pool->store().Stats()->objects, 0u);
+}
+
 TEST(PoolTest, BroadcastRunsOnceOnEveryWorker) {
   auto pool = MakePool(Small(3));
   ASSERT_TRUE(pool);
@@ -440,6 +534,31 @@ TEST(PoolTest, BroadcastRunsOnceOnEveryWorker) {
   for (auto& p : *r) pids.insert(p.value());
   auto expected = pool->worker_pids();
   EXPECT_EQ(pids, std::set<int>(expected.begin(), expected.end()));
+}
+
+// A caller asleep on a queued task is woken by CancelAll from another thread
+// at once, not by its wait's 1 s safety net: the worker is busy for longer
+// than that, so no answer can wake it instead.
+TEST(PoolTest, ACancelWakesTheCallerAsleepOnThatTask) {
+  PoolOptions o = Small(1);
+  o.max_in_flight_per_worker = 1;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  auto busy = pool->Submit<int>("sleep_ms", 1300);
+  auto queued = pool->Submit<int>("square", 3);
+  std::atomic<bool> asleep{false};
+  Status got;
+  std::thread waiter([&] {
+    asleep = true;
+    got = queued.Get().status();
+  });
+  while (!asleep) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let it fall asleep
+  pool->CancelAll();  // only `queued` has not started
+  waiter.join();
+  EXPECT_EQ(got.code(), StatusCode::kCancelled) << got.ToString();
+  EXPECT_EQ(pool->Stats().late_wakeups, 0u);
+  EXPECT_TRUE(busy.Get().ok());
 }
 
 TEST(PoolTest, CancelledTasksFailWithCancelled) {
