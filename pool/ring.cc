@@ -22,25 +22,35 @@ void Ring::Reset() {
   h_->current_item.store(0);
 }
 
-bool Ring::TryPush(std::span<const std::byte> msg) {
-  uint64_t head = h_->head.load(std::memory_order_relaxed);
+bool Ring::Place(uint64_t size, uint64_t* head, uint64_t* skip) const {
+  *head = h_->head.load(std::memory_order_relaxed);
   uint64_t tail = h_->tail.load(std::memory_order_acquire);
-  uint64_t pos = head & (cap_ - 1);
-  uint64_t need = 8 + Padded(msg.size());
-  uint64_t skip = pos + need > cap_ ? cap_ - pos : 0;  // wrap: the rest of the buffer is skipped
-  if (cap_ - (head - tail) < skip + need) return false;
+  uint64_t pos = *head & (cap_ - 1);
+  uint64_t need = 8 + Padded(size);
+  *skip = pos + need > cap_ ? cap_ - pos : 0;  // wrap: the rest of the buffer is skipped
+  return cap_ - (*head - tail) >= *skip + need;
+}
+
+bool Ring::TryPush(std::span<const std::byte> msg) {
+  uint64_t head, skip;
+  if (!Place(msg.size(), &head, &skip)) return false;
   if (skip) {
     uint32_t wrap = kWrap;
-    std::memcpy(data_ + pos, &wrap, 4);
+    std::memcpy(data_ + (head & (cap_ - 1)), &wrap, 4);
     head += skip;
-    pos = 0;
   }
+  uint64_t pos = head & (cap_ - 1);
   uint32_t len = static_cast<uint32_t>(msg.size());
   std::memcpy(data_ + pos, &len, 4);
   if (!msg.empty()) std::memcpy(data_ + pos + 8, msg.data(), msg.size());
-  h_->head.store(head + need, std::memory_order_release);
-  h_->data_seq.fetch_add(1, std::memory_order_release);
-  if (h_->data_waiting.load(std::memory_order_seq_cst)) platform::FutexWake(Word(h_->data_seq));
+  h_->head.store(head + 8 + Padded(msg.size()), std::memory_order_release);
+  // Pairs with the fence in WaitForData: either the consumer sees the new
+  // head before it sleeps, or we see its flag and wake it.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (h_->data_waiting.load(std::memory_order_relaxed)) {
+    h_->data_seq.fetch_add(1, std::memory_order_release);
+    platform::FutexWake(Word(h_->data_seq));
+  }
   return true;
 }
 
@@ -70,8 +80,11 @@ bool Ring::TryPop(std::vector<std::byte>* out, Status* corrupt) {
     }
     out->assign(data_ + pos + 8, data_ + pos + 8 + len);
     h_->tail.store(tail + 8 + Padded(len), std::memory_order_release);
-    h_->space_seq.fetch_add(1, std::memory_order_release);
-    if (h_->space_waiting.load(std::memory_order_seq_cst)) platform::FutexWake(Word(h_->space_seq));
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with WaitForSpace's
+    if (h_->space_waiting.load(std::memory_order_relaxed)) {
+      h_->space_seq.fetch_add(1, std::memory_order_release);
+      platform::FutexWake(Word(h_->space_seq));
+    }
     return true;
   }
 }
@@ -86,7 +99,8 @@ bool Ring::WaitForData(int spin_us, int timeout_ms) {
       continue;
     }
     uint32_t seen = h_->data_seq.load(std::memory_order_acquire);
-    h_->data_waiting.store(1, std::memory_order_seq_cst);
+    h_->data_waiting.store(1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with TryPush's
     if (Empty()) platform::FutexWait(Word(h_->data_seq), seen, timeout_ms);
     h_->data_waiting.store(0, std::memory_order_relaxed);
     return !Empty();
@@ -94,11 +108,12 @@ bool Ring::WaitForData(int spin_us, int timeout_ms) {
   return true;
 }
 
-void Ring::WaitForSpace(uint32_t seen, int timeout_ms) {
-  h_->space_waiting.store(1, std::memory_order_seq_cst);
-  if (h_->space_seq.load(std::memory_order_acquire) == seen) {
-    platform::FutexWait(Word(h_->space_seq), seen, timeout_ms);
-  }
+void Ring::WaitForSpace(uint64_t size, int timeout_ms) {
+  uint32_t seen = h_->space_seq.load(std::memory_order_acquire);
+  h_->space_waiting.store(1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with TryPop's
+  uint64_t head, skip;
+  if (!Place(size, &head, &skip)) platform::FutexWait(Word(h_->space_seq), seen, timeout_ms);
   h_->space_waiting.store(0, std::memory_order_relaxed);
 }
 

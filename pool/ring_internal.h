@@ -8,8 +8,12 @@
 //
 // The producer writes a message, then publishes it by advancing `head`
 // (release); the consumer reads up to `head` (acquire) and frees space by
-// advancing `tail`. Each side sleeps on a futex word the other bumps, and
-// only pays for a wake-up syscall when the other side is asleep.
+// advancing `tail`. A side about to sleep raises its `*_waiting` flag, looks
+// once more, and sleeps on its `*_seq` futex word; the other side, after a
+// full fence, bumps that word and wakes it only if the flag is up. So while
+// nobody sleeps, the words of line 128 are only read, and a message costs no
+// atomic read-modify-write and no cache line bouncing beyond head, tail and
+// the message itself.
 // The consumer trusts nothing it reads: a length out of range is Corrupt.
 #ifndef ZCSTORE_POOL_RING_INTERNAL_H_
 #define ZCSTORE_POOL_RING_INTERNAL_H_
@@ -40,10 +44,10 @@ struct alignas(64) RingHeader {
   uint8_t pad0[56];
   std::atomic<uint64_t> tail;  // bytes consumed, ever (consumer)
   uint8_t pad1[56];
-  std::atomic<uint32_t> data_seq;       // bumped after each publish (consumer's futex)
-  std::atomic<uint32_t> data_waiting;   // consumer asleep
-  std::atomic<uint32_t> space_seq;      // bumped after each consume (producer's futex)
-  std::atomic<uint32_t> space_waiting;  // producer asleep
+  std::atomic<uint32_t> data_seq;       // the consumer's futex: bumped to wake it
+  std::atomic<uint32_t> data_waiting;   // consumer going to sleep
+  std::atomic<uint32_t> space_seq;      // the producer's futex: bumped to wake it
+  std::atomic<uint32_t> space_waiting;  // producer going to sleep
   uint8_t pad2[48];
   // Request rings only: the job and item the worker is running now, written
   // before each task starts, read by the parent after the worker died.
@@ -85,7 +89,9 @@ class Ring {
   bool WaitForData(int spin_us, int timeout_ms);
 
  private:
-  void WaitForSpace(uint32_t seen, int timeout_ms);
+  // Where a message of `size` bytes would go: false if it does not fit now.
+  bool Place(uint64_t size, uint64_t* head, uint64_t* skip) const;
+  void WaitForSpace(uint64_t size, int timeout_ms);
   RingHeader* h_ = nullptr;
   std::byte* data_ = nullptr;
   uint64_t cap_ = 0;
@@ -97,10 +103,9 @@ bool Ring::Push(std::span<const std::byte> msg, int spin_us, int slice_ms, F kee
   if (TryPush(msg)) return true;
   auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
   while (true) {
-    uint32_t seen = h_->space_seq.load(std::memory_order_acquire);
     if (TryPush(msg)) return true;
     if (std::chrono::steady_clock::now() < spin_until) continue;
-    WaitForSpace(seen, slice_ms);
+    WaitForSpace(msg.size(), slice_ms);
     if (!keep_waiting()) return false;
   }
 }
