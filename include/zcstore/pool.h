@@ -676,12 +676,7 @@ Result<std::vector<Result<R>>> Pool::Broadcast(std::string_view name, const A& a
   if (model->done != 0) return Status(model->results[0].code, model->results[0].error);
   std::vector<std::shared_ptr<internal::Job>> jobs;
   for (int w = 0; w < workers(); ++w) {
-    auto job = std::make_shared<internal::Job>();
-    job->task = *task;
-    job->n = 1;
-    job->results.resize(1);
-    job->arg = model->arg;
-    job->arg_ref = model->arg_ref;
+    auto job = std::make_shared<internal::Job>(*model);
     job->owns_arg_ref = false;
     job->target_worker = w;
     Start(job, false);
