@@ -67,7 +67,10 @@ class PoolCore {
 
   Status Init();
   void Run();  // the pool thread
-  void Dispatch();
+  // Sends queued work to every ready worker with room. Holds `mu`. The
+  // workers it sent to are woken now, or, if `defer_wakes` is given, left
+  // there for the caller to wake once it lets go of `mu`.
+  void Dispatch(std::vector<Ring>* defer_wakes = nullptr);
   // Takes every answer waiting in the response rings, then dispatches. Holds
   // `mu`. Run by the pool thread, and by callers that spin while they wait.
   bool DrainLocked();
@@ -269,8 +272,7 @@ void PoolCore::FailItems(const std::shared_ptr<Job>& job, size_t first, size_t c
   JobMoved(*job);
 }
 
-// Sends queued work to every ready worker with room. Holds `mu`.
-void PoolCore::Dispatch() {
+void PoolCore::Dispatch(std::vector<Ring>* defer_wakes) {
   if (jobs.empty() && retries.empty()) return;
   for (Worker& w : workers) {
     while (w.alive && w.ready && !w.timed_out &&
@@ -360,13 +362,14 @@ void PoolCore::Dispatch() {
       if (sent == 0) continue;
       f.count = sent;
       msg.Patch32(count_at, static_cast<uint32_t>(sent));
-      if (!w.requests.TryPush(msg.bytes())) {
+      if (!w.requests.TryPush(msg.bytes(), /*wake=*/defer_wakes == nullptr)) {
         // Cannot happen while in-flight chunks are bounded; be safe anyway.
         retries.push_front({job, first, sent, attempt});
         DeleteRefs(f.arg_refs);
         break;
       }
       w.in_flight.push_back(std::move(f));
+      if (defer_wakes) defer_wakes->push_back(w.requests);
     }
   }
 }
@@ -926,17 +929,24 @@ std::shared_ptr<internal::Job> Pool::StartMap(
 void Pool::Start(const std::shared_ptr<internal::Job>& job, bool track) {
   PoolCore& c = *core_;
   if (c.opts.task_timeout.count() > 0) job->chunk = 1;  // a deadline per task
-  std::lock_guard<std::mutex> lock(c.mu);
-  if (c.stop) {
-    c.FailItems(job, 0, job->n, StatusCode::kCancelled, "the pool is shut down");
-    return;
+  // The workers are woken after the lock is let go: a wake-up is a slow
+  // system call, and the woken worker may preempt us on this CPU.
+  thread_local std::vector<internal::Ring> wakes;
+  wakes.clear();
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (c.stop) {
+      c.FailItems(job, 0, job->n, StatusCode::kCancelled, "the pool is shut down");
+      return;
+    }
+    if (track) {
+      if (c.tracked.empty()) c.progress_start = internal::Clock::now();
+      c.tracked.push_back(job);
+    }
+    c.jobs.push_back(job);
+    c.Dispatch(&wakes);
   }
-  if (track) {
-    if (c.tracked.empty()) c.progress_start = internal::Clock::now();
-    c.tracked.push_back(job);
-  }
-  c.jobs.push_back(job);
-  c.Dispatch();
+  for (internal::Ring& r : wakes) r.WakeConsumer();
 }
 
 void Pool::WaitDone(internal::Job& job) {

@@ -31,7 +31,7 @@ bool Ring::Place(uint64_t size, uint64_t* head, uint64_t* skip) const {
   return cap_ - (*head - tail) >= *skip + need;
 }
 
-bool Ring::TryPush(std::span<const std::byte> msg) {
+bool Ring::TryPush(std::span<const std::byte> msg, bool wake) {
   uint64_t head, skip;
   if (!Place(msg.size(), &head, &skip)) return false;
   if (skip) {
@@ -44,6 +44,11 @@ bool Ring::TryPush(std::span<const std::byte> msg) {
   std::memcpy(data_ + pos, &len, 4);
   if (!msg.empty()) std::memcpy(data_ + pos + 8, msg.data(), msg.size());
   h_->head.store(head + 8 + Padded(msg.size()), std::memory_order_release);
+  if (wake) WakeConsumer();
+  return true;
+}
+
+void Ring::WakeConsumer() {
   // Pairs with the fence in WaitForData: either the consumer sees the new
   // head before it sleeps, or we see its flag and wake it.
   std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -51,7 +56,6 @@ bool Ring::TryPush(std::span<const std::byte> msg) {
     h_->data_seq.fetch_add(1, std::memory_order_release);
     platform::FutexWake(Word(h_->data_seq));
   }
-  return true;
 }
 
 bool Ring::Empty() const {

@@ -73,8 +73,12 @@ class Ring {
   // The largest message Push accepts.
   uint64_t max_message() const { return cap_ / 4; }
 
-  // Producer: false if there is no room now.
-  bool TryPush(std::span<const std::byte> msg);
+  // Producer: false if there is no room now. Wakes a sleeping consumer,
+  // unless `wake` is false: the caller then calls WakeConsumer() later (after
+  // letting go of a lock, say).
+  bool TryPush(std::span<const std::byte> msg, bool wake = true);
+  // Producer: wakes the consumer if it is asleep (or going to sleep).
+  void WakeConsumer();
   // Producer: waits for room, spinning `spin_us` first, in slices of
   // `slice_ms`; calls `keep_waiting()` after each slice and gives up (false)
   // when it returns false.
