@@ -89,6 +89,8 @@ class PoolCore {
   // Items of `job` were answered: wakes the callers asleep on it, and lets
   // go of its argument once every item is. Holds `mu`.
   void JobMoved(Job& job);
+  // Wakes the workers that Dispatch(&rings) sent work to. Does not hold `mu`.
+  void WakeWorkers(const std::vector<Ring>& rings);
   // Waits until `ready()`, holding `lock` (on `mu`) except while asleep.
   template <typename Ready>
   void WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready);
@@ -761,19 +763,39 @@ void PoolCore::JobMoved(Job& job) {
 // sees the registration. Callers of another job that this one's drain
 // completes are woken through `Job::sleepers`; the pool thread does the same
 // for deaths and timeouts.
+namespace {
+// Registers (delta 1) or unregisters (-1) a caller in a control header
+// counter, then fences: pairs with the fence in the worker's Send.
+void Enter(std::atomic<uint32_t>& counter, int delta) {
+  counter.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+}  // namespace
+
+void PoolCore::WakeWorkers(const std::vector<Ring>& rings) {
+  if (rings.empty()) return;
+  // A woken worker may take this CPU at once and answer before we wait for
+  // it. Count as a spinning caller meanwhile, so that the worker leaves the
+  // answer to us rather than ringing for the pool thread, and take what came.
+  ControlHeader* c = Header(control);
+  Enter(c->callers_spinning, 1);
+  for (const Ring& r : rings) r.WakeConsumer();
+  Enter(c->callers_spinning, -1);
+  if (AnswersWaiting()) {
+    std::lock_guard<std::mutex> lock(mu);
+    DrainLocked();
+  }
+}
+
 template <typename Ready>
 void PoolCore::WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready) {
   if (ready()) return;
   ControlHeader* c = Header(control);
-  auto enter = [&](std::atomic<uint32_t>& counter, int delta) {
-    counter.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-  };
   if (opts.spin_us > 0) {
     // Poll the rings without the lock, and take it only when an answer is
     // there, or every 64 rounds (another caller may have done our work; the
     // clock is read then too).
-    enter(c->callers_spinning, 1);
+    Enter(c->callers_spinning, 1);
     auto until = Clock::now() + std::chrono::microseconds(opts.spin_us);
     lock.unlock();
     for (uint32_t round = 1;; ++round) {
@@ -788,13 +810,13 @@ void PoolCore::WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready
       CpuRelax();
     }
     if (ready()) {
-      enter(c->callers_spinning, -1);
+      Enter(c->callers_spinning, -1);
       DrainLocked();  // answers whose wake-up was skipped while we spun
       return;
     }
   }
-  enter(c->callers_sleeping, 1);
-  if (opts.spin_us > 0) enter(c->callers_spinning, -1);
+  Enter(c->callers_sleeping, 1);
+  if (opts.spin_us > 0) Enter(c->callers_spinning, -1);
   while (true) {
     uint32_t seen = c->answer_seq.load(std::memory_order_acquire);
     DrainLocked();
@@ -808,7 +830,7 @@ void PoolCore::WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready
     --job.sleepers;
     if (!woken && (DrainLocked() || ready())) ++stats.late_wakeups;
   }
-  enter(c->callers_sleeping, -1);
+  Enter(c->callers_sleeping, -1);
   DrainLocked();  // answers whose doorbell was skipped while we slept
 }
 
@@ -946,7 +968,7 @@ void Pool::Start(const std::shared_ptr<internal::Job>& job, bool track) {
     c.jobs.push_back(job);
     c.Dispatch(&wakes);
   }
-  for (internal::Ring& r : wakes) r.WakeConsumer();
+  c.WakeWorkers(wakes);
 }
 
 void Pool::WaitDone(internal::Job& job) {

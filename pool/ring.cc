@@ -48,7 +48,7 @@ bool Ring::TryPush(std::span<const std::byte> msg, bool wake) {
   return true;
 }
 
-void Ring::WakeConsumer() {
+void Ring::WakeConsumer() const {
   // Pairs with the fence in WaitForData: either the consumer sees the new
   // head before it sleeps, or we see its flag and wake it.
   std::atomic_thread_fence(std::memory_order_seq_cst);

@@ -78,7 +78,7 @@ class Ring {
   // letting go of a lock, say).
   bool TryPush(std::span<const std::byte> msg, bool wake = true);
   // Producer: wakes the consumer if it is asleep (or going to sleep).
-  void WakeConsumer();
+  void WakeConsumer() const;
   // Producer: waits for room, spinning `spin_us` first, in slices of
   // `slice_ms`; calls `keep_waiting()` after each slice and gives up (false)
   // when it returns false.

@@ -3,6 +3,7 @@
 // executable (ZCSTORE_WORKER_MAIN) and, with --pool-parent, a pool parent
 // that the tests kill.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -208,8 +209,22 @@ TEST(PoolTest, SubmitAndMapReturnResultsInOrder) {
 // wake them; a lost wake-up would surface through the waits' 1 s safety net,
 // which the pool counts.
 TEST(PoolTest, ManyWaitingCallersAreEachWokenForTheirOwnAnswers) {
-  for (int spin_us : {0, 20}) {
-    SCOPED_TRACE("spin_us=" + std::to_string(spin_us));
+  // Also with everything on one CPU, where a woken worker runs at once and
+  // answers before its caller waits.
+  cpu_set_t all, one;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(all), &all), 0);
+  CPU_ZERO(&one);
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &all)) {
+      CPU_SET(c, &one);
+      break;
+    }
+  }
+  for (int run = 0; run < 4; ++run) {
+    int spin_us = run % 2 == 0 ? 0 : 20;
+    bool one_cpu = run >= 2;
+    SCOPED_TRACE("spin_us=" + std::to_string(spin_us) + (one_cpu ? " on one CPU" : ""));
+    ASSERT_EQ(sched_setaffinity(0, sizeof(cpu_set_t), one_cpu ? &one : &all), 0);
     PoolOptions o = Small();
     o.spin_us = spin_us;
     auto pool = MakePool(o);
@@ -237,6 +252,7 @@ TEST(PoolTest, ManyWaitingCallersAreEachWokenForTheirOwnAnswers) {
     EXPECT_EQ(s.tasks_done, uint64_t{kThreads} * kRounds * 5);
     EXPECT_EQ(s.late_wakeups, 0u);
   }
+  sched_setaffinity(0, sizeof(all), &all);
 }
 
 TEST(PoolTest, SharedObjectIsAttachedOnceReadOnlyFromTheMemfd) {
