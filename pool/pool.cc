@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <thread>
 
@@ -323,12 +324,12 @@ void PoolCore::Dispatch(std::vector<Ring>* defer_wakes) {
       while (sent < count) {
         std::span<const std::byte> bytes = job->arg;
         ObjectId ref = job->arg_ref;
+        ObjectId made;  // the store object encoding made for this item, if any
         Status st;
         if (job->encode) {
-          encode_scratch.clear();
-          ref = ObjectId{};
-          st = job->encode(first + sent, &encode_scratch, &ref);
+          st = job->encode(first + sent, &encode_scratch, &made);
           bytes = encode_scratch;
+          ref = made;
         }
         if (!st.ok()) {
           // An argument that cannot be encoded fails alone; the items before
@@ -340,7 +341,7 @@ void PoolCore::Dispatch(std::vector<Ring>* defer_wakes) {
           continue;
         }
         if (msg.size() + bytes.size() + 32 > w.requests.max_message()) {
-          if (job->encode && !ref.is_nil()) (void)store->Delete(ref);
+          if (!made.is_nil()) (void)store->Delete(made);
           break;  // the rest go in the next chunk
         }
         if (ref.is_nil()) {
@@ -351,9 +352,9 @@ void PoolCore::Dispatch(std::vector<Ring>* defer_wakes) {
           msg.U8(1);
           msg.Id(ref);
         }
-        if (job->encode && !ref.is_nil()) {
+        if (!made.is_nil()) {
           f.arg_refs.resize(sent);  // nil for the inline ones before it
-          f.arg_refs.push_back(ref);
+          f.arg_refs.push_back(made);
         }
         ++sent;
       }

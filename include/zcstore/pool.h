@@ -36,7 +36,6 @@
 #define ZCSTORE_POOL_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -99,9 +98,10 @@ struct Job {
   size_t ramp = 1;    // the next chunk: 1, 2, 4, ... up to `chunk`, so the
                       // first results come after one task, not a full chunk
   int target_worker = -1;  // Broadcast: one job per worker
-  // Item i's argument, encoded when it is dispatched (Map: into `out`, or
-  // into the store as `ref`, which the pool deletes once the item is
-  // answered). Empty for a single item encoded up front (Submit):
+  // Item i's argument, encoded when it is dispatched (Map: into `out`,
+  // replacing what it held, or into the store as `ref`, which the pool
+  // deletes once the item is answered). Empty for a single item encoded up
+  // front (Submit):
   std::function<Status(size_t i, std::vector<std::byte>* out, ObjectId* ref)> encode;
   std::vector<std::byte> arg;  // its inline bytes,
   ObjectId arg_ref;            // or its store object, deleted when the job
