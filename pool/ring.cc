@@ -104,7 +104,7 @@ bool Ring::WaitForData(int spin_us, int timeout_ms) {
     }
     uint32_t seen = h_->data_seq.load(std::memory_order_acquire);
     h_->data_waiting.store(1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with TryPush's
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with WakeConsumer's
     if (Empty()) platform::FutexWait(Word(h_->data_seq), seen, timeout_ms);
     h_->data_waiting.store(0, std::memory_order_relaxed);
     return !Empty();
