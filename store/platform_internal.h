@@ -28,6 +28,22 @@ bool IsAlive(const ProcessStamp& stamp);
 
 // open(2) that, when creating, sets exactly `mode` whatever the umask.
 Result<int> OpenFile(const std::string& path, int flags, mode_t mode);
+// Opens an existing store file (`flags`: O_RDONLY or O_RDWR) without
+// following a symbolic link and without blocking (a FIFO under a store's
+// name would block open(2) forever), then checks what it opened with
+// CheckStoreFile. Errors: NotFound, PermissionDenied, InvalidArgument.
+Result<int> OpenStoreFile(const std::string& path, int flags, bool allow_shared_write);
+// A store file must be a regular file owned by the effective user that
+// neither its group nor others may write, unless `allow_shared_write`:
+// anyone who can write a store's tables can corrupt it or hold its lock.
+// PermissionDenied (naming the owner and the mode) or InvalidArgument (not
+// a regular file) otherwise.
+Status CheckStoreFile(int fd, const std::string& path, bool allow_shared_write);
+// The owner of the regular file at `path` (lstat: a link is not followed).
+// NotFound if nothing is there; InvalidArgument if it is not a regular file.
+Result<uid_t> FileOwner(const std::string& path);
+// True if `path` (not following a link) still names the file open as `fd`.
+bool NamesFile(const std::string& path, int fd);
 void CloseFile(int fd);
 // Sets the size and reserves the first `reserve` bytes (posix_fallocate), so
 // writes there cannot fail for lack of space. ENOSPC -> StoreFull naming `what`.
@@ -39,8 +55,10 @@ Result<uint64_t> FileSize(int fd);
 Result<int> CreateMemoryFile(const std::string& label);
 // Forbids any further size change (F_SEAL_GROW | F_SEAL_SHRINK).
 Status SealFileSize(int fd);
-// flock(2). With `wait` false, a held lock is IOError naming `what`.
-Status LockFile(int fd, bool exclusive, bool wait, std::string_view what);
+// flock(2), waiting at most `timeout_ms` for a lock held elsewhere (0: not
+// at all; < 0: without limit). A lock still held then is IOError (no wait)
+// or Timeout naming `what`.
+Status LockFile(int fd, bool exclusive, int timeout_ms, std::string_view what);
 void UnlockFile(int fd);
 // rename(2) that fails with AlreadyExists instead of replacing `to`.
 Status RenameNoReplace(const std::string& from, const std::string& to);

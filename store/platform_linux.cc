@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -102,6 +103,60 @@ Result<int> OpenFile(const std::string& path, int flags, mode_t mode) {
   return fd;
 }
 
+Status CheckStoreFile(int fd, const std::string& path, bool allow_shared_write) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return ErrnoStatus(errno, "cannot stat '" + path + "'");
+  if (!S_ISREG(st.st_mode)) {
+    return InvalidArgument("'" + path + "' is not a zcstore store: not a regular file (" +
+                           (S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISDIR(st.st_mode) ? "a directory"
+                                                                                 : "a special file") +
+                           ")");
+  }
+  if (st.st_uid != geteuid()) {
+    return PermissionDenied("'" + path + "' belongs to uid " + std::to_string(st.st_uid) +
+                            ", not to you (uid " + std::to_string(geteuid()) +
+                            "): a store is only trusted from its own user; another user may "
+                            "have planted it (its owner or root can remove it)");
+  }
+  if ((st.st_mode & 022) != 0 && !allow_shared_write) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return PermissionDenied("'" + path + "' has mode " + mode +
+                            ": its group or others may write it, and so corrupt it; open it with "
+                            "OpenOptions::allow_shared_write if that is meant");
+  }
+  return Status::OK();
+}
+
+Result<int> OpenStoreFile(const std::string& path, int flags, bool allow_shared_write) {
+  int fd = ::open(path.c_str(), flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ELOOP) {
+      return PermissionDenied("'" + path + "' is a symbolic link; stores are never opened "
+                              "through one (another user may have planted it)");
+    }
+    return ErrnoStatus(errno, "cannot open '" + path + "'");
+  }
+  if (Status st = CheckStoreFile(fd, path, allow_shared_write); !st.ok()) {
+    ::close(fd);
+    return st;
+  }
+  return fd;
+}
+
+Result<uid_t> FileOwner(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "cannot stat '" + path + "'");
+  if (!S_ISREG(st.st_mode)) return InvalidArgument("'" + path + "' is not a regular file");
+  return st.st_uid;
+}
+
+bool NamesFile(const std::string& path, int fd) {
+  struct stat by_name, by_fd;
+  return lstat(path.c_str(), &by_name) == 0 && fstat(fd, &by_fd) == 0 &&
+         by_name.st_dev == by_fd.st_dev && by_name.st_ino == by_fd.st_ino;
+}
+
 void CloseFile(int fd) {
   if (fd >= 0) ::close(fd);
 }
@@ -144,16 +199,30 @@ Status SealFileSize(int fd) {
   return Status::OK();
 }
 
-Status LockFile(int fd, bool exclusive, bool wait, std::string_view what) {
-  int op = (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB);
+Status LockFile(int fd, bool exclusive, int timeout_ms, std::string_view what) {
+  int op = (exclusive ? LOCK_EX : LOCK_SH) | (timeout_ms < 0 ? 0 : LOCK_NB);
+  timespec start;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  long pause_us = 100;
   while (flock(fd, op) != 0) {
     if (errno == EINTR) continue;
-    if (errno == EWOULDBLOCK) {
+    if (errno != EWOULDBLOCK) return ErrnoStatus(errno, "cannot lock " + std::string(what));
+    if (timeout_ms == 0) {
       return IOError(std::string(what) + " is locked by another handle " +
                      (exclusive ? "(it is open elsewhere)" : "(a writer has it open)") +
                      "; close that handle first");
     }
-    return ErrnoStatus(errno, "cannot lock " + std::string(what));
+    // flock has no timed form: poll, backing off to 10 ms between tries.
+    timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t waited_ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+    if (waited_ms >= timeout_ms) {
+      return Timeout(std::string(what) + " has been locked by another process for " +
+                     std::to_string(waited_ms) + " ms (it is opening the store, or stuck while "
+                     "doing so); try again, or find the process with fuser");
+    }
+    usleep(static_cast<useconds_t>(pause_us));
+    pause_us = std::min(pause_us * 2, 10000L);
   }
   return Status::OK();
 }
@@ -317,6 +386,6 @@ int64_t UnixNanos() {
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
-uid_t UserId() { return getuid(); }
+uid_t UserId() { return geteuid(); }
 
 }  // namespace zcstore::internal::platform

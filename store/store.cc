@@ -18,8 +18,6 @@
 
 namespace zcstore {
 namespace internal {
-namespace {
-
 constexpr const char* kTempMarker = ".init-";
 
 bool ValidStoreName(std::string_view name) {
@@ -29,6 +27,8 @@ bool ValidStoreName(std::string_view name) {
            c == '.' || c == '_' || c == '-';
   }) && name.find(kTempMarker) == std::string_view::npos && name != "." && name != "..";
 }
+
+namespace {
 
 std::string Mib(uint64_t bytes) {
   char buf[32];
@@ -224,7 +224,7 @@ Status StoreImpl::MapAndCheck(int fd, bool control_writable, const std::string& 
   return Status::OK();
 }
 
-Status StoreImpl::FinishOpen() {
+Status StoreImpl::FinishOpen(int timeout_ms) {
   if (!AnyLiveClient()) {
     // Nobody uses the store: the lock may be held by a process from before a
     // crash or reboot that the kernel can no longer mark dead. Reinitialise
@@ -235,10 +235,10 @@ Status StoreImpl::FinishOpen() {
     pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
     pthread_mutex_init(&header_->mutex, &attr);
     pthread_mutexattr_destroy(&attr);
-    Lock();
+    if (Status st = LockWithin(timeout_ms); !st.ok()) return st;
     RecoverLocked();
   } else {
-    Lock();
+    if (Status st = LockWithin(timeout_ms); !st.ok()) return st;
     ReapDeadLocked();
   }
   uint32_t slot = kNone;
@@ -290,14 +290,19 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::Create(std::string_view name,
       s->name_ = n;
       s->path_ = SegmentPath(options.shm_dir, n);
       // A store of this name whose users all died is replaced, as `gc` would.
-      if (access(s->path_.c_str(), F_OK) == 0 && IsAbandoned(s->path_)) {
-        (void)platform::RemoveFile(s->path_);
-      }
+      (void)RemoveIfAbandoned(s->path_);
     } else {
       if (name.empty()) return InvalidArgument("a file store needs a path");
       s->name_ = s->path_ = std::string(name);
     }
-    if (access(s->path_.c_str(), F_OK) == 0) {
+    if (auto owner = platform::FileOwner(s->path_); owner.status().code() != StatusCode::kNotFound) {
+      if (options.backing == Backing::kSharedMemory && (!owner.ok() || *owner != platform::UserId())) {
+        return PermissionDenied(
+            s->Describe() + " cannot be created: '" + s->path_ + "' is taken by " +
+            (owner.ok() ? "a file of uid " + std::to_string(*owner) : "something that is not a store") +
+            ", not by a store of yours (another user may have planted it; its owner or root can "
+            "remove it), or choose another name");
+      }
       return AlreadyExists(s->Describe() + " already exists; open it, or remove it first (" +
                            (options.backing == Backing::kFile ? "delete the file"
                                                               : "zcstore rm " + s->name_) +
@@ -339,8 +344,8 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::Create(std::string_view name,
   s->names_ = reinterpret_cast<NameEntry*>(s->base_ + s->geo_.names_offset);
   s->data_ = s->base_ + s->geo_.data_offset;
   st = platform::Protect(s->data_, s->geo_.data_size, false);
-  if (st.ok()) st = platform::LockFile(s->fd_, true, true, s->Describe());
-  if (st.ok()) st = s->FinishOpen();
+  if (st.ok()) st = platform::LockFile(s->fd_, true, -1, s->Describe());
+  if (st.ok()) st = s->FinishOpen(-1);
   if (st.ok() && options.backing == Backing::kFile) st = platform::SyncRange(s->base_, s->geo_.data_offset);
   if (st.ok() && !temp.empty()) st = platform::RenameNoReplace(temp, s->path_);
   if (!st.ok()) {
@@ -374,26 +379,33 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::Open(std::string_view name,
   }
   s->name_ = std::string(name);
   bool snapshot = options.backing == Backing::kFile && options.read_only;
-  auto fd = platform::OpenFile(s->path_, snapshot ? O_RDONLY : O_RDWR, 0);
+  auto fd = platform::OpenStoreFile(s->path_, snapshot ? O_RDONLY : O_RDWR,
+                                    options.allow_shared_write);
   if (!fd.ok()) {
     if (fd.status().code() == StatusCode::kNotFound) {
       return NotFound(s->Describe() + " does not exist");
     }
-    return fd.status();
+    return fd.status().WithContext(s->Describe());
   }
   s->fd_ = *fd;
   s->snapshot_ = snapshot;
   // File stores: one read-write handle, or any number of read-only ones.
-  // Shared memory: the lock only serialises opening.
+  // Shared memory: the lock only serialises opening (and gc, which takes it
+  // before it removes a store).
   bool file = options.backing == Backing::kFile;
-  Status st = platform::LockFile(s->fd_, !snapshot, !file, s->Describe());
+  int timeout_ms = static_cast<int>(std::clamp<int64_t>(options.lock_timeout.count(), 0, INT32_MAX));
+  Status st = platform::LockFile(s->fd_, !snapshot, file ? 0 : timeout_ms, s->Describe());
   if (!st.ok()) return st;
+  if (!file && !platform::NamesFile(s->path_, s->fd_)) {
+    // gc (or Remove) unlinked it while we waited for the lock.
+    return NotFound(s->Describe() + " was removed while it was being opened");
+  }
   st = s->MapAndCheck(s->fd_, !snapshot, s->Describe());
   if (st.ok() && s->header_->backing != static_cast<uint32_t>(options.backing)) {
     st = InvalidArgument(s->Describe() + " is not a " +
                          (file ? "file store" : "shared-memory store"));
   }
-  if (st.ok() && !snapshot) st = s->FinishOpen();
+  if (st.ok() && !snapshot) st = s->FinishOpen(timeout_ms);
   if (!st.ok()) return st;
   s->persistent_ = s->geo_.flags & kFlagPersistent;
   if (!file) platform::UnlockFile(s->fd_);
@@ -407,12 +419,16 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::OpenFd(int fd, bool read_only) {
   s->name_ = "memfd:" + std::to_string(fd);
   s->fd_ = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (s->fd_ < 0) return platform::ErrnoStatus(errno, "cannot duplicate store fd");
-  Status st = platform::LockFile(s->fd_, true, true, s->Describe());
+  constexpr int kOpenTimeoutMs = 5000;  // as OpenOptions::lock_timeout
+  // A memfd has no name to plant a file under, and always shows mode 0777:
+  // only check that it is a regular file of this user.
+  Status st = platform::CheckStoreFile(s->fd_, s->name_, /*allow_shared_write=*/true);
+  if (st.ok()) st = platform::LockFile(s->fd_, true, kOpenTimeoutMs, s->Describe());
   if (st.ok()) st = s->MapAndCheck(s->fd_, true, s->Describe());
   if (st.ok() && s->header_->backing != static_cast<uint32_t>(Backing::kMemfd)) {
     st = InvalidArgument("fd " + std::to_string(fd) + " is not a memfd store");
   }
-  if (st.ok()) st = s->FinishOpen();
+  if (st.ok()) st = s->FinishOpen(kOpenTimeoutMs);
   if (!st.ok()) return st;
   platform::UnlockFile(s->fd_);
   return s;
@@ -452,6 +468,35 @@ void StoreImpl::Lock() {
   } else if (rc != 0) {
     DieWithMessage(("zcstore: store lock is unusable: " + std::string(std::strerror(rc))).c_str());
   }
+}
+
+Status StoreImpl::LockWithin(int timeout_ms) {
+  if (timeout_ms < 0) {
+    Lock();
+    return Status::OK();
+  }
+  timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += timeout_ms / 1000;
+  deadline.tv_nsec += (timeout_ms % 1000) * 1000000L;
+  if (deadline.tv_nsec >= 1000000000L) {
+    ++deadline.tv_sec;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  int rc = pthread_mutex_timedlock(&header_->mutex, &deadline);
+  if (rc == EOWNERDEAD) {
+    RecoverLocked();
+    pthread_mutex_consistent(&header_->mutex);
+  } else if (rc == ETIMEDOUT) {
+    return Timeout(Describe() + " has been locked by another process for " +
+                   std::to_string(timeout_ms) +
+                   " ms: one of its users is stuck inside it (stopped, or traced); try again, or "
+                   "raise OpenOptions::lock_timeout");
+  } else if (rc != 0) {
+    return IOError(Describe() + ": its lock is unusable (" + std::strerror(rc) +
+                   "); the store is damaged: remove it and create it again");
+  }
+  return Status::OK();
 }
 
 void StoreImpl::Unlock() { pthread_mutex_unlock(&header_->mutex); }
@@ -1284,11 +1329,32 @@ Result<Store> Store::OpenFd(int fd, bool read_only) {
 }
 
 Status Store::Remove(std::string_view name, const OpenOptions& options) {
-  std::string path = options.backing == Backing::kFile
-                         ? std::string(name)
-                         : internal::StoreImpl::SegmentPath(options.shm_dir, name);
-  Status st = internal::platform::RemoveFile(path);
-  if (st.code() == StatusCode::kNotFound) return NotFound("store '" + std::string(name) + "' does not exist");
+  namespace platform = internal::platform;
+  bool file = options.backing == Backing::kFile;
+  if (!file && !internal::ValidStoreName(name)) {
+    return InvalidArgument("store name '" + std::string(name) +
+                           "' must be 1-64 characters from [A-Za-z0-9._-] (a file store's path "
+                           "needs OpenOptions::backing = Backing::kFile)");
+  }
+  std::string path = file ? std::string(name) : internal::StoreImpl::SegmentPath(options.shm_dir, name);
+  std::string what = std::string(file ? "store file '" : "store '") + std::string(name) + "'";
+  // Only a store of this user is removed: open it as Open would (no link,
+  // no FIFO, our own file), check its magic, and unlink the name only while
+  // it still names the file checked.
+  auto fd = platform::OpenStoreFile(path, O_RDONLY, /*allow_shared_write=*/true);
+  if (!fd.ok()) {
+    if (fd.status().code() == StatusCode::kNotFound) return NotFound(what + " does not exist");
+    return fd.status().WithContext("not removed");
+  }
+  char magic[sizeof(internal::kStoreMagic)] = {};
+  bool is_store = pread(*fd, magic, sizeof(magic), 0) == static_cast<ssize_t>(sizeof(magic)) &&
+                  std::memcmp(magic, internal::kStoreMagic, sizeof(magic)) == 0;
+  bool same = platform::NamesFile(path, *fd);
+  platform::CloseFile(*fd);
+  if (!is_store) return InvalidArgument("'" + path + "' is not a zcstore store; not removed");
+  if (!same) return NotFound(what + " was replaced or removed meanwhile; not removed");
+  Status st = platform::RemoveFile(path);
+  if (st.code() == StatusCode::kNotFound) return NotFound(what + " does not exist");
   return st;
 }
 

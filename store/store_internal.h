@@ -19,6 +19,10 @@
 
 namespace zcstore::internal {
 
+// True for a valid shared-memory store name: 1-64 characters from
+// [A-Za-z0-9._-], not "." or "..", never a temporary file's name.
+bool ValidStoreName(std::string_view name);
+
 // The cached, checked shape of a store.
 struct Geometry {
   uint64_t total_size = 0;
@@ -76,9 +80,11 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   // Shared-memory path of store `name` in `dir` for the calling user.
   static std::string SegmentPath(const std::string& dir, std::string_view name);
   static std::string SegmentPrefix();
-  // True if the segment at `path` is a valid store whose every user died
-  // (and that is not persistent). Reads it with pread; maps nothing.
-  static bool IsAbandoned(const std::string& path);
+  // Removes the segment at `path` if it is a valid, non-persistent store of
+  // this user whose every user died. Reads it with pread and maps nothing;
+  // holds the file lock that Open takes while it decides and unlinks, so a
+  // store being opened is never removed under its opener. True if removed.
+  static bool RemoveIfAbandoned(const std::string& path);
 
   // For tests: takes the store lock and never returns it (the caller is
   // expected to be killed), to exercise lock-owner-death recovery.
@@ -90,11 +96,17 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   // --- set-up (store.cc) ---
   Status MapAndCheck(int fd, bool control_writable, const std::string& what);
   Result<std::byte*> WritableData();  // write_data_, mapped on first use
-  Status FinishOpen();  // registers this handle; run under the file lock
+  // Registers this handle; run under the file lock. Waits at most
+  // `timeout_ms` (< 0: no limit) for the store lock.
+  Status FinishOpen(int timeout_ms);
   void InitializeHeader(Backing backing);
 
   // --- table access: the caller holds the lock ---
   void Lock();
+  // Lock() that gives up with Timeout after `timeout_ms` (< 0: no limit), and
+  // reports an unusable lock as IOError rather than stopping the process:
+  // what Open uses, since the store is not known to be healthy yet.
+  Status LockWithin(int timeout_ms);
   void Unlock();
   uint32_t Find(ObjectId id) const;        // slot of a live entry, or kNone
   uint32_t FindInsertSlot(ObjectId id, bool* exists) const;

@@ -125,28 +125,36 @@ void StoreImpl::RecoverLocked() {
   ++header_->epoch;
 }
 
-bool StoreImpl::IsAbandoned(const std::string& path) {
-  auto fd = platform::OpenFile(path, O_RDONLY, 0);
+bool StoreImpl::RemoveIfAbandoned(const std::string& path) {
+  // As Open opens it: no link, no FIFO, only a file of this user.
+  auto fd = platform::OpenStoreFile(path, O_RDONLY, /*allow_shared_write=*/true);
   if (!fd.ok()) return false;
-  bool abandoned = false;
-  StoreHeader h;
-  auto size = platform::FileSize(*fd);
-  if (size.ok() && pread(*fd, &h, sizeof(h), 0) == static_cast<ssize_t>(sizeof(h))) {
-    auto geo = Geometry::FromHeader(h, *size, path);
-    if (geo.ok() && !(geo->flags & kFlagPersistent) && !platform::IsAlive(h.creator)) {
-      abandoned = true;
-      std::vector<ClientEntry> clients(geo->max_clients);
-      ssize_t want = static_cast<ssize_t>(clients.size() * sizeof(ClientEntry));
-      if (pread(*fd, clients.data(), want, static_cast<off_t>(geo->clients_offset)) != want) {
-        abandoned = false;
-      }
-      for (const ClientEntry& c : clients) {
-        if (c.state == kClientLive && platform::IsAlive(c.process)) abandoned = false;
+  bool removed = false;
+  // A process opening the store holds this lock until it is registered, so
+  // holding it here means no opener is between its open(2) and its client
+  // record; an opener that comes after the unlink sees the name gone.
+  if (platform::LockFile(*fd, /*exclusive=*/true, /*timeout_ms=*/0, path).ok()) {
+    StoreHeader h;
+    auto size = platform::FileSize(*fd);
+    bool abandoned = false;
+    if (size.ok() && pread(*fd, &h, sizeof(h), 0) == static_cast<ssize_t>(sizeof(h))) {
+      auto geo = Geometry::FromHeader(h, *size, path);
+      if (geo.ok() && !(geo->flags & kFlagPersistent) && !platform::IsAlive(h.creator)) {
+        abandoned = true;
+        std::vector<ClientEntry> clients(geo->max_clients);
+        ssize_t want = static_cast<ssize_t>(clients.size() * sizeof(ClientEntry));
+        if (pread(*fd, clients.data(), want, static_cast<off_t>(geo->clients_offset)) != want) {
+          abandoned = false;
+        }
+        for (const ClientEntry& c : clients) {
+          if (c.state == kClientLive && platform::IsAlive(c.process)) abandoned = false;
+        }
       }
     }
+    removed = abandoned && platform::NamesFile(path, *fd) && platform::RemoveFile(path).ok();
   }
   platform::CloseFile(*fd);
-  return abandoned;
+  return removed;
 }
 
 }  // namespace internal
@@ -157,9 +165,11 @@ Result<std::vector<std::string>> Store::ListStores(const std::string& shm_dir) {
   std::string prefix = internal::StoreImpl::SegmentPrefix();
   std::vector<std::string> names;
   for (const std::string& e : *entries) {
-    if (e.rfind(prefix, 0) == 0 && e.find(".init-") == std::string::npos) {
-      names.push_back(e.substr(prefix.size()));
-    }
+    if (e.rfind(prefix, 0) != 0 || e.find(".init-") != std::string::npos) continue;
+    // Only stores this user could open: not another user's file planted
+    // under our prefix, not a link or a FIFO.
+    auto owner = internal::platform::FileOwner(shm_dir + "/" + e);
+    if (owner.ok() && *owner == internal::platform::UserId()) names.push_back(e.substr(prefix.size()));
   }
   std::sort(names.begin(), names.end());
   return names;
@@ -173,18 +183,21 @@ Result<std::vector<std::string>> Store::CollectGarbage(const std::string& shm_di
   for (const std::string& e : *entries) {
     if (e.rfind(prefix, 0) != 0) continue;
     std::string path = shm_dir + "/" + e;
+    // Never touch what is not this user's regular file (sticky /dev/shm
+    // would stop most of it, but not root).
+    auto owner = internal::platform::FileOwner(path);
+    if (!owner.ok() || *owner != internal::platform::UserId()) continue;
     size_t temp = e.find(".init-");
-    bool remove = false;
+    bool gone = false;
     if (temp != std::string::npos) {
       // "<name>.init-<pid>-<random>": a store whose creator died mid-create.
       pid_t pid = static_cast<pid_t>(std::strtol(e.c_str() + temp + 6, nullptr, 10));
-      remove = pid > 0 && kill(pid, 0) != 0 && errno == ESRCH;
+      gone = pid > 0 && kill(pid, 0) != 0 && errno == ESRCH &&
+             internal::platform::RemoveFile(path).ok();
     } else {
-      remove = internal::StoreImpl::IsAbandoned(path);
+      gone = internal::StoreImpl::RemoveIfAbandoned(path);
     }
-    if (remove && internal::platform::RemoveFile(path).ok()) {
-      removed.push_back(e.substr(prefix.size()));
-    }
+    if (gone) removed.push_back(e.substr(prefix.size()));
   }
   std::sort(removed.begin(), removed.end());
   return removed;

@@ -3,7 +3,9 @@
 // Each subcommand does one thing against a store and reports on stdout, one
 // line per event, so the test can synchronise on what it reads. Exit status 0
 // means every check passed; the test asserts it.
+#include <fcntl.h>
 #include <sched.h>
+#include <sys/stat.h>
 #include <sys/mount.h>
 #include <unistd.h>
 
@@ -14,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -260,6 +263,49 @@ int OpenDenied(const std::vector<std::string>& a) {
   return 0;
 }
 
+// Plays another user (drops root to nobody) planting something under the
+// name that uid `a[1]`'s store `a[2]` would have in directory `a[0]`:
+// `a[3]` is "locked-store" (a valid store whose lock this process holds),
+// "fifo", "symlink" (to a store of nobody's) or "open-file" (mode 0666).
+// Says "planted", then waits for stdin's EOF and removes what it planted.
+int Plant(const std::vector<std::string>& a) {
+  if (getuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) Fail("cannot drop privileges");
+  if (getuid() == 0) Fail("still root");
+  std::string target = a[0] + "/zcstore." + a[1] + "." + a[2];
+  std::string own = a[0] + "/zcstore." + std::to_string(getuid()) + "." + a[2] + "-own";
+  std::unique_ptr<Store> keep;
+  StoreOptions so;
+  so.capacity = 1 << 20;
+  so.shm_dir = a[0];
+  so.mode = 0666;
+  so.persistent = true;
+  const std::string& kind = a[3];
+  if (kind == "locked-store" || kind == "symlink") {
+    auto s = Store::Create(a[2] + "-own", so);
+    if (!s.ok()) Fail(s.status().ToString());
+    keep = std::make_unique<Store>(std::move(*s));
+    if (kind == "locked-store") {
+      internal::StoreTestPeer::Impl(*keep)->LockForever();
+      if (rename(own.c_str(), target.c_str()) != 0) Fail("rename: " + std::string(strerror(errno)));
+    } else if (symlink(own.c_str(), target.c_str()) != 0) {
+      Fail("symlink: " + std::string(strerror(errno)));
+    }
+  } else if (kind == "fifo") {
+    if (mkfifo(target.c_str(), 0666) != 0) Fail("mkfifo: " + std::string(strerror(errno)));
+  } else if (kind == "open-file") {
+    int fd = open(target.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0666);
+    if (fd < 0 || fchmod(fd, 0666) != 0) Fail("create: " + std::string(strerror(errno)));
+    close(fd);
+  } else {
+    Fail("unknown kind " + kind);
+  }
+  Say("planted");
+  WaitForStdinEof();
+  unlink(target.c_str());
+  unlink(own.c_str());
+  _exit(0);  // no destructors: the store's lock is still held by this thread
+}
+
 // In a private mount namespace, mounts a tmpfs of `a[0]` KiB, creates a store
 // of `a[1]` bytes and `a[2]` object slots there, and puts a small and a large
 // object: reports what each said.
@@ -339,5 +385,6 @@ int main(int argc, char** argv) {
   if (cmd == "rss-after-get" && a.size() == 2) return RssAfterGet(a);
   if (cmd == "open-denied" && a.size() == 2) return OpenDenied(a);
   if (cmd == "create-on-small-tmpfs" && a.size() == 3) return CreateOnSmallTmpfs(a);
+  if (cmd == "plant" && a.size() == 4) return Plant(a);
   Fail("unknown command or wrong arguments: " + cmd);
 }

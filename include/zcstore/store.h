@@ -41,6 +41,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -113,6 +114,14 @@ struct OpenOptions {
   // file lock (so no writer can open it meanwhile) and pins nothing.
   bool read_only = false;
   std::string shm_dir = "/dev/shm";
+  // A store is trusted only if it is a regular file owned by the effective
+  // user that neither group nor others may write (else PermissionDenied):
+  // whoever can write its tables can corrupt it or hold its lock. Set this to
+  // open a store created with a group-writable StoreOptions::mode on purpose.
+  bool allow_shared_write = false;
+  // Longest wait for another process that is opening the store, or holding
+  // its lock, before Open gives up with Timeout.
+  std::chrono::milliseconds lock_timeout{5000};
 };
 
 // Numbers describing a store at one instant.
@@ -234,14 +243,20 @@ class ZCSTORE_EXPORT Store {
   // from [A-Za-z0-9._-] (empty: a unique name is generated; see name());
   // for kFile, the file's path; for kMemfd, a label shown in /proc (may be empty).
   // Errors: AlreadyExists (a live store or existing file has that name; a
-  // shared-memory store whose users all died is replaced), StoreFull (no room
+  // shared-memory store whose users all died is replaced), PermissionDenied
+  // (the name is taken by another user's file, or by a link), StoreFull (no room
   // in /dev/shm or on disk for the tables), PermissionDenied, InvalidArgument.
   // Cost: O(1) in capacity: the data region is reserved as objects claim it.
   static Result<Store> Create(std::string_view name, const StoreOptions& options = {});
 
-  // Opens an existing store. Errors: NotFound, PermissionDenied, Corrupt (not
-  // a store, truncated, a table out of range), VersionMismatch, StoreFull (its
-  // client table is full), IOError (a file store locked by another handle).
+  // Opens an existing store. Never follows a symbolic link and never blocks
+  // on a FIFO or device planted under the name. Errors: NotFound,
+  // PermissionDenied (a symbolic link; a file owned by another user, or that
+  // group or others may write: see OpenOptions::allow_shared_write),
+  // InvalidArgument (not a regular file), Corrupt (not a store, truncated, a
+  // table out of range), VersionMismatch, StoreFull (its client table is
+  // full), IOError (a file store locked by another handle), Timeout (another
+  // process held the store's lock longer than options.lock_timeout).
   // Reclaims the pins and unsealed objects of processes that died.
   static Result<Store> Open(std::string_view name, const OpenOptions& options = {});
 
@@ -250,7 +265,10 @@ class ZCSTORE_EXPORT Store {
   static Result<Store> OpenFd(int fd, bool read_only = false);
 
   // Removes a shared-memory store's name (or deletes a file store's file).
-  // Processes that have it open keep working. NotFound if absent.
+  // Processes that have it open keep working. Only a zcstore store of the
+  // calling user is removed: NotFound if absent, InvalidArgument for a name
+  // that is not a store name (a '/' or "..": use Backing::kFile for paths)
+  // or a file that is not a store, PermissionDenied for another user's file.
   static Status Remove(std::string_view name, const OpenOptions& options = {});
 
   Store(Store&&) noexcept;

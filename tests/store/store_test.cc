@@ -1,6 +1,7 @@
 // The store in one process: lifecycle, backings, limits, names, checksums.
 #include <gtest/gtest.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -392,7 +393,11 @@ TEST(StoreTest, MemfdStoreLeavesNothingInDevShm) {
   ASSERT_TRUE(v.ok());
   EXPECT_EQ(FirstMismatch(id, 0, v->buffer(0)), -1);
   EXPECT_EQ(s->Stats()->clients, 2u);
-  int not_a_store = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  int not_a_file = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  EXPECT_EQ(Store::OpenFd(not_a_file).status().code(), StatusCode::kInvalidArgument);
+  close(not_a_file);
+  int not_a_store = memfd_create("not-a-store", MFD_CLOEXEC);
+  ASSERT_EQ(write(not_a_store, "hello", 5), 5);
   EXPECT_EQ(Store::OpenFd(not_a_store).status().code(), StatusCode::kCorrupt);
   close(not_a_store);
 }
