@@ -254,6 +254,9 @@ Status PutSaved(Store& store, ObjectId id, const std::string& type_name, uint32_
   for (size_t i : adopted) {
     ++stats.adopted_buffers;
     stats.adopted_bytes += oob[i].size;
+    // The Array gives up its writable pointer now that the store owns the
+    // bytes, even if its object is then copied rather than moved from.
+    if (oob[i].release) oob[i].release();
   }
   Status st = builder->Seal();
   if (st.ok() && ar.options().stats) *ar.options().stats = stats;
@@ -294,9 +297,21 @@ Result<RawObject> GetRaw(const Store& store, ObjectId id, const LoadOptions& opt
   if (!view.ok()) return view.status();
   RawObject out;
   out.view = std::make_shared<const ObjectView>(std::move(*view));
-  auto env = DecodeEnvelope(out.view->metadata());
+  // Verify and decode a private copy: any process that writes to the store
+  // can change the mapped bytes between a check and a use. The envelope is
+  // small; the buffers stay where they are (nothing structural is in them).
+  std::span<const std::byte> md = out.view->metadata();
+  auto copy = std::make_shared<std::vector<uint64_t>>((md.size() + 7) / 8);
+  if (!md.empty()) std::memcpy(copy->data(), md.data(), md.size());
+  std::span<const std::byte> private_md(reinterpret_cast<const std::byte*>(copy->data()), md.size());
+  if (auto sum = out.view->metadata_checksum(); sum && internal::Checksum(private_md) != *sum) {
+    return Corrupt("object " + id.ToString() + ": metadata checksum mismatch (the envelope was "
+                   "changed after Seal)");
+  }
+  auto env = DecodeEnvelope(private_md);
   if (!env.ok()) return env.status().WithContext("object " + id.ToString());
   out.envelope = std::move(*env);
+  out.envelope.aligned_copy = std::move(copy);  // inline_data points into it
   Status st = CheckBuffers(out.envelope, out.view->buffers(), options.verify_checksums);
   if (!st.ok()) return st.WithContext("object " + id.ToString());
   for (const BufferInfo& b : out.envelope.buffers) out.buffers.push_back(out.view->buffer(b.index));

@@ -683,8 +683,10 @@ uint32_t StoreImpl::ReapDeadLocked() {
 }
 
 Status StoreImpl::CheckExtent(uint32_t slot, const ObjectEntry& e) const {
-  if (e.offset % kPageSize != 0 || e.size < sizeof(ObjectHeader) || e.offset > geo_.data_size ||
-      e.size > geo_.data_size - e.offset) {
+  // Extents are whole pages (format.md): a size that is not would place the
+  // next object off a page and its header off its alignment.
+  if (e.offset % kPageSize != 0 || e.size % kPageSize != 0 || e.size < sizeof(ObjectHeader) ||
+      e.offset > geo_.data_size || e.size > geo_.data_size - e.offset) {
     return Corrupt(Describe() + ": object slot " + std::to_string(slot) +
                    " has an extent out of range (offset " + std::to_string(e.offset) + ", size " +
                    std::to_string(e.size) + ")");
@@ -694,56 +696,67 @@ Status StoreImpl::CheckExtent(uint32_t slot, const ObjectEntry& e) const {
 
 Status StoreImpl::ReadObject(uint32_t slot, ObjectId id, std::span<const std::byte>* metadata,
                              std::vector<std::span<const std::byte>>* buffers,
-                             const ObjectHeader** header_out) const {
-  const ObjectEntry& e = objects_[slot];
+                             ObjectHeader* header_out, std::vector<uint64_t>* checksums) const {
+  // Any process with a writable mapping can change these bytes while we
+  // read them: each value is read once, into a copy, and only the copy is
+  // checked and used.
   ObjectEntry entry{};
-  entry.offset = e.offset;
-  entry.size = e.size;
+  entry.offset = __atomic_load_n(&objects_[slot].offset, __ATOMIC_RELAXED);
+  entry.size = __atomic_load_n(&objects_[slot].size, __ATOMIC_RELAXED);
   Status st = CheckExtent(slot, entry);
   if (!st.ok()) return st;
   const std::byte* extent = data_ + entry.offset;
-  const auto* h = reinterpret_cast<const ObjectHeader*>(extent);
+  ObjectHeader h;
+  std::memcpy(&h, extent, sizeof(h));
   // Built only on failure: Get must stay a lookup and a pin.
   auto what = [&] { return Describe() + ": object " + id.ToString(); };
-  if (h->magic != kObjectMagic || h->id_hi != id.hi || h->id_lo != id.lo) {
+  if (h.magic != kObjectMagic || h.id_hi != id.hi || h.id_lo != id.lo) {
     return Corrupt(what() + " has a bad header (magic or id)");
   }
-  uint64_t n = h->num_buffers;
+  uint64_t n = h.num_buffers;
   if (n > kMaxBuffersPerObject || sizeof(ObjectHeader) + n * sizeof(BufferDesc) > entry.size) {
     return Corrupt(what() + " claims " + std::to_string(n) + " buffers, more than its extent holds");
   }
   auto in_extent = [&](uint64_t off, uint64_t len) {
     return off <= entry.size && len <= entry.size - off;
   };
-  if (!in_extent(h->metadata_offset, h->metadata_size)) {
+  if (!in_extent(h.metadata_offset, h.metadata_size)) {
     return Corrupt(what() + ": metadata out of range");
   }
-  *metadata = {extent + h->metadata_offset, h->metadata_size};
-  const auto* descs = reinterpret_cast<const BufferDesc*>(h + 1);
+  *metadata = {extent + h.metadata_offset, h.metadata_size};
+  const std::byte* descs = extent + sizeof(ObjectHeader);
   buffers->clear();
   buffers->reserve(n);
+  if (checksums) checksums->resize(n);
   for (uint64_t i = 0; i < n; ++i) {
-    uint64_t off = descs[i].offset, len = descs[i].size;
-    if (uint32_t c1 = descs[i].child_slot_plus1; c1 != 0) {
+    BufferDesc d;
+    std::memcpy(&d, descs + i * sizeof(BufferDesc), sizeof(d));
+    if (checksums) (*checksums)[i] = d.checksum;
+    if (d.child_slot_plus1 != 0) {
       // A buffer adopted from another object: that object must be our child,
       // and the range must lie inside its extent.
-      uint32_t c = c1 - 1;
+      uint32_t c = d.child_slot_plus1 - 1;
       ObjectEntry child{};
-      if (c < geo_.max_objects) child = objects_[c];
+      if (c < geo_.max_objects) {
+        child.state = __atomic_load_n(&objects_[c].state, __ATOMIC_ACQUIRE);
+        child.parent = __atomic_load_n(&objects_[c].parent, __ATOMIC_RELAXED);
+        child.offset = __atomic_load_n(&objects_[c].offset, __ATOMIC_RELAXED);
+        child.size = __atomic_load_n(&objects_[c].size, __ATOMIC_RELAXED);
+      }
       if (c >= geo_.max_objects || child.state != kChild || child.parent != slot ||
-          !CheckExtent(c, child).ok() || off > child.size || len > child.size - off) {
+          !CheckExtent(c, child).ok() || d.offset > child.size || d.size > child.size - d.offset) {
         return Corrupt(what() + ": buffer " + std::to_string(i) +
                        " refers to a child object that is not one (slot " + std::to_string(c) +
                        ")");
       }
-      buffers->emplace_back(data_ + child.offset + off, len);
+      buffers->emplace_back(data_ + child.offset + d.offset, d.size);
       continue;
     }
-    if (!in_extent(off, len)) {
+    if (!in_extent(d.offset, d.size)) {
       return Corrupt(what() + ": buffer " + std::to_string(i) + " out of range (offset " +
-                     std::to_string(off) + ", length " + std::to_string(len) + ")");
+                     std::to_string(d.offset) + ", length " + std::to_string(d.size) + ")");
     }
-    buffers->emplace_back(extent + off, len);
+    buffers->emplace_back(extent + d.offset, d.size);
   }
   if (header_out) *header_out = h;
   return Status::OK();
@@ -936,7 +949,7 @@ Status StoreImpl::Abort(ObjectBuilder& b) {
   return Status::OK();
 }
 
-Result<ObjectView> StoreImpl::Get(ObjectId id, const ObjectHeader** header) {
+Result<ObjectView> StoreImpl::Get(ObjectId id, std::vector<uint64_t>* checksums) {
   uint32_t slot;
   if (!snapshot_) {
     Lock();
@@ -956,7 +969,18 @@ Result<ObjectView> StoreImpl::Get(ObjectId id, const ObjectHeader** header) {
     }
   }
   ObjectView v;
-  Status st = ReadObject(slot, id, &v.metadata_, &v.buffers_, header);
+  ObjectHeader h;
+  Status st = ReadObject(slot, id, &v.metadata_, &v.buffers_, &h, checksums);
+  if (st.ok() && h.has_checksums > 1) st = Corrupt(Describe() + ": object " + id.ToString() + " has a bad header (checksum flag)");
+  if (st.ok() && !h.has_checksums && (geo_.flags & kFlagChecksums)) {
+    // The store seals every object with checksums: a header without them was
+    // damaged after Seal, and so may be everything it describes.
+    st = Corrupt(Describe() + ": object " + id.ToString() +
+                 " has no checksums although its store gives every object some: its header is "
+                 "damaged");
+  }
+  v.has_checksums_ = h.has_checksums == 1;
+  v.metadata_checksum_ = h.metadata_checksum;
   if (!st.ok()) {
     if (!snapshot_) {
       Lock();
@@ -1013,16 +1037,16 @@ bool StoreImpl::Contains(ObjectId id) {
 }
 
 Result<std::vector<ObjectInfo>> StoreImpl::List() {
-  std::vector<std::pair<uint32_t, ObjectEntry>> live;
-  if (!snapshot_) Lock();
-  for (uint32_t s = 0; s < geo_.max_objects; ++s) {
-    uint32_t st = objects_[s].state;
-    if (IsLive(st) && st != kChild) live.emplace_back(s, objects_[s]);
-  }
-  if (!snapshot_) Unlock();
+  // Everything is read under the lock: outside it, a concurrent Delete could
+  // free an extent and a Put reuse it while we read its header.
   std::vector<ObjectInfo> out;
-  out.reserve(live.size());
-  for (auto& [slot, e] : live) {
+  std::span<const std::byte> md;
+  std::vector<std::span<const std::byte>> bufs;
+  Status st;
+  if (!snapshot_) Lock();
+  for (uint32_t slot = 0; slot < geo_.max_objects && st.ok(); ++slot) {
+    ObjectEntry e = objects_[slot];
+    if (!IsLive(e.state) || e.state == kChild) continue;
     ObjectInfo info;
     info.id = ObjectId{e.id_hi, e.id_lo};
     info.state = e.state == kUnsealed  ? ObjectInfo::State::kUnsealed
@@ -1032,19 +1056,17 @@ Result<std::vector<ObjectInfo>> StoreImpl::List() {
     info.pins = e.pins;
     info.sealed_unix_ns = e.sealed_unix_ns;
     if (e.state != kUnsealed) {
-      std::span<const std::byte> md;
-      std::vector<std::span<const std::byte>> bufs;
-      const ObjectHeader* h = nullptr;
-      Status st = CheckExtent(slot, e);
-      if (st.ok()) st = ReadObject(slot, info.id, &md, &bufs, &h);
-      if (!st.ok()) return st;
+      ObjectHeader h;
+      st = ReadObject(slot, info.id, &md, &bufs, &h, nullptr);
       info.metadata_bytes = md.size();
       info.num_buffers = static_cast<uint32_t>(bufs.size());
       for (auto& b : bufs) info.data_bytes += b.size();
-      info.has_checksums = h->has_checksums != 0;
+      info.has_checksums = h.has_checksums != 0;
     }
     out.push_back(info);
   }
+  if (!snapshot_) Unlock();
+  if (!st.ok()) return st;
   return out;
 }
 
@@ -1073,26 +1095,52 @@ Result<StoreStats> StoreImpl::Stats() {
 }
 
 Status StoreImpl::Verify(ObjectId id) {
-  const ObjectHeader* h = nullptr;
-  auto view = Get(id, &h);  // pinned while we read
+  std::vector<uint64_t> checksums;
+  auto view = Get(id, &checksums);  // pinned while we read; Corrupt if it lost its checksums
   if (!view.ok()) return view.status();
   std::span<const std::byte> md = view->metadata();
   const std::vector<std::span<const std::byte>>& bufs = view->buffers();
   std::string what = Describe() + ": object " + id.ToString();
-  if (!h->has_checksums) {
+  if (!view->has_checksums_) {
     return InvalidArgument(what + " was sealed without checksums; nothing to verify");
   }
-  if (XXH3_64bits(md.data(), md.size()) != h->metadata_checksum) {
+  if (XXH3_64bits(md.data(), md.size()) != view->metadata_checksum_) {
     return Corrupt(what + ": metadata checksum mismatch");
   }
-  const auto* descs = reinterpret_cast<const BufferDesc*>(h + 1);
   for (size_t i = 0; i < bufs.size(); ++i) {
-    if (XXH3_64bits(bufs[i].data(), bufs[i].size()) != descs[i].checksum) {
+    if (XXH3_64bits(bufs[i].data(), bufs[i].size()) != checksums[i]) {
       return Corrupt(what + ": buffer " + std::to_string(i) + " checksum mismatch (" +
                      std::to_string(bufs[i].size()) + " bytes)");
     }
   }
   return Status::OK();
+}
+
+Status StoreImpl::VerifyTables() {
+  if (!snapshot_) Lock();
+  Status st;
+  for (uint32_t s = 0; s < geo_.max_objects && st.ok(); ++s) {
+    ObjectEntry e = objects_[s];
+    if (e.state > kChild) {
+      st = Corrupt(Describe() + ": object slot " + std::to_string(s) + " has an unknown state (" +
+                   std::to_string(e.state) + "); the object it held is lost");
+    } else if (IsLive(e.state)) {
+      st = CheckExtent(s, e);
+    }
+  }
+  for (uint32_t i = 0; i < geo_.max_names && st.ok(); ++i) {
+    NameEntry n = names_[i];
+    if (n.used == 0) continue;
+    uint32_t slot = n.used == 1 && strnlen(n.name, sizeof(n.name)) < sizeof(n.name)
+                        ? Find(ObjectId{n.id_hi, n.id_lo})
+                        : kNone;
+    if (slot == kNone || objects_[slot].state != kSealed) {
+      st = Corrupt(Describe() + ": name entry " + std::to_string(i) +
+                   " is damaged, or is bound to an object that is not there");
+    }
+  }
+  if (!snapshot_) Unlock();
+  return st;
 }
 
 // ---------------------------------------------------------------- names
@@ -1214,6 +1262,8 @@ ObjectView& ObjectView::operator=(ObjectView&& o) noexcept {
     id_ = o.id_;
     metadata_ = o.metadata_;
     buffers_ = std::move(o.buffers_);
+    has_checksums_ = o.has_checksums_;
+    metadata_checksum_ = o.metadata_checksum_;
     o.impl_.reset();
     o.buffers_.clear();
     o.metadata_ = {};
@@ -1388,6 +1438,7 @@ Result<StoreStats> Store::Stats() const { return impl_->Stats(); }
 Status Store::Verify(ObjectId id) const { return impl_->Verify(id); }
 
 Status Store::VerifyAll() const {
+  if (Status st = impl_->VerifyTables(); !st.ok()) return st;
   auto objects = impl_->List();
   if (!objects.ok()) return objects.status();
   for (const ObjectInfo& o : *objects) {

@@ -55,14 +55,17 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
                                      std::span<ObjectBuilder> adopt);
   Status Seal(ObjectBuilder& builder);
   Status Abort(ObjectBuilder& builder);
-  // `header`, if given, receives the object's checked header.
-  Result<ObjectView> Get(ObjectId id, const ObjectHeader** header = nullptr);
+  // `checksums`, if given, receives each buffer's stored checksum.
+  Result<ObjectView> Get(ObjectId id, std::vector<uint64_t>* checksums = nullptr);
   Status Release(ObjectView& view);
   Status Delete(ObjectId id);
   bool Contains(ObjectId id);
   Result<std::vector<ObjectInfo>> List();
   Result<StoreStats> Stats();
   Status Verify(ObjectId id);
+  // Checks every table entry (object states and extents, names and what
+  // they are bound to). Corrupt, naming the first bad entry.
+  Status VerifyTables();
   Status Bind(std::string_view name, ObjectId id);
   Result<ObjectId> Lookup(std::string_view name);
   Status Unbind(std::string_view name);
@@ -122,9 +125,12 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   uint32_t ReapDeadLocked();
   void UnbindAllLocked(ObjectId id);
   Status CheckExtent(uint32_t slot, const ObjectEntry& e) const;
+  // Reads and checks object `slot`'s header and buffer descriptors, each
+  // once, into private copies: `header` (if given) receives the header,
+  // `checksums` (if given) each buffer's stored checksum.
   Status ReadObject(uint32_t slot, ObjectId id, std::span<const std::byte>* metadata,
-                    std::vector<std::span<const std::byte>>* buffers,
-                    const ObjectHeader** header) const;
+                    std::vector<std::span<const std::byte>>* buffers, ObjectHeader* header,
+                    std::vector<uint64_t>* checksums) const;
   void SyncEntry(uint32_t slot);
   std::string Describe() const;  // "store 'x'" for messages
 
@@ -132,6 +138,9 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   // Rebuilds every derived field from the primary ones after a process died
   // inside the lock, or when the first process opens a store nobody uses.
   void RecoverLocked();
+  // True if the header at `e`'s extent (already range-checked) is an object
+  // header naming `e`'s id.
+  bool HeaderNames(const ObjectEntry& e) const;
   bool AnyLiveClient() const;
 
   friend class zcstore::Store;

@@ -30,6 +30,14 @@ bool StoreImpl::AnyLiveClient() const {
   return false;
 }
 
+bool StoreImpl::HeaderNames(const ObjectEntry& e) const {
+  ObjectHeader h;
+  std::memcpy(&h, data_ + e.offset, sizeof(h));  // e passed CheckExtent
+  return h.magic == kObjectMagic && h.id_hi == e.id_hi && h.id_lo == e.id_lo &&
+         h.num_buffers <= kMaxBuffersPerObject &&
+         sizeof(ObjectHeader) + uint64_t{h.num_buffers} * sizeof(BufferDesc) <= e.size;
+}
+
 void StoreImpl::RecoverLocked() {
   const uint32_t n = geo_.max_objects;
   // 1. Clients: drop the dead (their pin records go with them) and any slot
@@ -44,7 +52,9 @@ void StoreImpl::RecoverLocked() {
     }
   }
   // 2. Objects: unsealed ones whose writer is gone can never be sealed;
-  //    unknown states and extents out of range are dropped.
+  //    unknown states, extents out of range and written objects whose own
+  //    header does not name them (a damaged offset points at a neighbour)
+  //    are dropped. Only an entry that fails its own checks is dropped.
   for (uint32_t s = 0; s < n; ++s) {
     ObjectEntry& e = objects_[s];
     if (e.state > kChild) {
@@ -53,7 +63,9 @@ void StoreImpl::RecoverLocked() {
       bool writer_gone = e.state == kUnsealed &&
                          (e.creator_client >= geo_.max_clients ||
                           clients_[e.creator_client].state != kClientLive);
-      if (writer_gone || !CheckExtent(s, e).ok()) e.state = kTombstone;
+      if (writer_gone || !CheckExtent(s, e).ok() || (e.state != kUnsealed && !HeaderNames(e))) {
+        e.state = kTombstone;
+      }
     }
     e.pins = 0;
   }
@@ -84,18 +96,40 @@ void StoreImpl::RecoverLocked() {
       e.state = kTombstone;
     }
   }
-  // 5. The extent list: live extents in offset order; an extent overlapping
-  //    its predecessor cannot be trusted and is dropped.
+  // 5. The extent list: live extents in offset order. Two that still
+  //    overlap both passed their checks (or one is being written, which has
+  //    no header to check yet): a written object wins over one being
+  //    written, else the earlier one stays.
   std::vector<uint32_t> live;
   for (uint32_t s = 0; s < n; ++s) {
     if (IsLive(objects_[s].state)) live.push_back(s);
   }
-  std::sort(live.begin(), live.end(),
-            [&](uint32_t a, uint32_t b) { return objects_[a].offset < objects_[b].offset; });
+  std::sort(live.begin(), live.end(), [&](uint32_t a, uint32_t b) {
+    return objects_[a].offset != objects_[b].offset ? objects_[a].offset < objects_[b].offset
+                                                    : objects_[a].state > objects_[b].state;
+  });
+  std::vector<uint32_t> kept;
+  for (uint32_t s : live) {
+    ObjectEntry& e = objects_[s];
+    if (!kept.empty()) {
+      ObjectEntry& p = objects_[kept.back()];
+      if (e.offset < p.offset + p.size) {
+        if (p.state == kUnsealed && e.state != kUnsealed) {
+          p.state = kTombstone;
+          kept.pop_back();
+          // `e` may overlap what came before `p` too; the loop below skips it then.
+        } else {
+          e.state = kTombstone;
+          continue;
+        }
+      }
+    }
+    kept.push_back(s);
+  }
   uint32_t prev = kNone;
   uint64_t prev_end = 0, used = 0;
   header_->extent_head = kNone;
-  for (uint32_t s : live) {
+  for (uint32_t s : kept) {
     ObjectEntry& e = objects_[s];
     if (e.offset < prev_end) {
       e.state = kTombstone;

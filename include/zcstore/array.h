@@ -100,9 +100,12 @@ class Array {
   }
 
   // `n` elements, owned, not initialised (no page is touched). 64-byte aligned.
+  // More elements than fit in memory's address range throw
+  // std::bad_array_new_length, as new T[n] does.
   static Array Uninitialized(size_t n) {
     Array a;
     if (n == 0) return a;
+    if (n > SIZE_MAX / sizeof(T)) throw std::bad_array_new_length();
     auto* p = static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64}));
     a.keep_ = std::shared_ptr<void>(p, [](void* q) { ::operator delete(q, std::align_val_t{64}); });
     a.data_ = p;
@@ -117,6 +120,10 @@ class Array {
   // unsealed object of the store (freed if the array is dropped). Errors as
   // Store::CreateObject (StoreFull, PermissionDenied).
   static Result<Array> AllocateIn(Store& store, size_t n) {
+    if (n > SIZE_MAX / sizeof(T)) {
+      return InvalidArgument("Array::AllocateIn: " + std::to_string(n) + " elements of " +
+                             std::to_string(sizeof(T)) + " bytes overflow a size");
+    }
     size_t bytes[] = {n * sizeof(T)};
     auto builder = store.CreateObject(ObjectId::Random(), 0, bytes);
     if (!builder.ok()) return builder.status();

@@ -127,7 +127,8 @@ struct EnvelopeFields {
 };
 
 // A checked envelope. `inline_data` points into the bytes it was decoded
-// from (or into `aligned_copy` when those were not 8-byte aligned).
+// from, or into `aligned_copy` when the decoder copied them (Store::Get<T>
+// always decodes a private copy).
 struct DecodedEnvelope : EnvelopeFields {
   std::shared_ptr<std::vector<uint64_t>> aligned_copy;
 };
@@ -211,7 +212,11 @@ class SaveArchive {
     if (status_.ok()) status_ = std::move(s);
   }
   const Status& status() const { return status_; }
-  bool move() const { return move_; }
+  // True in a move put, except below a shared_ptr: what other owners may
+  // still use is never released.
+  bool move() const { return move_ && shared_depth_ == 0; }
+  void EnterShared() { ++shared_depth_; }
+  void LeaveShared() { --shared_depth_; }
   const SerializeOptions& options() const { return options_; }
   std::vector<std::byte>& bytes() { return bytes_; }
   std::vector<OutOfBand>& buffers() { return buffers_; }
@@ -244,6 +249,7 @@ class SaveArchive {
  private:
   SerializeOptions options_;
   bool move_;
+  int shared_depth_ = 0;
   Status status_;
   std::vector<std::byte> bytes_;
   std::vector<OutOfBand> buffers_;
@@ -862,7 +868,9 @@ struct Codec<std::shared_ptr<E>> {
       ar.PutVarint(seen + 1);
     } else {
       ar.PutVarint(1);
+      ar.EnterShared();  // another owner may use *p: a move put copies it
       ar.Field(*p);
+      ar.LeaveShared();
     }
     ar.Leave();
   }

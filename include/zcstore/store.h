@@ -45,6 +45,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -177,6 +178,12 @@ class ZCSTORE_EXPORT ObjectView {
   // Buffer `i` (0-based). i >= num_buffers() is a bug (stops the process).
   std::span<const std::byte> buffer(size_t i) const;
   const std::vector<std::span<const std::byte>>& buffers() const { return buffers_; }
+  // The metadata's checksum recorded at Seal, if the object has checksums
+  // (StoreOptions::checksums; always in file stores). The typed Get checks
+  // it; a raw reader may.
+  std::optional<uint64_t> metadata_checksum() const {
+    return has_checksums_ ? std::optional<uint64_t>(metadata_checksum_) : std::nullopt;
+  }
 
   // Unpins the object. InvalidArgument if this view was already released or
   // moved from. After it, the spans must not be used.
@@ -189,6 +196,8 @@ class ZCSTORE_EXPORT ObjectView {
   ObjectId id_;
   std::span<const std::byte> metadata_;
   std::vector<std::span<const std::byte>> buffers_;
+  bool has_checksums_ = false;
+  uint64_t metadata_checksum_ = 0;
 };
 
 // An object being written. Move-only; not thread-safe (one writer).

@@ -2,7 +2,13 @@
 // a crash or garbage (these also run under AddressSanitizer in CI).
 #include <gtest/gtest.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <thread>
 
 #include <fstream>
 
@@ -205,6 +211,130 @@ TEST(SerializerBadInputTest, AStoreObjectThatIsNoEnvelope) {
   EXPECT_EQ(r.status().code(), StatusCode::kCorrupt);
   EXPECT_NE(r.status().message().find(id.ToString()), std::string::npos);
   EXPECT_EQ(store->Get<Model>(ObjectId::Random()).status().code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace zcstore
+
+namespace zcstore {
+namespace {
+
+// Where `needle` sits in [hay, hay + n), or nullptr.
+std::byte* Find(std::byte* hay, size_t n, std::span<const std::byte> needle) {
+  void* p = memmem(hay, n, needle.data(), needle.size());
+  return static_cast<std::byte*>(p);
+}
+
+TEST(EnvelopeRaceTest, AWriterChangingTheEnvelopeDuringGetsNeverOverflowsTheReader) {
+  // Any process with a writable mapping (every writer has one) can change
+  // the envelope while a reader checks it. Here a thread flips the length of
+  // the shape vector between 1 and 2^27 as fast as it can while this thread
+  // loads the object: each load must be whole or Corrupt, never a crash.
+  StoreOptions so;
+  so.capacity = 8 << 20;
+  std::string name = zcstore::testing::UniqueName("race");
+  auto store = Store::Create(name, so);
+  ASSERT_TRUE(store.ok());
+  constexpr uint64_t kElements = 20011;
+  Model m;
+  m.name = "race";
+  m.factors = Array<float>(kElements);
+  auto id = store->Put(m);
+  ASSERT_TRUE(id.ok());
+  std::vector<std::byte> md;
+  {
+    auto v = store->Get(*id);
+    ASSERT_TRUE(v.ok());
+    md.assign(v->metadata().begin(), v->metadata().end());
+  }
+  // Our own writable mapping of the segment, as another writer would have.
+  std::string path = "/dev/shm/zcstore." + std::to_string(geteuid()) + "." + name;
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  off_t size = lseek(fd, 0, SEEK_END);
+  auto* base = static_cast<std::byte*>(mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  close(fd);
+  ASSERT_NE(base, MAP_FAILED);
+  std::byte* env = Find(base, size, md);
+  ASSERT_NE(env, nullptr);
+  // The shape vector: a u32 count of 1, then the u64 element count.
+  std::byte* count = nullptr;
+  for (size_t off = 4; off + 8 <= md.size(); off += 4) {
+    uint32_t c;
+    uint64_t d;
+    std::memcpy(&c, env + off - 4, 4);
+    std::memcpy(&d, env + off, 8);
+    if (c == 1 && d == kElements) count = env + off - 4;
+  }
+  ASSERT_NE(count, nullptr) << "no shape vector in the envelope";
+  auto* word = reinterpret_cast<std::atomic<uint32_t>*>(count);
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      word->store(1u << 27, std::memory_order_relaxed);
+      word->store(1u, std::memory_order_relaxed);
+    }
+  });
+  int whole = 0, corrupt = 0;
+  auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(400);
+  while (std::chrono::steady_clock::now() < until) {
+    auto p = store->Get<Model>(*id);
+    if (p.ok()) {
+      ++whole;
+      ASSERT_EQ((*p)->factors.size(), kElements);
+      ASSERT_EQ((*p)->factors.shape(), std::vector<uint64_t>{kElements});
+    } else {
+      ++corrupt;
+      ASSERT_EQ(p.status().code(), StatusCode::kCorrupt) << p.status().ToString();
+    }
+  }
+  stop = true;
+  writer.join();
+  munmap(base, size);
+  EXPECT_GT(whole + corrupt, 100);
+  RecordProperty("whole", whole);
+  RecordProperty("corrupt", corrupt);
+}
+
+TEST(EnvelopeRaceTest, AChangedInlineFieldFailsTheTypedGetWhenChecksumsAreOn) {
+  zcstore::testing::TempDir dir;
+  std::string path = dir.path() + "/m.zcs";
+  StoreOptions so;
+  so.backing = Backing::kFile;
+  so.capacity = 1 << 20;
+  ObjectId id;
+  {
+    auto s = Store::Create(path, so);
+    ASSERT_TRUE(s.ok());
+    Model m;
+    m.name = "a name nobody would change";
+    m.dims = 7;
+    auto put = s->Put(m);
+    ASSERT_TRUE(put.ok());
+    id = *put;
+  }
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  size_t at = bytes.find("nobody");
+  ASSERT_NE(at, std::string::npos);
+  {
+    int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_EQ(pwrite(fd, "N", 1, static_cast<off_t>(at)), 1);
+    close(fd);
+  }
+  OpenOptions o;
+  o.backing = Backing::kFile;
+  o.read_only = true;
+  auto s = Store::Open(path, o);
+  ASSERT_TRUE(s.ok());
+  auto p = s->Get<Model>(id);
+  ASSERT_FALSE(p.ok()) << "the altered name came back: " << (*p)->name;
+  EXPECT_EQ(p.status().code(), StatusCode::kCorrupt);
+  EXPECT_NE(p.status().message().find("metadata checksum"), std::string::npos)
+      << p.status().ToString();
 }
 
 }  // namespace

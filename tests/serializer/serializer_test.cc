@@ -336,3 +336,68 @@ TEST(SerializerTest, ExceptionsInUserCodeBecomeStatuses) {
 
 }  // namespace
 }  // namespace zcstore
+
+namespace zcstore {
+namespace {
+
+// A model shared with another owner through a shared_ptr.
+struct SharedHolder {
+  std::shared_ptr<std::vector<float>> big;
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(big);
+  }
+};
+
+TEST(SerializerMoveTest, AMovePutNeverReleasesWhatAnotherOwnerShares) {
+  Store store = MakeStore();
+  auto data = std::make_shared<std::vector<float>>(1 << 18, 1.5f);
+  SharedHolder h{data};
+  auto id = store.Put(std::move(h));
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  ASSERT_EQ(data->size(), size_t{1} << 18) << "the other owner's vector was emptied";
+  EXPECT_EQ((*data)[12345], 1.5f);
+  auto back = store.Get<SharedHolder>(*id);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ((*back)->big->at(777), 1.5f);
+}
+
+// A type that can be copied but not moved: std::move(obj) copies it.
+struct CopyOnly {
+  Array<float> a;
+  CopyOnly() = default;
+  CopyOnly(const CopyOnly&) = default;
+  CopyOnly& operator=(const CopyOnly&) = default;
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(a);
+  }
+};
+
+TEST(SerializerMoveTest, AnAdoptedArrayLetsGoOfItsWritablePointer) {
+  Store store = MakeStore();
+  CopyOnly obj;
+  auto a = Array<float>::AllocateIn(store, 1 << 16);
+  ASSERT_TRUE(a.ok());
+  std::fill(a->mutable_data(), a->mutable_data() + a->size(), 2.f);
+  obj.a = std::move(*a);
+  auto id = store.Put(std::move(obj));
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  // Had obj kept its pointer, writes through it would reach the sealed object.
+  EXPECT_EQ(obj.a.size(), 0u);
+  EXPECT_EQ(obj.a.mutable_data(), nullptr);
+  auto back = store.Get<CopyOnly>(*id);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ((*back)->a[100], 2.f);
+}
+
+TEST(SerializerMoveTest, ArraySizesThatOverflowAreRefused) {
+  Store store = MakeStore();
+  auto a = Array<double>::AllocateIn(store, SIZE_MAX / 4);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), StatusCode::kInvalidArgument) << a.status().ToString();
+  EXPECT_THROW(Array<double>::Uninitialized(SIZE_MAX / 4), std::bad_array_new_length);
+}
+
+}  // namespace
+}  // namespace zcstore

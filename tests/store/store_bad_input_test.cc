@@ -166,6 +166,101 @@ TEST_F(BadFileTest, ExtentOutOfRange) {
   EXPECT_EQ(s->Stats()->objects, 1u);
 }
 
+TEST_F(BadFileTest, AnExtentThatIsNotWholePagesIsDroppedAndPutsStillWork) {
+  // 8192 patched to 4001: the next object would land off a page and its
+  // header write would fault.
+  uint64_t e = EntryOffset(a_);
+  WriteAt(path_, e + offsetof(ObjectEntry, size), uint64_t{4001});
+  {
+    auto s = OpenReadOnly();
+    ASSERT_TRUE(s.ok());
+    EXPECT_EQ(s->Get(a_).status().code(), StatusCode::kCorrupt);
+    EXPECT_EQ(s->VerifyAll().code(), StatusCode::kCorrupt);
+    ExpectBIntact(*s);
+  }
+  auto s = OpenReadWrite();
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->Get(a_).status().code(), StatusCode::kNotFound);
+  ExpectBIntact(*s);
+  for (int i = 0; i < 3; ++i) {
+    ObjectId c = ObjectId::Random();
+    auto bytes = Pattern(c, 0, 3000 + 4096 * i);
+    std::span<const std::byte> bufs[] = {bytes};
+    ASSERT_TRUE(s->Put(c, {}, bufs).ok());
+    auto v = s->Get(c);
+    ASSERT_TRUE(v.ok());
+    EXPECT_EQ(FirstMismatch(c, 0, v->buffer(0)), -1);
+  }
+  EXPECT_TRUE(s->VerifyAll().ok());
+}
+
+TEST_F(BadFileTest, ADamagedEntryNeverEvictsTheIntactObjectItOverlaps) {
+  // A's offset moved from 0 to 4096: its extent now overlaps B's. Recovery
+  // must drop A (its header is not where its entry says), never B.
+  auto a = ReadAt<ObjectEntry>(path_, EntryOffset(a_));
+  auto b = ReadAt<ObjectEntry>(path_, EntryOffset(b_));
+  ASSERT_EQ(a.offset, 0u);
+  ASSERT_LT(b.offset, 4096 + a.size) << "the fixture's objects must overlap once A moves";
+  WriteAt(path_, EntryOffset(a_) + offsetof(ObjectEntry, offset), uint64_t{4096});
+  {
+    auto s = OpenReadWrite();
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    ExpectBIntact(*s);
+    EXPECT_NE(s->Get(a_).status().code(), StatusCode::kOk);
+  }
+  auto s = OpenReadOnly();  // and B is still there for good
+  ASSERT_TRUE(s.ok());
+  ExpectBIntact(*s);
+  EXPECT_TRUE(s->VerifyAll().ok());
+}
+
+TEST_F(BadFileTest, AnObjectThatLostItsChecksumsIsCorruptNotSkipped) {
+  // In a file store every object has checksums: a cleared flag (and the
+  // damaged data it would hide) must not pass as "nothing to verify".
+  uint64_t h = ObjectOffset(a_);
+  WriteAt(path_, h + offsetof(ObjectHeader, has_checksums), uint32_t{0});
+  auto d = ReadAt<BufferDesc>(path_, h + sizeof(ObjectHeader));
+  WriteAt(path_, h + d.offset, uint8_t{0xAB});
+  auto s = OpenReadOnly();
+  ASSERT_TRUE(s.ok());
+  Status st = s->Verify(a_);
+  EXPECT_EQ(st.code(), StatusCode::kCorrupt) << st.ToString();
+  EXPECT_NE(st.message().find("no checksums"), std::string::npos) << st.message();
+  EXPECT_EQ(s->VerifyAll().code(), StatusCode::kCorrupt);
+  EXPECT_EQ(s->Get(a_).status().code(), StatusCode::kCorrupt);
+  ExpectBIntact(*s);
+}
+
+TEST_F(BadFileTest, AnUnknownStateOrADamagedNameIsReportedByVerifyAll) {
+  {
+    auto s = OpenReadWrite();
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(s->Bind("model", b_).ok());
+  }
+  {
+    auto s = OpenReadOnly();
+    ASSERT_TRUE(s.ok());
+    EXPECT_TRUE(s->VerifyAll().ok());
+  }
+  uint64_t name_id = header_.names_offset + offsetof(internal::NameEntry, id_lo);
+  uint64_t good = ReadAt<uint64_t>(path_, name_id);
+  WriteAt(path_, name_id, good ^ 0x10);
+  {
+    auto s = OpenReadOnly();
+    ASSERT_TRUE(s.ok());
+    Status st = s->VerifyAll();
+    EXPECT_EQ(st.code(), StatusCode::kCorrupt) << st.ToString();
+    EXPECT_NE(st.message().find("name entry 0"), std::string::npos) << st.message();
+  }
+  WriteAt(path_, name_id, good);
+  WriteAt(path_, EntryOffset(a_) + offsetof(ObjectEntry, state), uint32_t{9});
+  auto s = OpenReadOnly();
+  ASSERT_TRUE(s.ok());
+  Status st = s->VerifyAll();
+  EXPECT_EQ(st.code(), StatusCode::kCorrupt) << st.ToString();
+  EXPECT_NE(st.message().find("unknown state"), std::string::npos) << st.message();
+}
+
 TEST_F(BadFileTest, BufferLengthOutOfRange) {
   uint64_t desc = ObjectOffset(a_) + sizeof(ObjectHeader);
   WriteAt(path_, desc + offsetof(BufferDesc, size), uint64_t{1} << 40);
