@@ -101,6 +101,12 @@ std::string DescribeExit(int wait_status);
 Status MakeLogPipe(int fds[2]);
 void KillProcess(pid_t pid, int signal);
 
+// How many times this process's ancestry forked into it: 0 in the process
+// that first asked, +1 in each child of fork(2) since (pthread_atfork). A
+// handle remembers it at open, so it can tell with one load that it was
+// inherited by a forked child.
+uint64_t ForkGeneration();
+
 void FillRandom(void* out, size_t size);
 int64_t UnixNanos();
 uid_t UserId();

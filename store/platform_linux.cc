@@ -14,7 +14,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -365,6 +368,17 @@ Status MakeLogPipe(int fds[2]) {
 
 void KillProcess(pid_t pid, int signal) {
   if (pid > 0) kill(pid, signal);
+}
+
+namespace {
+std::atomic<uint64_t> fork_generation{0};
+void CountFork() { fork_generation.fetch_add(1, std::memory_order_relaxed); }
+}  // namespace
+
+uint64_t ForkGeneration() {
+  static const bool registered = pthread_atfork(nullptr, nullptr, CountFork) == 0;
+  (void)registered;
+  return fork_generation.load(std::memory_order_relaxed);
 }
 
 void FillRandom(void* out, size_t size) {

@@ -434,8 +434,16 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::OpenFd(int fd, bool read_only) {
   return s;
 }
 
+Status StoreImpl::InheritedByFork() const {
+  return InvalidArgument(Describe() + " was opened by process " + std::to_string(opener_pid_) +
+                         ", and this process is a fork of it: a forked child may read the views "
+                         "it inherited, and must open the store again for anything else");
+}
+
 StoreImpl::~StoreImpl() {
-  if (base_ != nullptr && client_ != kNone) {
+  // In a forked child the registration, the pins and the name are the
+  // parent's: drop only this process's mappings and descriptor.
+  if (base_ != nullptr && client_ != kNone && !InForkedChild()) {
     Lock();
     ReleaseClientLocked(client_, /*dead=*/false);
     Unlock();
@@ -447,7 +455,7 @@ StoreImpl::~StoreImpl() {
 }
 
 void StoreImpl::UnlinkIfOwner() {
-  if (!created_ || persistent_ || backing_ != Backing::kSharedMemory) return;
+  if (!created_ || persistent_ || backing_ != Backing::kSharedMemory || InForkedChild()) return;
   // Unlink only if the name still refers to our segment (not a newer store
   // that replaced ours after it was removed).
   struct stat mine, theirs;
@@ -887,6 +895,7 @@ Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
 }
 
 Status StoreImpl::Seal(ObjectBuilder& b) {
+  if (Status st = CheckProcess(); !st.ok()) return st;
   // The builder remembers its extent: nothing here is re-read from the
   // shared table, which another process could have scribbled on.
   std::byte* extent = b.extent_.data();
@@ -938,6 +947,7 @@ Status StoreImpl::Seal(ObjectBuilder& b) {
 }
 
 Status StoreImpl::Abort(ObjectBuilder& b) {
+  if (InForkedChild()) return Status::OK();  // the parent's object, not ours to drop
   ObjectEntry& e = objects_[b.slot_];
   Lock();
   if (e.state == kUnsealed && e.creator_client == client_ && e.id_hi == b.id_.hi &&
@@ -996,7 +1006,7 @@ Result<ObjectView> StoreImpl::Get(ObjectId id, std::vector<uint64_t>* checksums)
 }
 
 Status StoreImpl::Release(ObjectView& v) {
-  if (!snapshot_) {
+  if (!snapshot_ && !InForkedChild()) {  // a fork's pins are its parent's
     Lock();
     UnpinLocked(v.slot_);
     Unlock();
@@ -1411,11 +1421,13 @@ Status Store::Remove(std::string_view name, const OpenOptions& options) {
 Result<ObjectBuilder> Store::CreateObject(ObjectId id, size_t metadata_size,
                                           std::span<const size_t> buffer_sizes,
                                           std::span<ObjectBuilder> adopt) {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
   return impl_->CreateObject(id, metadata_size, buffer_sizes, adopt);
 }
 
 Status Store::Put(ObjectId id, std::span<const std::byte> metadata,
                   std::span<const std::span<const std::byte>> buffers) {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
   std::vector<size_t> sizes;
   sizes.reserve(buffers.size());
   for (auto& b : buffers) sizes.push_back(b.size());
@@ -1430,14 +1442,30 @@ Status Store::Put(ObjectId id, std::span<const std::byte> metadata,
   return builder->Seal();
 }
 
-Result<ObjectView> Store::Get(ObjectId id) const { return impl_->Get(id); }
-Status Store::Delete(ObjectId id) { return impl_->Delete(id); }
-bool Store::Contains(ObjectId id) const { return impl_->Contains(id); }
-Result<std::vector<ObjectInfo>> Store::List() const { return impl_->List(); }
-Result<StoreStats> Store::Stats() const { return impl_->Stats(); }
-Status Store::Verify(ObjectId id) const { return impl_->Verify(id); }
+Result<ObjectView> Store::Get(ObjectId id) const {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
+  return impl_->Get(id);
+}
+Status Store::Delete(ObjectId id) {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
+  return impl_->Delete(id);
+}
+bool Store::Contains(ObjectId id) const { return impl_->CheckProcess().ok() && impl_->Contains(id); }
+Result<std::vector<ObjectInfo>> Store::List() const {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
+  return impl_->List();
+}
+Result<StoreStats> Store::Stats() const {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
+  return impl_->Stats();
+}
+Status Store::Verify(ObjectId id) const {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
+  return impl_->Verify(id);
+}
 
 Status Store::VerifyAll() const {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
   if (Status st = impl_->VerifyTables(); !st.ok()) return st;
   auto objects = impl_->List();
   if (!objects.ok()) return objects.status();
@@ -1449,10 +1477,22 @@ Status Store::VerifyAll() const {
   return Status::OK();
 }
 
-Status Store::Bind(std::string_view name, ObjectId id) { return impl_->Bind(name, id); }
-Result<ObjectId> Store::Lookup(std::string_view name) const { return impl_->Lookup(name); }
-Status Store::Unbind(std::string_view name) { return impl_->Unbind(name); }
-Result<uint32_t> Store::ReclaimDead() { return impl_->ReclaimDead(); }
+Status Store::Bind(std::string_view name, ObjectId id) {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
+  return impl_->Bind(name, id);
+}
+Result<ObjectId> Store::Lookup(std::string_view name) const {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
+  return impl_->Lookup(name);
+}
+Status Store::Unbind(std::string_view name) {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
+  return impl_->Unbind(name);
+}
+Result<uint32_t> Store::ReclaimDead() {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
+  return impl_->ReclaimDead();
+}
 const std::string& Store::name() const { return impl_->name(); }
 Backing Store::backing() const { return impl_->backing(); }
 bool Store::read_only() const { return impl_->read_only(); }

@@ -14,7 +14,10 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "store/layout_internal.h"
+#include "store/platform_internal.h"
 #include "zcstore/store.h"
 
 namespace zcstore::internal {
@@ -75,6 +78,16 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   // shared-memory store's name if it still names this segment.
   void UnlinkIfOwner();
 
+  // OK in the process that opened this handle; InvalidArgument in a child
+  // forked from it, which shares the mapping but not the registration: it
+  // may read the views it inherited and must open the store again for
+  // anything else.
+  Status CheckProcess() const {
+    if (fork_generation_ == platform::ForkGeneration()) [[likely]] return Status::OK();
+    return InheritedByFork();
+  }
+  bool InForkedChild() const { return fork_generation_ != platform::ForkGeneration(); }
+
   const std::string& name() const { return name_; }
   Backing backing() const { return backing_; }
   bool read_only() const { return read_only_; }
@@ -133,6 +146,7 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
                     std::vector<uint64_t>* checksums) const;
   void SyncEntry(uint32_t slot);
   std::string Describe() const;  // "store 'x'" for messages
+  Status InheritedByFork() const;
 
   // --- recovery (store_recovery.cc) ---
   // Rebuilds every derived field from the primary ones after a process died
@@ -147,6 +161,8 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   friend class zcstore::ObjectView;
   friend class zcstore::ObjectBuilder;
 
+  uint64_t fork_generation_ = platform::ForkGeneration();  // of the process that opened it
+  pid_t opener_pid_ = getpid();
   std::string name_;
   std::string path_;  // empty for memfd
   Backing backing_ = Backing::kSharedMemory;

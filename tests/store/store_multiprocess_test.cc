@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+
+#include <algorithm>
 #include <unistd.h>
 
 #include <sstream>
@@ -270,6 +272,62 @@ TEST(MultiProcessTest, StoreWithALiveUserIsNotReplaced) {
   c.CloseStdin();
   EXPECT_TRUE(ExitedZero(c.Wait()));
   EXPECT_EQ(Store::Open(name).status().code(), StatusCode::kNotFound);  // closed cleanly: removed
+}
+
+}  // namespace
+}  // namespace zcstore
+
+namespace zcstore {
+namespace {
+
+TEST(ForkTest, AForkedChildThatDropsWhatItInheritedLeavesTheParentAlone) {
+  // The child inherits the parent's handle and view. Dropping them must not
+  // release the parent's pins or registration, nor unlink the parent's
+  // segment; using the handle is a clear error.
+  StoreOptions o;
+  o.capacity = 8 << 20;
+  std::string name = testing::UniqueName("fork");
+  auto store = Store::Create(name, o);
+  ASSERT_TRUE(store.ok());
+  ObjectId id = ObjectId::Random();
+  auto bytes = testing::Pattern(id, 0, 1 << 20);
+  std::span<const std::byte> bufs[] = {bytes};
+  ASSERT_TRUE(store->Put(id, {}, bufs).ok());
+  auto view = store->Get(id);
+  ASSERT_TRUE(view.ok());
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int code = 0;
+    if (store->Get(id).status().code() != StatusCode::kInvalidArgument) code |= 1;
+    if (store->Put(ObjectId::Random(), {}, bufs).code() != StatusCode::kInvalidArgument) code |= 2;
+    if (testing::FirstMismatch(id, 0, view->buffer(0)) != -1) code |= 4;  // reading is fine
+    { ObjectView dropped = std::move(*view); }
+    { Store dropped = std::move(*store); }
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  auto names = Store::ListStores();
+  ASSERT_TRUE(names.ok());
+  EXPECT_NE(std::find(names->begin(), names->end(), name), names->end())
+      << "the child unlinked the parent's segment";
+  auto stats = store->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->clients, 1u);
+  EXPECT_EQ(stats->pins, 1u);
+  // The view's extent is still held: deleting and refilling the store
+  // never reuses it while the view lives.
+  ASSERT_TRUE(store->Delete(id).ok());
+  for (int i = 0; i < 4; ++i) {
+    ObjectId other = ObjectId::Random();
+    auto more = testing::Pattern(other, 0, 1 << 20);
+    std::span<const std::byte> b[] = {more};
+    ASSERT_TRUE(store->Put(other, {}, b).ok());
+  }
+  EXPECT_EQ(testing::FirstMismatch(id, 0, view->buffer(0)), -1);
 }
 
 }  // namespace
