@@ -217,6 +217,10 @@ int RunWorkerProcess(int argc, char** argv) {
   w.responses = internal::ResponseRing(*control, w.index);
   w.doorbell = internal::kDoorbellFd;
   w.store = std::make_unique<Store>(std::move(*store));
+  // The handle has a descriptor of its own; the inherited one shares the
+  // parent's open file description, and would keep the parent's liveness
+  // lock held after the parent died.
+  internal::platform::CloseFile(internal::kStoreFd);
   int rc = internal::WorkerLoop(w);
   std::fflush(stdout);
   std::fflush(stderr);

@@ -123,11 +123,22 @@ static_assert(sizeof(ObjectEntry) == 64);
 
 enum ClientState : uint32_t { kClientFree = 0, kClientLive = 1 };
 
+// How others tell that a client's process still runs.
+enum ClientLiveness : uint32_t {
+  // By its ProcessStamp (PID, start time, boot): handles that share their
+  // open file description with another handle, and stores of old builds.
+  kLivenessStamp = 0,
+  // By a lock on the entry's first byte (in the store file), held by the
+  // handle's own open file description: the kernel drops it when the
+  // process dies, so nothing needs /proc or a shared PID namespace.
+  kLivenessLock = 1,
+};
+
 // One open Store handle. Its pins are PinRecord[max_pins_per_client] at
 // pins_offset + index * max_pins_per_client * sizeof(PinRecord).
 struct alignas(32) ClientEntry {
-  uint32_t state;  // ClientState; written last when registering
-  uint32_t reserved;
+  uint32_t state;     // ClientState; written last when registering
+  uint32_t liveness;  // ClientLiveness
   ProcessStamp process;
 };
 static_assert(sizeof(ClientEntry) == 32);

@@ -23,8 +23,26 @@ Status ErrnoStatus(int err, std::string_view what);
 
 // The calling process, as stored in client and creator records.
 ProcessStamp SelfStamp();
-// True if the process `stamp` names still runs (same PID, start time and boot).
+// True unless the process `stamp` names is known to be gone: another PID,
+// start time or boot. A process whose /proc entry cannot be read (hidepid,
+// no /proc) counts as alive while kill(2) finds its PID, and so does a
+// zombie (its mappings go only when it is reaped). The fallback for
+// handles that cannot hold a liveness lock (see LockByte).
 bool IsAlive(const ProcessStamp& stamp);
+
+// Byte locks owned by an open file description (F_OFD_SETLK): the kernel
+// drops them when the last descriptor of that description closes, which
+// happens when its process dies, however it dies, in whatever PID
+// namespace. A store's clients prove they are alive with them.
+// Takes a write lock on byte `offset` without waiting: false if another
+// description holds it (or the call failed).
+bool LockByte(int fd, uint64_t offset);
+// True if a description other than `fd`'s holds a lock on any byte of
+// [offset, offset + length). (A lock of `fd`'s own description is not seen.)
+bool ByteRangeLocked(int fd, uint64_t offset, uint64_t length);
+// A new open file description of the file open as `fd` (through
+// /proc/self/fd), close-on-exec; -1 if there is none to be had.
+int ReopenFile(int fd, int flags);
 
 // open(2) that, when creating, sets exactly `mode` whatever the umask.
 Result<int> OpenFile(const std::string& path, int flags, mode_t mode);

@@ -84,15 +84,39 @@ bool IsAlive(const ProcessStamp& stamp) {
   if (stamp.pid == 0 || stamp.boot_id != boot_id) return false;
   pid_t pid = static_cast<pid_t>(stamp.pid);
   if (kill(pid, 0) != 0 && errno == ESRCH) return false;
-  // A zombie has exited: its pins are as good as released.
+  uint64_t ticks = ReadStartTicks(pid);
+  // 0: /proc does not tell (hidden or absent). Then the PID is all we know.
+  return ticks == 0 || stamp.start_ticks == 0 || ticks == stamp.start_ticks;
+}
+
+bool LockByte(int fd, uint64_t offset) {
+  struct flock l {};
+  l.l_type = F_WRLCK;
+  l.l_whence = SEEK_SET;
+  l.l_start = static_cast<off_t>(offset);
+  l.l_len = 1;
+  while (fcntl(fd, F_OFD_SETLK, &l) != 0) {
+    if (errno != EINTR) return false;
+  }
+  return true;
+}
+
+bool ByteRangeLocked(int fd, uint64_t offset, uint64_t length) {
+  struct flock l {};
+  l.l_type = F_WRLCK;
+  l.l_whence = SEEK_SET;
+  l.l_start = static_cast<off_t>(offset);
+  l.l_len = static_cast<off_t>(length);
+  while (fcntl(fd, F_OFD_GETLK, &l) != 0) {
+    if (errno != EINTR) return true;  // cannot tell: say alive, never reap on doubt
+  }
+  return l.l_type != F_UNLCK;
+}
+
+int ReopenFile(int fd, int flags) {
   char path[64];
-  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
-  std::ifstream in(path);
-  std::string line;
-  if (!std::getline(in, line)) return false;
-  size_t close = line.rfind(')');
-  if (close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z') return false;
-  return ReadStartTicks(pid) == stamp.start_ticks;
+  std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  return ::open(path, flags | O_CLOEXEC);
 }
 
 Result<int> OpenFile(const std::string& path, int flags, mode_t mode) {

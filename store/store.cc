@@ -241,9 +241,13 @@ Status StoreImpl::FinishOpen(int timeout_ms) {
     if (Status st = LockWithin(timeout_ms); !st.ok()) return st;
     ReapDeadLocked();
   }
+  // A free record whose liveness lock is still held belongs to a handle
+  // that is closing (it frees its record before it closes its descriptor):
+  // take another.
   uint32_t slot = kNone;
   for (uint32_t c = 0; c < geo_.max_clients && slot == kNone; ++c) {
-    if (clients_[c].state == kClientFree) slot = c;
+    if (clients_[c].state != kClientFree) continue;
+    if (!private_description_ || platform::LockByte(fd_, ClientLockOffset(c))) slot = c;
   }
   if (slot == kNone) {
     Unlock();
@@ -257,6 +261,7 @@ Status StoreImpl::FinishOpen(int timeout_ms) {
   free_records_.resize(geo_.max_pins);
   for (uint32_t i = 0; i < geo_.max_pins; ++i) free_records_[i] = geo_.max_pins - 1 - i;
   clients_[slot].process = platform::SelfStamp();
+  clients_[slot].liveness = private_description_ ? kLivenessLock : kLivenessStamp;
   __atomic_store_n(&clients_[slot].state, kClientLive, __ATOMIC_RELEASE);
   client_ = slot;
   Unlock();
@@ -270,6 +275,7 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::Create(std::string_view name,
   std::shared_ptr<StoreImpl> s(new StoreImpl());
   s->backing_ = options.backing;
   s->created_ = true;
+  s->private_description_ = true;  // its own open(2) or memfd_create
   s->persistent_ = options.persistent;
   s->geo_ = *geo;
   std::string temp;
@@ -388,6 +394,7 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::Open(std::string_view name,
     return fd.status().WithContext(s->Describe());
   }
   s->fd_ = *fd;
+  s->private_description_ = true;
   s->snapshot_ = snapshot;
   // File stores: one read-write handle, or any number of read-only ones.
   // Shared memory: the lock only serialises opening (and gc, which takes it
@@ -417,7 +424,11 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::OpenFd(int fd, bool read_only) {
   s->backing_ = Backing::kMemfd;
   s->read_only_ = read_only;
   s->name_ = "memfd:" + std::to_string(fd);
-  s->fd_ = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  // A descriptor of our own: a dup would share the description (and so the
+  // liveness lock) with whoever handed us `fd`.
+  s->fd_ = platform::ReopenFile(fd, O_RDWR);
+  s->private_description_ = s->fd_ >= 0;
+  if (s->fd_ < 0) s->fd_ = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (s->fd_ < 0) return platform::ErrnoStatus(errno, "cannot duplicate store fd");
   constexpr int kOpenTimeoutMs = 5000;  // as OpenOptions::lock_timeout
   // A memfd has no name to plant a file under, and always shows mode 0777:
@@ -445,8 +456,12 @@ StoreImpl::~StoreImpl() {
   // parent's: drop only this process's mappings and descriptor.
   if (base_ != nullptr && client_ != kNone && !InForkedChild()) {
     Lock();
-    ReleaseClientLocked(client_, /*dead=*/false);
+    ReleaseClientLocked(client_, /*dead=*/false, /*free_record=*/false);
     Unlock();
+    // Freed only once we are out of the lock: while the record is live, an
+    // opener never judges that nobody uses the store (and re-initialises a
+    // mutex we hold). Closing fd_ below drops the liveness lock.
+    __atomic_store_n(&clients_[client_].state, kClientFree, __ATOMIC_RELEASE);
     if (backing_ == Backing::kFile) (void)platform::SyncRange(base_, geo_.data_offset);
   }
   platform::Unmap(write_data_, geo_.data_size);
@@ -655,7 +670,7 @@ void StoreImpl::UnpinLocked(uint32_t slot) {
   if (e.pins == 0 && e.state == kDeleted) FreeSlot(slot);
 }
 
-void StoreImpl::ReleaseClientLocked(uint32_t client, bool dead) {
+void StoreImpl::ReleaseClientLocked(uint32_t client, bool dead, bool free_record) {
   PinRecord* pins = Pins(client);
   for (uint32_t i = 0; i < geo_.max_pins; ++i) {
     PinRecord& r = pins[i];
@@ -675,14 +690,13 @@ void StoreImpl::ReleaseClientLocked(uint32_t client, bool dead) {
       if (objects_[s].state == kUnsealed && objects_[s].creator_client == client) FreeSlot(s);
     }
   }
-  __atomic_store_n(&clients_[client].state, kClientFree, __ATOMIC_RELEASE);
+  if (free_record) __atomic_store_n(&clients_[client].state, kClientFree, __ATOMIC_RELEASE);
 }
 
 uint32_t StoreImpl::ReapDeadLocked() {
   uint32_t reaped = 0;
   for (uint32_t c = 0; c < geo_.max_clients; ++c) {
-    if (c != client_ && clients_[c].state == kClientLive &&
-        !platform::IsAlive(clients_[c].process)) {
+    if (c != client_ && clients_[c].state == kClientLive && !ClientAlive(c)) {
       ReleaseClientLocked(c, /*dead=*/true);
       ++reaped;
     }

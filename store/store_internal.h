@@ -134,7 +134,9 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   }
   Status PinLocked(uint32_t slot);
   void UnpinLocked(uint32_t slot);
-  void ReleaseClientLocked(uint32_t client, bool dead);
+  // Drops client `client`'s pins (and, if `dead`, frees the objects it was
+  // writing), then frees its record unless `free_record` is false.
+  void ReleaseClientLocked(uint32_t client, bool dead, bool free_record = true);
   uint32_t ReapDeadLocked();
   void UnbindAllLocked(ObjectId id);
   Status CheckExtent(uint32_t slot, const ObjectEntry& e) const;
@@ -156,6 +158,12 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   // header naming `e`'s id.
   bool HeaderNames(const ObjectEntry& e) const;
   bool AnyLiveClient() const;
+  // True unless client `c`'s process is known to be gone (its liveness lock
+  // is free, or its stamp names a dead process).
+  bool ClientAlive(uint32_t c) const;
+  uint64_t ClientLockOffset(uint32_t c) const {
+    return geo_.clients_offset + uint64_t{c} * sizeof(ClientEntry);
+  }
 
   friend class zcstore::Store;
   friend class zcstore::ObjectView;
@@ -171,6 +179,9 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   bool created_ = false;
   bool persistent_ = false;
   int fd_ = -1;
+  // True if fd_'s open file description is this handle's alone (not a dup
+  // another handle shares): only then can it hold and test liveness locks.
+  bool private_description_ = false;
   std::byte* base_ = nullptr;
   uint64_t mapped_size_ = 0;
   Geometry geo_;

@@ -23,9 +23,25 @@
 namespace zcstore {
 namespace internal {
 
+bool StoreImpl::ClientAlive(uint32_t c) const {
+  if (c == client_) return true;
+  const ClientEntry& ce = clients_[c];
+  if (ce.liveness == kLivenessLock && private_description_) {
+    return platform::ByteRangeLocked(fd_, ClientLockOffset(c), 1);
+  }
+  return platform::IsAlive(ce.process);
+}
+
 bool StoreImpl::AnyLiveClient() const {
+  // Any liveness lock held at all (by a live handle, or by one closing
+  // that has freed its record already) means somebody may be inside.
+  if (private_description_ &&
+      platform::ByteRangeLocked(fd_, geo_.clients_offset,
+                                uint64_t{geo_.max_clients} * sizeof(ClientEntry))) {
+    return true;
+  }
   for (uint32_t c = 0; c < geo_.max_clients; ++c) {
-    if (clients_[c].state == kClientLive && platform::IsAlive(clients_[c].process)) return true;
+    if (clients_[c].state == kClientLive && ClientAlive(c)) return true;
   }
   return false;
 }
@@ -44,7 +60,7 @@ void StoreImpl::RecoverLocked() {
   //    in a state we do not know.
   for (uint32_t c = 0; c < geo_.max_clients; ++c) {
     ClientEntry& ce = clients_[c];
-    bool live = ce.state == kClientLive && (c == client_ || platform::IsAlive(ce.process));
+    bool live = ce.state == kClientLive && ClientAlive(c);
     if (!live) {
       PinRecord* pins = Pins(c);
       std::fill(pins, pins + geo_.max_pins, PinRecord{0, 0});
@@ -174,14 +190,18 @@ bool StoreImpl::RemoveIfAbandoned(const std::string& path) {
     if (size.ok() && pread(*fd, &h, sizeof(h), 0) == static_cast<ssize_t>(sizeof(h))) {
       auto geo = Geometry::FromHeader(h, *size, path);
       if (geo.ok() && !(geo->flags & kFlagPersistent) && !platform::IsAlive(h.creator)) {
-        abandoned = true;
+        uint64_t table = uint64_t{geo->max_clients} * sizeof(ClientEntry);
+        // A liveness lock held anywhere in the client table: in use.
+        abandoned = !platform::ByteRangeLocked(*fd, geo->clients_offset, table);
         std::vector<ClientEntry> clients(geo->max_clients);
-        ssize_t want = static_cast<ssize_t>(clients.size() * sizeof(ClientEntry));
+        ssize_t want = static_cast<ssize_t>(table);
         if (pread(*fd, clients.data(), want, static_cast<off_t>(geo->clients_offset)) != want) {
           abandoned = false;
         }
         for (const ClientEntry& c : clients) {
-          if (c.state == kClientLive && platform::IsAlive(c.process)) abandoned = false;
+          if (c.state == kClientLive && c.liveness != kLivenessLock && platform::IsAlive(c.process)) {
+            abandoned = false;
+          }
         }
       }
     }

@@ -4,6 +4,7 @@
 // line per event, so the test can synchronise on what it reads. Exit status 0
 // means every check passed; the test asserts it.
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <sys/mount.h>
@@ -18,6 +19,7 @@
 #include <iostream>
 #include <memory>
 #include <random>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -89,6 +91,28 @@ int Pin(const std::vector<std::string>& a) {
   Say("pinned");
   WaitForStdinEof();
   return 0;
+}
+
+// Pins object a[1], then ends its main thread (pthread_exit) while another
+// thread keeps the pin: the process lives on, but /proc shows its thread
+// group leader as a zombie. Says "pinned", then "main exited"; exits at
+// stdin's EOF.
+int PinWithoutMainThread(const std::vector<std::string>& a) {
+  static Store* store = new Store(OpenOrDie(a[0]));
+  static ObjectView* view = nullptr;
+  auto v = store->Get(IdOrDie(a[1]));
+  if (!v.ok()) Fail(v.status().ToString());
+  view = new ObjectView(std::move(*v));
+  Say("pinned");
+  pthread_t main_thread = pthread_self();
+  std::thread([main_thread] {
+    pthread_join(main_thread, nullptr);
+    Say("main exited");
+    WaitForStdinEof();
+    std::fflush(stdout);
+    _exit(0);
+  }).detach();
+  pthread_exit(nullptr);
 }
 
 // Starts writing an object and stops half-way, to be killed there.
@@ -375,6 +399,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> a(argv + 2, argv + argc);
   if (cmd == "get" && a.size() == 2) return Get(a);
   if (cmd == "pin" && a.size() == 2) return Pin(a);
+  if (cmd == "pin-without-main-thread" && a.size() == 2) return PinWithoutMainThread(a);
   if (cmd == "put-hang" && a.size() == 3) return PutHang(a);
   if (cmd == "lock-hang" && a.size() == 1) return LockHang(a);
   if (cmd == "write-view" && a.size() == 2) return WriteView(a);

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <unistd.h>
 
+#include <memory>
 #include <sstream>
 
 #include "tests/test_util.h"
@@ -328,6 +329,65 @@ TEST(ForkTest, AForkedChildThatDropsWhatItInheritedLeavesTheParentAlone) {
     ASSERT_TRUE(store->Put(other, {}, b).ok());
   }
   EXPECT_EQ(testing::FirstMismatch(id, 0, view->buffer(0)), -1);
+}
+
+}  // namespace
+}  // namespace zcstore
+
+namespace zcstore {
+namespace {
+
+class LivenessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    StoreOptions o;
+    o.capacity = 4 << 20;
+    auto s = Store::Create(name_, o);
+    ASSERT_TRUE(s.ok());
+    store_ = std::make_unique<Store>(std::move(*s));
+    auto bytes = testing::Pattern(id_, 0, 64 << 10);
+    std::span<const std::byte> bufs[] = {bytes};
+    ASSERT_TRUE(store_->Put(id_, {}, bufs).ok());
+  }
+  // The other process's pin must survive every reclaim while it runs.
+  void ExpectPinnedByALiveProcess() {
+    auto reclaimed = store_->ReclaimDead();
+    ASSERT_TRUE(reclaimed.ok());
+    EXPECT_EQ(*reclaimed, 0u) << "a live process was judged dead";
+    EXPECT_EQ(store_->Stats()->pins, 1u);
+    EXPECT_EQ(store_->Stats()->clients, 2u);
+  }
+  // Once it is gone (by _exit or by a normal exit), its pin goes too.
+  void ExpectReleasedOnceGone(testing::Child& child) {
+    child.CloseStdin();
+    int status = child.Wait();
+    EXPECT_TRUE(WIFEXITED(status)) << status;
+    auto stats = store_->Stats();  // reclaims the dead
+    EXPECT_EQ(stats->pins, 0u);
+    EXPECT_EQ(stats->clients, 1u);
+  }
+  std::string name_ = testing::UniqueName("alive");
+  ObjectId id_ = ObjectId::Random();
+  std::unique_ptr<Store> store_;
+};
+
+TEST_F(LivenessTest, AProcessWhoseMainThreadExitedIsStillAlive) {
+  auto child = testing::Child::Helper({"pin-without-main-thread", name_, id_.ToString()});
+  ASSERT_EQ(child.ReadLine(), "pinned");
+  ASSERT_EQ(child.ReadLine(), "main exited");
+  ExpectPinnedByALiveProcess();
+  ExpectReleasedOnceGone(child);
+}
+
+TEST_F(LivenessTest, AProcessInAnotherPidNamespaceIsStillAlive) {
+  // Its PID means nothing here; the kernel's lock does.
+  auto child = testing::Child::Run("/usr/bin/unshare", {"--pid", "--fork", "--mount-proc",
+                                                        ZCSTORE_TEST_HELPER, "pin", name_,
+                                                        id_.ToString()});
+  std::string line = child.ReadLine();
+  if (line != "pinned") GTEST_SKIP() << "cannot start a process in a new PID namespace: " << line;
+  ExpectPinnedByALiveProcess();
+  ExpectReleasedOnceGone(child);
 }
 
 }  // namespace
