@@ -34,8 +34,16 @@
 // pins and unsealed objects of dead processes are reclaimed.
 //
 // Threads: a Store and its views may be used from many threads at once.
-// Processes: each process opens its own Store handle; all processes using one
-// store must share a PID namespace (liveness is checked by PID).
+// Processes: each process opens its own Store handle. A handle is alive while
+// the kernel says its process is (a lock it holds on the store file), so
+// users may sit in different PID namespaces. A child forked from a process
+// with open handles may read the views it inherited; every call on an
+// inherited handle is InvalidArgument, and dropping one releases nothing of
+// the parent's: the child opens its own (Open, or OpenFd on the inherited fd).
+// Trust: a store is opened only if it is a regular file of the effective
+// user that group and others cannot write (see OpenOptions), never through a
+// symbolic link; every value read from the store is checked from a private
+// copy, since another writer may change it while it is read.
 #ifndef ZCSTORE_STORE_H_
 #define ZCSTORE_STORE_H_
 
