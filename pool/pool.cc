@@ -25,12 +25,16 @@ using Clock = std::chrono::steady_clock;
 // Results of an unordered map waiting for its caller, at most (backpressure).
 constexpr size_t kMaxUntakenResults = 4096;
 
+
 namespace {
 
 struct InFlight {
   std::shared_ptr<Job> job;
   size_t first = 0, count = 0;
-  Clock::time_point deadline = Clock::time_point::max();
+  // The worker's results for this chunk go into the store under
+  // ResultId(nonce, item): what a worker killed before reporting them leaves
+  // behind can be found and deleted.
+  uint64_t nonce = 0;
   int attempt = 0;
   // Argument objects that Dispatch put into the store, to delete once
   // answered: item first + k's at [k], nil or past the end for inline ones.
@@ -53,7 +57,10 @@ struct Worker {
   bool ready = false;
   bool alive = false;
   bool timed_out = false;
-  int deaths_in_a_row = 0;             // deaths without a single answer between them
+  bool retired = false;                // died too often too fast: not replaced
+  int quick_deaths = 0;                // deaths without an answer, each within restart_window of the last
+  Clock::time_point last_death;
+  std::vector<ObjectId> pending_detaches;  // Detach messages the ring had no room for
   std::thread thread;                  // kThreads
   std::unique_ptr<WorkerState> state;  // kThreads
   std::deque<InFlight> in_flight;
@@ -77,6 +84,15 @@ class PoolCore {
   bool DrainLocked();
   void Complete(Worker& w, MessageReader& in);
   void HandleDeath(Worker& w);
+  // Gives up on worker `w` for good: fails the work only it could run, and,
+  // if no worker is left, everything pending and (through `no_workers`)
+  // everything submitted later. Holds `mu`.
+  void Retire(Worker& w, const std::string& why);
+  // When the task at the front of `w`'s queue must be done by (its start,
+  // as the worker recorded it, plus task_timeout), or max() if none.
+  Clock::time_point Deadline(const Worker& w) const;
+  // Sends the Detach messages that found `w`'s ring full. Holds `mu`.
+  void SendDetaches(Worker& w);
   void FailItems(const std::shared_ptr<Job>& job, size_t first, size_t count, StatusCode code,
                  const std::string& message);
   void DeleteRefs(std::vector<ObjectId>& refs);
@@ -96,7 +112,7 @@ class PoolCore {
   template <typename Ready>
   void WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready);
   Status Spawn(Worker& w);
-  void ReadLogs(Worker& w, bool to_eof);
+  void ReadLogs(Worker& w);  // what the pipe holds now; never waits for more
   void DeliverLogs();
   void Progress(bool final);
   std::string TaskName(uint32_t task) const {
@@ -129,6 +145,9 @@ class PoolCore {
   std::mutex progress_mu;  // one progress update at a time
   std::thread thread;
   bool shut_down = false;
+  uint64_t jobs_started = 0;  // Job::seq
+  uint64_t chunks_sent = 0;   // InFlight::nonce
+  std::string no_workers;     // non-empty once every worker is retired: why
   // Buffers reused under `mu`, so that a task costs no allocations here.
   std::vector<std::byte> drain_buffer, encode_scratch;
   MessageWriter dispatch_msg;
@@ -262,6 +281,36 @@ void PoolCore::DeleteRefs(std::vector<ObjectId>& refs) {
   refs.clear();
 }
 
+Clock::time_point PoolCore::Deadline(const Worker& w) const {
+  if (opts.task_timeout.count() <= 0 || opts.backend == PoolOptions::Backend::kThreads ||
+      w.in_flight.empty()) {
+    return Clock::time_point::max();
+  }
+  // Timed from when the worker started the task, not from when it was
+  // queued behind others in its ring.
+  const InFlight& f = w.in_flight.front();
+  const RingHeader* h = w.requests.header();
+  uint64_t item = h->current_item.load(std::memory_order_acquire);
+  int64_t started_ns = h->current_started_ns.load(std::memory_order_relaxed);
+  if (h->current_job.load(std::memory_order_relaxed) != f.job->seq || item < f.first ||
+      item >= f.first + f.count) {
+    return Clock::time_point::max();  // not started yet
+  }
+  auto started = Clock::now() - std::chrono::nanoseconds(platform::MonotonicNanos() - started_ns);
+  return started + opts.task_timeout;
+}
+
+void PoolCore::SendDetaches(Worker& w) {
+  MessageWriter detach;
+  while (w.alive && !w.pending_detaches.empty()) {
+    detach.Clear();
+    detach.U8(kDetach);
+    detach.Id(w.pending_detaches.front());
+    if (!w.requests.TryPush(detach.bytes())) return;
+    w.pending_detaches.erase(w.pending_detaches.begin());
+  }
+}
+
 void PoolCore::FailItems(const std::shared_ptr<Job>& job, size_t first, size_t count,
                          StatusCode code, const std::string& message) {
   for (size_t i = first; i < first + count; ++i) {
@@ -284,13 +333,16 @@ void PoolCore::Dispatch(std::vector<Ring>* defer_wakes) {
       std::shared_ptr<Job> job;
       size_t first = 0, count = 0;
       int attempt = 0;
-      if (!retries.empty()) {
-        Retry& r = retries.front();
-        job = r.job;
-        first = r.first;
-        count = r.count;
-        attempt = r.attempt;
-        retries.pop_front();
+      // A retry of a job meant for one worker (Broadcast) waits for that one.
+      auto retry = std::find_if(retries.begin(), retries.end(), [&](const Retry& r) {
+        return r.job->target_worker < 0 || r.job->target_worker == w.index;
+      });
+      if (retry != retries.end()) {
+        job = retry->job;
+        first = retry->first;
+        count = retry->count;
+        attempt = retry->attempt;
+        retries.erase(retry);
       } else {
         // An unordered job whose caller has not taken its results yet gets no
         // more work until it does: results never pile up without bound.
@@ -308,18 +360,17 @@ void PoolCore::Dispatch(std::vector<Ring>* defer_wakes) {
       }
       MessageWriter& msg = dispatch_msg;
       msg.Clear();
-      msg.U8(kRun);
-      msg.U64(reinterpret_cast<uint64_t>(job.get()));
-      msg.U32(job->task);
-      msg.U64(first);
-      size_t count_at = msg.Placeholder32();
       InFlight f;
       f.job = job;
       f.first = first;
       f.attempt = attempt;
-      if (opts.task_timeout.count() > 0 && opts.backend != PoolOptions::Backend::kThreads) {
-        f.deadline = Clock::now() + opts.task_timeout;
-      }
+      f.nonce = ++chunks_sent;
+      msg.U8(kRun);
+      msg.U64(job->seq);
+      msg.U64(f.nonce);
+      msg.U32(job->task);
+      msg.U64(first);
+      size_t count_at = msg.Placeholder32();
       size_t sent = 0;
       while (sent < count) {
         std::span<const std::byte> bytes = job->arg;
@@ -389,7 +440,7 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
   if (!in.U64(&job_id) || !in.U64(&first) || !in.U32(&count)) return fail("header");
   if (w.in_flight.empty()) return fail("nothing in flight");
   InFlight& f = w.in_flight.front();
-  if (job_id != reinterpret_cast<uint64_t>(f.job.get()) || first != f.first || count > f.count) {
+  if (job_id != f.job->seq || first != f.first || count > f.count) {
     return fail("not the chunk in flight");
   }
   Job& job = *f.job;
@@ -427,7 +478,7 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
     if (k < f.arg_refs.size() && !f.arg_refs[k].is_nil()) (void)store->Delete(f.arg_refs[k]);
   }
   JobMoved(job);
-  w.deaths_in_a_row = 0;
+  w.quick_deaths = 0;
   f.first += count;
   f.count -= count;
   f.arg_refs.erase(f.arg_refs.begin(),
@@ -437,10 +488,14 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
 
 void PoolCore::HandleDeath(Worker& w) {
   int status = 0;
-  if (!platform::TryReap(w.pid, &status)) return;
-  ReadLogs(w, /*to_eof=*/true);
+  platform::ReapResult reaped = platform::TryReap(w.pid, w.pidfd, &status);
+  if (reaped == platform::ReapResult::kRunning) return;
+  ReadLogs(w);
   std::string how = "worker " + std::to_string(w.index) + " (pid " + std::to_string(w.pid) + ") " +
-                    platform::DescribeExit(status);
+                    (reaped == platform::ReapResult::kReaped
+                         ? platform::DescribeExit(status)
+                         : "exited (how is unknown: the program ignores SIGCHLD or reaps its "
+                           "children itself)");
   // Only the item the worker was running fails (or is retried); whatever it
   // had not started, or finished without reporting, runs again elsewhere.
   uint64_t cur_job = w.requests.header()->current_job.load(std::memory_order_acquire);
@@ -448,8 +503,10 @@ void PoolCore::HandleDeath(Worker& w) {
   bool blamed = false;
   for (InFlight& f : w.in_flight) {
     DeleteRefs(f.arg_refs);
-    bool running_here = !blamed && cur_job == reinterpret_cast<uint64_t>(f.job.get()) &&
-                        cur_item >= f.first && cur_item < f.first + f.count;
+    // Results it stored but never reported are nobody's: delete them.
+    for (size_t k = 0; k < f.count; ++k) (void)store->Delete(ResultId(f.nonce, f.first + k));
+    bool running_here = !blamed && cur_job == f.job->seq && cur_item >= f.first &&
+                        cur_item < f.first + f.count;
     if (!running_here) {
       retries.push_back({f.job, f.first, f.count, f.attempt});
       continue;
@@ -472,6 +529,7 @@ void PoolCore::HandleDeath(Worker& w) {
     }
   }
   w.in_flight.clear();
+  w.pending_detaches.clear();  // its replacement has attached nothing yet
   platform::CloseFile(w.pidfd);
   platform::CloseFile(w.log_fd);
   w.pidfd = w.log_fd = -1;
@@ -482,39 +540,75 @@ void PoolCore::HandleDeath(Worker& w) {
     started_cv.notify_all();
     return;
   }
-  if (++w.deaths_in_a_row > 3) {
-    std::fprintf(stderr,
-                 "zcstore pool: worker %d died 3 times in a row without answering; "
-                 "not replacing it\n",
-                 w.index);
-  } else if (!stop && start_status.ok()) {
+  // A restart budget: deaths without an answer count only while each comes
+  // within restart_window of the last.
+  auto now = Clock::now();
+  w.quick_deaths = now - w.last_death < opts.restart_window ? w.quick_deaths + 1 : 1;
+  w.last_death = now;
+  if (stop || !start_status.ok()) {
+    // Shutting down: nothing to replace.
+  } else if (w.quick_deaths >= opts.max_quick_deaths) {
+    std::string why = "it died " + std::to_string(w.quick_deaths) +
+                      " times without answering, each within " +
+                      std::to_string(opts.restart_window.count()) + " ms of the last (last: " +
+                      how + ")";
+    std::fprintf(stderr, "zcstore pool: not replacing worker %d: %s\n", w.index, why.c_str());
+    Retire(w, why);
+  } else {
     ++stats.workers_replaced;
     if (Status st = Spawn(w); !st.ok()) {
       std::fprintf(stderr, "zcstore pool: cannot replace worker %d: %s\n", w.index,
                    st.ToString().c_str());
+      Retire(w, "it could not be replaced (" + st.ToString() + ")");
+    }
+  }
+}
+
+void PoolCore::Retire(Worker& w, const std::string& why) {
+  w.retired = true;
+  std::string because = "worker " + std::to_string(w.index) + " was retired: " + why;
+  // Work meant for this worker alone (Broadcast) can never run.
+  for (auto it = retries.begin(); it != retries.end();) {
+    if (it->job->target_worker == w.index) {
+      FailItems(it->job, it->first, it->count, StatusCode::kWorkerCrashed, because);
+      it = retries.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = jobs.begin(); it != jobs.end();) {
+    std::shared_ptr<Job> j = *it;
+    if (j->target_worker == w.index) {
+      FailItems(j, j->next, j->n - j->next, StatusCode::kWorkerCrashed, because);
+      j->next = j->n;
+      it = jobs.erase(it);
+    } else {
+      ++it;
     }
   }
   if (std::none_of(workers.begin(), workers.end(), [](const Worker& x) { return x.alive; })) {
-    // Nobody left to run anything: fail what waits rather than hang.
-    std::string why = "every worker of the pool died (" + how + ")";
-    for (Retry& r : retries) FailItems(r.job, r.first, r.count, StatusCode::kWorkerCrashed, why);
+    // Nobody left to run anything: fail what waits, and what comes later, at
+    // once rather than hang.
+    no_workers = "the pool has no worker left (" + because + ")";
+    for (Retry& r : retries) FailItems(r.job, r.first, r.count, StatusCode::kWorkerCrashed, no_workers);
     retries.clear();
     for (auto& j : jobs) {
-      FailItems(j, j->next, j->n - j->next, StatusCode::kWorkerCrashed, why);
+      FailItems(j, j->next, j->n - j->next, StatusCode::kWorkerCrashed, no_workers);
       j->next = j->n;
     }
     jobs.clear();
   }
 }
 
-void PoolCore::ReadLogs(Worker& w, bool to_eof) {
+void PoolCore::ReadLogs(Worker& w) {
   if (w.log_fd < 0) return;
   char buf[16384];
   while (true) {
     ssize_t got = read(w.log_fd, buf, sizeof(buf));
     if (got <= 0) {
       if (got < 0 && errno == EINTR) continue;
-      if (got < 0 && errno == EAGAIN && to_eof) continue;  // the writer is dead: EOF follows
+      // EAGAIN: all that is written is read. For a dead worker that is all it
+      // wrote (a descendant may hold the pipe open for ever: never wait).
       break;
     }
     w.partial_line.append(buf, static_cast<size_t>(got));
@@ -611,7 +705,10 @@ bool PoolCore::DrainLocked() {
     }
     if (!corrupt.ok()) platform::KillProcess(w.pid, SIGKILL);
   }
-  if (any) Dispatch();  // answers free room, and a hello brings a worker
+  if (any) {
+    for (Worker& w : workers) SendDetaches(w);
+    Dispatch();  // answers free room, and a hello brings a worker
+  }
   return any;
 }
 
@@ -646,10 +743,9 @@ void PoolCore::Run() {
           fds.push_back({w.log_fd, POLLIN, 0});
           owner.push_back(w.index);
         }
-        if (!w.in_flight.empty() && w.in_flight.front().deadline != Clock::time_point::max()) {
-          auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          w.in_flight.front().deadline - Clock::now())
-                          .count();
+        if (auto deadline = Deadline(w); deadline != Clock::time_point::max()) {
+          auto left =
+              std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
           timeout_ms = static_cast<int>(std::clamp<int64_t>(left + 1, 0, timeout_ms));
         }
       }
@@ -668,8 +764,7 @@ void PoolCore::Run() {
       }
       auto now = Clock::now();
       for (Worker& w : workers) {
-        if (w.alive && !w.timed_out && !w.in_flight.empty() &&
-            w.in_flight.front().deadline <= now) {
+        if (w.alive && !w.timed_out && Deadline(w) <= now) {
           w.timed_out = true;
           platform::KillProcess(w.pid, SIGKILL);
         }
@@ -681,7 +776,7 @@ void PoolCore::Run() {
       if (stop && idle) break;
       if (!start_status.ok() && hellos < n) break;
     }
-    for (Worker& w : workers) ReadLogs(w, false);
+    for (Worker& w : workers) ReadLogs(w);
     DeliverLogs();
     if (Clock::now() - last_progress > std::chrono::milliseconds(100)) {
       Progress(false);
@@ -709,7 +804,7 @@ void PoolCore::Run() {
       continue;
     }
     int status;
-    while (!platform::TryReap(w->pid, &status)) {
+    while (platform::TryReap(w->pid, w->pidfd, &status) == platform::ReapResult::kRunning) {
       if (Clock::now() > deadline) {
         platform::KillProcess(w->pid, SIGKILL);
         deadline = Clock::time_point::max();
@@ -717,7 +812,7 @@ void PoolCore::Run() {
       pollfd p{w->pidfd, POLLIN, 0};
       poll(&p, 1, 50);
     }
-    ReadLogs(*w, true);
+    ReadLogs(*w);
     platform::CloseFile(w->pidfd);
     platform::CloseFile(w->log_fd);
     w->pidfd = w->log_fd = -1;
@@ -869,7 +964,7 @@ Result<std::unique_ptr<Pool>> Pool::Create(const PoolOptions& options) {
     return InvalidArgument("max_in_flight_per_worker must be at least 1");
   }
   std::unique_ptr<Pool> pool(new Pool());
-  pool->core_ = std::make_unique<PoolCore>(options);
+  pool->core_ = std::make_shared<PoolCore>(options);
   PoolCore& c = *pool->core_;
   if (Status st = c.Init(); !st.ok()) return st;
   c.thread = std::thread([&c] { c.Run(); });
@@ -962,6 +1057,16 @@ void Pool::Start(const std::shared_ptr<internal::Job>& job, bool track) {
       c.FailItems(job, 0, job->n, StatusCode::kCancelled, "the pool is shut down");
       return;
     }
+    if (!c.no_workers.empty()) {
+      c.FailItems(job, 0, job->n, StatusCode::kWorkerCrashed, c.no_workers);
+      return;
+    }
+    if (job->target_worker >= 0 && c.workers[job->target_worker].retired) {
+      c.FailItems(job, 0, job->n, StatusCode::kWorkerCrashed,
+                  "worker " + std::to_string(job->target_worker) + " was retired");
+      return;
+    }
+    job->seq = ++c.jobs_started;
     if (track) {
       if (c.tracked.empty()) c.progress_start = internal::Clock::now();
       c.tracked.push_back(job);
@@ -1000,7 +1105,11 @@ Status Pool::UnshareId(ObjectId id) {
   detach.Id(id);
   std::lock_guard<std::mutex> lock(core_->mu);
   for (auto& w : core_->workers) {
-    if (w.alive) (void)w.requests.TryPush(detach.bytes());
+    // A full ring must not drop it (the worker would keep the pin until the
+    // pool ends): it waits for room, sent before any later work.
+    if (w.alive && (!w.pending_detaches.empty() || !w.requests.TryPush(detach.bytes()))) {
+      w.pending_detaches.push_back(id);
+    }
   }
   return Status::OK();
 }

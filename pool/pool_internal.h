@@ -64,6 +64,17 @@ inline Ring ResponseRing(std::byte* control, int i) {
 
 enum MessageKind : uint8_t { kHello = 1, kRun = 2, kDone = 3, kDetach = 4, kStop = 5 };
 
+// The store id of the result of item `item` of the chunk the parent sent
+// with `nonce` (a Run message's), when that result goes through the store.
+// Both sides compute it: the parent deletes what a worker killed before it
+// reported its results left behind.
+inline ObjectId ResultId(uint64_t nonce, uint64_t item) {
+  return ObjectId{0x7A6372657375ull << 16 ^ nonce, item};
+}
+
+// Error messages longer than this are cut (a message must fit a ring).
+inline constexpr size_t kMaxErrorMessage = 16 << 10;
+
 // Little-endian fixed fields and varints into a message. Clear() keeps the
 // buffer, so a writer reused from message to message allocates only while
 // its messages grow.
@@ -158,6 +169,7 @@ struct WorkerState {
   // Buffers reused from task to task: a task allocates nothing here.
   std::vector<std::byte> request, result;
   MessageWriter answer;
+  ObjectId result_id;  // where the running task's result goes if it goes through the store
 };
 
 // Runs a worker until it is told to stop or its parent is gone. Returns the

@@ -49,11 +49,14 @@ struct alignas(64) RingHeader {
   std::atomic<uint32_t> space_seq;      // the producer's futex: bumped to wake it
   std::atomic<uint32_t> space_waiting;  // producer going to sleep
   uint8_t pad2[48];
-  // Request rings only: the job and item the worker is running now, written
-  // before each task starts, read by the parent after the worker died.
+  // Request rings only: the job (its seq) and item the worker is running
+  // now and when it started it (MonotonicNanos), written before each task
+  // starts (the item last), read by the parent to blame a crash and to time
+  // a task from its start, not from when it was queued.
   std::atomic<uint64_t> current_job;
   std::atomic<uint64_t> current_item;
-  uint8_t reserved[48];
+  std::atomic<int64_t> current_started_ns;
+  uint8_t reserved[40];
 };
 static_assert(sizeof(RingHeader) == 256);
 static_assert(offsetof(RingHeader, tail) == 64 && offsetof(RingHeader, data_seq) == 128 &&

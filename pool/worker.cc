@@ -41,6 +41,7 @@ uint64_t RegistryHash() {
 }
 
 Store& WorkerStore(TaskContext& ctx) { return *ctx.w_->store; }
+ObjectId ResultIdOf(TaskContext& ctx) { return ctx.w_->result_id; }
 
 const void* AttachedObject(TaskContext& ctx, ObjectId id, std::type_index type) {
   auto it = ctx.w_->attached.find(id);
@@ -80,9 +81,11 @@ bool Send(WorkerState& w, std::span<const std::byte> msg) {
 // Runs the items of one Run message and answers, splitting the answer into
 // several Done messages if it grows past what a ring message may hold.
 bool RunTasks(WorkerState& w, MessageReader& in) {
-  uint64_t job, first;
+  uint64_t job, nonce, first;
   uint32_t task, count;
-  if (!in.U64(&job) || !in.U32(&task) || !in.U64(&first) || !in.U32(&count)) return false;
+  if (!in.U64(&job) || !in.U64(&nonce) || !in.U32(&task) || !in.U64(&first) || !in.U32(&count)) {
+    return false;
+  }
   const auto& registry = Registry();
   MessageWriter& out = w.answer;
   uint64_t out_first = first;
@@ -113,16 +116,27 @@ bool RunTasks(WorkerState& w, MessageReader& in) {
     if (is_ref ? !in.Id(&ref) : !(in.Varint(&len) && in.Bytes(len, &arg))) return false;
     std::vector<std::byte>& result = w.result;
     ObjectId result_ref;
-    w.requests.header()->current_job.store(job, std::memory_order_relaxed);
-    w.requests.header()->current_item.store(first + i, std::memory_order_release);
+    w.result_id = ResultId(nonce, first + i);
+    RingHeader* now = w.requests.header();
+    now->current_job.store(job, std::memory_order_relaxed);
+    now->current_started_ns.store(platform::MonotonicNanos(), std::memory_order_relaxed);
+    now->current_item.store(first + i, std::memory_order_release);
     Status st = task < registry.size()
                     ? registry[task].invoke(w.context, arg, ref, &result, &result_ref)
                     : NotFound("task index " + std::to_string(task) + " is not registered");
     out.U8(static_cast<uint8_t>(st.code()));
     if (!st.ok()) {
+      // A message must fit a ring: cut a long one rather than fail the worker.
+      std::string_view m = st.message();
+      std::string cut;
+      if (m.size() > kMaxErrorMessage) {
+        cut = std::string(m.substr(0, kMaxErrorMessage)) + "... (" +
+              std::to_string(m.size() - kMaxErrorMessage) + " more bytes cut)";
+        m = cut;
+      }
       out.U8(0);
-      out.Varint(st.message().size());
-      out.Raw(st.message().data(), st.message().size());
+      out.Varint(m.size());
+      out.Raw(m.data(), m.size());
     } else if (!result_ref.is_nil()) {
       out.U8(1);
       out.Id(result_ref);

@@ -111,8 +111,14 @@ Result<pid_t> SpawnProcess(const std::vector<std::string>& argv,
 // Asks the kernel to SIGKILL this process when its parent thread dies, and
 // returns false if the parent is already gone (getppid() != parent).
 bool DieWithParent(pid_t parent);
-// Reaps `pid` if it exited: true with *wait_status set; false if it runs on.
-bool TryReap(pid_t pid, int* wait_status);
+// Reaps child `pid` (whose pidfd is `pidfd`, or -1) if it exited.
+enum class ReapResult { kRunning, kReaped, kGone };
+// kReaped: it exited and *wait_status says how. kGone: it exited, but its
+// status was collected elsewhere (SIGCHLD ignored, or the program reaps its
+// children itself). kRunning: it runs on.
+ReapResult TryReap(pid_t pid, int pidfd, int* wait_status);
+// Monotonic nanoseconds, the same clock in every process of the machine.
+int64_t MonotonicNanos();
 // "killed by signal 9 (Killed)" or "exited with status 3".
 std::string DescribeExit(int wait_status);
 // Pipe (both ends close-on-exec), the read end non-blocking.

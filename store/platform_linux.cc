@@ -372,8 +372,25 @@ bool DieWithParent(pid_t parent) {
   return getppid() == parent;
 }
 
-bool TryReap(pid_t pid, int* wait_status) {
-  return waitpid(pid, wait_status, WNOHANG) == pid;
+ReapResult TryReap(pid_t pid, int pidfd, int* wait_status) {
+  siginfo_t info{};
+  int rc = pidfd >= 0 ? waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WEXITED | WNOHANG)
+                      : waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG);
+  if (rc != 0) {
+    // ECHILD: not our child to wait for any more; a readable pidfd (or a PID
+    // kill(2) no longer finds) means it exited.
+    if (errno == ECHILD && (pidfd >= 0 || kill(pid, 0) != 0)) return ReapResult::kGone;
+    return ReapResult::kRunning;
+  }
+  if (info.si_pid == 0) return ReapResult::kRunning;
+  *wait_status = info.si_code == CLD_EXITED ? W_EXITCODE(info.si_status, 0) : info.si_status;
+  return ReapResult::kReaped;
+}
+
+int64_t MonotonicNanos() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
 std::string DescribeExit(int st) {

@@ -92,6 +92,7 @@ struct ItemResult {
 // one). The caller's thread encodes arguments and decodes results; the pool
 // only moves bytes.
 struct Job {
+  uint64_t seq = 0;   // the pool's name for it on the wire (never reused)
   uint32_t task = 0;
   size_t n = 0;
   size_t chunk = 1;   // the largest chunk
@@ -149,6 +150,8 @@ ZCSTORE_EXPORT void DropJob(PoolCore* core, std::shared_ptr<Job> job);
 // Encoding helpers shared by both sides. Values with out-of-band buffers go
 // through the store (zero-copy on the other side); the rest inline.
 ZCSTORE_EXPORT Store& WorkerStore(TaskContext& ctx);
+// The id the running task's result takes if it goes through the store.
+ZCSTORE_EXPORT ObjectId ResultIdOf(TaskContext& ctx);
 ZCSTORE_EXPORT const void* AttachedObject(TaskContext& ctx, ObjectId id, std::type_index type);
 ZCSTORE_EXPORT void RememberAttached(TaskContext& ctx, ObjectId id, std::type_index type,
                                      std::shared_ptr<const void> object, const void* value);
@@ -158,8 +161,11 @@ inline constexpr size_t kMaxInlineItem = 16 << 10;
 
 // Encodes `value` into `out` (replacing what it held, reusing its capacity),
 // or puts it into `store` and sets `ref`.
+// `id`: the store object's id if the value goes through the store (nil: a
+// random one).
 template <typename T>
-Status EncodeValue(Store& store, const T& value, std::vector<std::byte>* out, ObjectId* ref) {
+Status EncodeValue(Store& store, const T& value, std::vector<std::byte>* out, ObjectId* ref,
+                   ObjectId id = {}) {
   SaveArchive ar(SerializeOptions{}, /*move=*/false);
   out->clear();
   ar.bytes().swap(*out);  // write into the caller's buffer: its capacity is reused
@@ -172,9 +178,9 @@ Status EncodeValue(Store& store, const T& value, std::vector<std::byte>* out, Ob
     out->swap(ar.bytes());
     return Status::OK();
   }
-  auto id = store.Put(value);
-  if (!id.ok()) return id.status();
-  *ref = *id;
+  if (id.is_nil()) id = ObjectId::Random();
+  if (Status st = store.Put(id, value); !st.ok()) return st;
+  *ref = id;
   return Status::OK();
 }
 
@@ -243,6 +249,7 @@ class ZCSTORE_EXPORT TaskContext {
   friend class internal::PoolCore;
   friend struct internal::WorkerState;
   friend Store& internal::WorkerStore(TaskContext&);
+  friend ObjectId internal::ResultIdOf(TaskContext&);
   friend const void* internal::AttachedObject(TaskContext&, ObjectId, std::type_index);
   friend void internal::RememberAttached(TaskContext&, ObjectId, std::type_index,
                                          std::shared_ptr<const void>, const void*);
@@ -258,7 +265,7 @@ Status Invoke(R (*fn)(TaskContext&, const A&), TaskContext& ctx, std::span<const
   if (!a.ok()) return a.status();
   try {
     R r = fn(ctx, *a);
-    return EncodeValue(WorkerStore(ctx), r, out, out_ref);
+    return EncodeValue(WorkerStore(ctx), r, out, out_ref, ResultIdOf(ctx));
   } catch (const TaskError& e) {
     return e.status;
   } catch (const std::exception& e) {
@@ -326,12 +333,21 @@ struct PoolOptions {
   // Storage is reserved as objects claim it, so a large value costs nothing
   // until it is used.
   uint64_t store_capacity = uint64_t{1} << 30;
-  // A task running longer is killed with its worker and fails with Timeout.
+  // A task running longer (timed from when its worker starts it, not from
+  // when it was queued) is killed with its worker and fails with Timeout.
   // 0: no limit. (kThreads: not enforced.) Forces chunks of one task.
   std::chrono::milliseconds task_timeout{0};
   // A task whose worker died is run again up to this many times before it
   // fails with WorkerCrashed.
   int max_retries = 0;
+  // Restart budget. A dead worker is replaced, unless it died
+  // max_quick_deaths times without answering a single task, each death
+  // within restart_window of the one before (a crash loop): then it is
+  // retired, and the work only it could run (Broadcast) fails. Deaths
+  // further apart never add up. With every worker retired, pending and new
+  // tasks fail at once with WorkerCrashed, never wait.
+  int max_quick_deaths = 3;
+  std::chrono::milliseconds restart_window{10000};
   // Busy-wait this long for work or results before sleeping (futex); lowers
   // latency, burns a core. 0: sleep at once.
   int spin_us = 0;
@@ -380,10 +396,13 @@ class Future {
   Future& operator=(Future&&) noexcept = default;
   // A future dropped before Get releases its result (and its store object).
   ~Future() {
-    if (job_) internal::DropJob(core_, std::move(job_));
+    if (!job_) return;
+    if (auto core = core_.lock()) internal::DropJob(core.get(), std::move(job_));
   }
   // Waits for the task and returns its result, or why there is none
-  // (WorkerCrashed, Timeout, Cancelled, a task's error). Call once.
+  // (WorkerCrashed, Timeout, Cancelled, a task's error). Call once. A
+  // future may outlive its Pool: Get then returns Cancelled (the pool's
+  // shutdown ended the task or discarded its result).
   Result<R> Get();
   // True once Get would not block.
   bool Ready() const;
@@ -392,8 +411,10 @@ class Future {
 
  private:
   friend class Pool;
-  Future(internal::PoolCore* core, std::shared_ptr<internal::Job> job) : core_(core), job_(std::move(job)) {}
-  internal::PoolCore* core_;
+  Future(std::weak_ptr<internal::PoolCore> core, std::shared_ptr<internal::Job> job)
+      : core_(std::move(core)), job_(std::move(job)) {}
+  // The pool's core: a future may outlive its pool (then Get says so).
+  std::weak_ptr<internal::PoolCore> core_;
   std::shared_ptr<internal::Job> job_;
 };
 
@@ -494,7 +515,7 @@ class ZCSTORE_EXPORT Pool {
   template <typename R>
   friend class Future;
 
-  std::unique_ptr<internal::PoolCore> core_;
+  std::shared_ptr<internal::PoolCore> core_;  // futures hold it weakly
 };
 
 // MapWithContext's argument and result wrappers.
@@ -571,28 +592,36 @@ Future<R> Pool::Submit(std::string_view name, const A& arg) {
     job = SingleJob(*task, arg);
     if (job->done == 0) Start(job, false);
   }
-  return Future<R>(core_.get(), job);
+  return Future<R>(core_, job);
 }
 
 template <typename R>
 Result<R> Future<R>::Get() {
   if (!job_) return InvalidArgument("Future::Get called twice (or on a moved-from future)");
   auto job = std::move(job_);
-  internal::WaitJob(core_, *job);
+  auto core = core_.lock();
+  if (!core) {
+    return Cancelled("the pool this future came from was destroyed before Get: take results "
+                     "before the pool goes");
+  }
+  internal::WaitJob(core.get(), *job);
   internal::ItemResult r = std::move(job->results[0]);
-  return internal::TakeResult<R>(internal::CoreStore(core_), r);
+  return internal::TakeResult<R>(internal::CoreStore(core.get()), r);
 }
 
 template <typename R>
 bool Future<R>::Ready() const {
   if (!job_) return false;
-  std::lock_guard<std::mutex> lock(internal::JobsMutex(core_));
+  auto core = core_.lock();
+  if (!core) return true;  // Get returns at once
+  std::lock_guard<std::mutex> lock(internal::JobsMutex(core.get()));
   return job_->done == job_->n;
 }
 
 template <typename R>
 void Future<R>::Cancel() {
-  if (job_) internal::CancelJob(core_, *job_);
+  if (!job_) return;
+  if (auto core = core_.lock()) internal::CancelJob(core.get(), *job_);
 }
 
 template <typename R, typename A>

@@ -11,8 +11,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -161,6 +164,44 @@ int Nest(TaskContext&, const int&) {
   return 0;
 }
 ZCSTORE_TASK("nest", Nest);
+
+
+// ------------------------------------------------------------ fault tasks
+
+// Worker 0 dies; the others answer with their index.
+int DieOnWorker0(TaskContext& ctx, const int&) {
+  if (ctx.worker_index() == 0) _exit(7);
+  return ctx.worker_index();
+}
+ZCSTORE_TASK("die_on_worker_0", DieOnWorker0);
+
+// Worker 0 crashes the first time (leaving a marker file); every call
+// answers with the index of the worker it ran on.
+int IndexCrashOnceOn0(TaskContext& ctx, const std::string& marker) {
+  if (ctx.worker_index() == 0 && access(marker.c_str(), F_OK) != 0) {
+    std::ofstream(marker) << "crashed";
+    _exit(7);
+  }
+  return ctx.worker_index();
+}
+ZCSTORE_TASK("index_crash_once_on_0", IndexCrashOnceOn0);
+
+// Leaves a background process holding the worker's stderr, then dies.
+int DieLeavingAChild(TaskContext&, const int&) {
+  if (std::system("sleep 2 &") != 0) return -1;
+  _exit(5);
+}
+ZCSTORE_TASK("die_leaving_a_child", DieLeavingAChild);
+
+int HugeError(TaskContext&, const int& n) { throw std::runtime_error(std::string(n, 'e')); }
+ZCSTORE_TASK("huge_error", HugeError);
+
+// A result that goes through the store, or a death for a negative size.
+std::vector<float> BigOrDie(TaskContext&, const int& n) {
+  if (n < 0) _exit(9);
+  return std::vector<float>(n, 1.f);
+}
+ZCSTORE_TASK("big_or_die", BigOrDie);
 
 // ------------------------------------------------------------ helpers
 
@@ -664,6 +705,163 @@ std::vector<pid_t> ReadPids(zcstore::testing::Child& parent, size_t count) {
     while (in >> p) pids.push_back(p);
   }
   return pids;
+}
+
+
+// ------------------------------------------------------------ faults
+
+// Kills worker `index` while it idles and waits until it has been replaced
+// (its pid changes) or retired (0).
+void KillIdleWorker(Pool& pool, int index) {
+  pid_t before = pool.worker_pids()[index];
+  ASSERT_GT(before, 0);
+  kill(before, SIGKILL);
+  for (int i = 0; i < 2000 && pool.worker_pids()[index] == before; ++i) usleep(1000);
+  ASSERT_NE(pool.worker_pids()[index], before) << "the death was never noticed";
+}
+
+TEST(PoolFaultTest, AWorkerInACrashLoopIsRetiredAndNewWorkFailsAtOnce) {
+  // One worker killed four times while idle: after the third quick death it
+  // is not replaced, and with no worker left nothing may wait for one.
+  auto pool = MakePool(Small(1));
+  ASSERT_TRUE(pool);
+  for (int i = 0; i < 3; ++i) KillIdleWorker(*pool, 0);
+  EXPECT_EQ(pool->worker_pids()[0], 0);
+  auto r = pool->Submit<int>("square", 3).Get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kWorkerCrashed);
+  EXPECT_NE(r.status().message().find("no worker left"), std::string::npos) << r.status().ToString();
+  auto m = pool->Map<int>("square", std::vector<int>{1, 2, 3});
+  EXPECT_EQ(m.status().code(), StatusCode::kWorkerCrashed);
+}
+
+TEST(PoolFaultTest, DeathsFarApartNeverRetireAWorker) {
+  PoolOptions o = Small(1);
+  o.restart_window = std::chrono::milliseconds(30);
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  for (int i = 0; i < 5; ++i) {
+    KillIdleWorker(*pool, 0);
+    ASSERT_GT(pool->worker_pids()[0], 0) << "retired after " << i + 1 << " rare deaths";
+    usleep(60 * 1000);  // the time between deaths is what is under test
+  }
+  EXPECT_EQ(*pool->Submit<int>("square", 4).Get(), 16);
+  EXPECT_EQ(pool->Stats().workers_replaced, 5u);
+}
+
+TEST(PoolFaultTest, BroadcastNeverWaitsForARetiredWorker) {
+  auto pool = MakePool(Small(2));
+  ASSERT_TRUE(pool);
+  for (int round = 0; round < 4; ++round) {
+    auto r = pool->Broadcast<int>("die_on_worker_0", 0);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_EQ(r->size(), 2u);
+    EXPECT_EQ((*r)[0].status().code(), StatusCode::kWorkerCrashed);
+    ASSERT_TRUE((*r)[1].ok());
+    EXPECT_EQ(*(*r)[1], 1);
+  }
+  auto r = pool->Broadcast<int>("square", 5);
+  ASSERT_TRUE(r.ok());
+  EXPECT_NE((*r)[0].status().message().find("retired"), std::string::npos)
+      << (*r)[0].status().ToString();
+  EXPECT_EQ(*(*r)[1], 25);
+  EXPECT_EQ(*pool->Submit<int>("square", 6).Get(), 36);  // worker 1 carries on
+}
+
+TEST(PoolFaultTest, ARetriedBroadcastItemRunsOnItsOwnWorker) {
+  PoolOptions o = Small(2);
+  o.max_retries = 1;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  testing::TempDir dir;
+  auto r = pool->Broadcast<int>("index_crash_once_on_0", dir.path() + "/marker");
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE((*r)[0].ok()) << (*r)[0].status().ToString();
+  EXPECT_EQ(*(*r)[0], 0) << "worker 0's item ran on another worker";
+  EXPECT_EQ(*(*r)[1], 1);
+}
+
+TEST(PoolFaultTest, DeathsAreSeenWhenTheProgramIgnoresSigchld) {
+  // With SIGCHLD ignored the kernel reaps the workers itself: waitpid says
+  // ECHILD, and the death must still fail its task rather than hang.
+  signal(SIGCHLD, SIG_IGN);
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  std::vector<int> args(30);
+  for (int i = 0; i < 30; ++i) args[i] = i;
+  auto r = pool->Map<int>("crash_on_13", args, {.chunk_size = 1});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kWorkerCrashed) << r.status().ToString();
+  EXPECT_EQ(*pool->Submit<int>("square", 9).Get(), 81);
+  pool.reset();
+  signal(SIGCHLD, SIG_DFL);
+}
+
+TEST(PoolFaultTest, ADescendantHoldingAWorkersLogPipeNeverStallsThePool) {
+  auto pool = MakePool(Small(1));
+  ASSERT_TRUE(pool);
+  // The orphan holds the pipe for 2 s; the pool must not wait for it to
+  // see the death (a bound far above the milliseconds this takes).
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(pool->Submit<int>("die_leaving_a_child", 0).Get().status().code(),
+            StatusCode::kWorkerCrashed);
+  EXPECT_EQ(*pool->Submit<int>("square", 3).Get(), 9);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(1500));
+}
+
+TEST(PoolFaultTest, AFutureThatOutlivesItsPoolSaysSo) {
+  struct Holder {
+    std::optional<Future<int>> future;  // declared before the pool: destroyed after it
+    std::unique_ptr<Pool> pool;
+  };
+  auto h = std::make_unique<Holder>();
+  h->pool = MakePool();
+  ASSERT_TRUE(h->pool);
+  h->future = h->pool->Submit<int>("sleep_ms", 20);
+  auto lost = h->pool->Submit<int>("square", 2);
+  h->pool.reset();
+  auto r = h->future->Get();
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << r.status().ToString();
+  EXPECT_TRUE(lost.Ready());
+  h.reset();  // ~Future after ~Pool: nothing to touch
+}
+
+TEST(PoolFaultTest, AHugeTaskErrorIsCutNotACrash) {
+  auto pool = MakePool(Small(1));
+  ASSERT_TRUE(pool);
+  auto r = pool->Submit<int>("huge_error", 100000).Get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().code(), StatusCode::kWorkerCrashed) << r.status().ToString().substr(0, 200);
+  EXPECT_NE(r.status().message().find("more bytes cut"), std::string::npos);
+  EXPECT_EQ(pool->Stats().workers_replaced, 0u);
+}
+
+TEST(PoolFaultTest, TaskTimeoutCountsRunningTimeNotQueueTime) {
+  // One worker, three 150 ms tasks at once, a 400 ms limit: the third waits
+  // 300 ms behind the others, but runs for 150 ms only.
+  PoolOptions o = Small(1);
+  o.task_timeout = std::chrono::milliseconds(400);
+  o.max_in_flight_per_worker = 3;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  auto r = pool->Map<int>("sleep_ms", std::vector<int>{150, 150, 150});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(pool->Stats().workers_replaced, 0u);
+  // And a task that really runs too long still fails.
+  EXPECT_EQ(pool->Submit<int>("sleep_ms", 1000).Get().status().code(), StatusCode::kTimeout);
+}
+
+TEST(PoolFaultTest, ResultsAKilledWorkerNeverReportedAreDeleted) {
+  // Each chunk's results are reported together at its end: a worker killed
+  // by its chunk's last item has stored the others' results already.
+  auto pool = MakePool(Small(1));
+  ASSERT_TRUE(pool);
+  std::vector<int> args = {20000, 20000, 20000, 20000, 20000, 20000, -1};
+  auto r = pool->Map<std::vector<float>>("big_or_die", args, {.chunk_size = 8});
+  EXPECT_EQ(r.status().code(), StatusCode::kWorkerCrashed);
+  auto stats = pool->store().Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->objects, 0u) << "results of the killed worker were left in the store";
 }
 
 TEST(PoolTest, KillingTheParentTakesEveryWorkerDownWithin1s) {
