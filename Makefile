@@ -7,6 +7,7 @@
 #   make bench                       benchmarks -> bench/results/latest.json
 #   make test SANITIZE=address+undefined BUILD=build-asan
 
+SHELL    := /bin/bash
 BUILD    ?= build
 SANITIZE ?=
 JOBS     ?= $(shell nproc)
@@ -49,17 +50,26 @@ bench: build
 	./$(BUILD)/bench/zcstore_bench --benchmark_out=bench/results/latest.json \
 	  --benchmark_out_format=json $(BENCH_ARGS)
 
-# libFuzzer over the envelope reader, with ASan+UBSan (needs clang and
-# libclang-rt-dev). FUZZ_SECONDS bounds the run; new inputs land in build-fuzz/corpus.
+# libFuzzer over each reader of untrusted bytes (the envelope, a store file,
+# the rings), with ASan+UBSan, FUZZ_SECONDS each. Inputs it finds land in
+# build-fuzz/corpus-NAME; copy a crash into that target's corpus/ folder to
+# keep it as a regression input (every build replays those).
 FUZZ_SECONDS ?= 60
+FUZZ_DEPS    := clang libclang-rt-14-dev
+FUZZERS      := envelope_fuzz:serializer/fuzz store_file_fuzz:store/fuzz ring_fuzz:pool/fuzz
 fuzz: deps
-	@command -v clang++ >/dev/null || { echo "make fuzz needs clang: apt-get install clang libclang-rt-dev"; exit 1; }
+	@$(MAKE) --no-print-directory deps DEPS="$(FUZZ_DEPS)"
 	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DZCSTORE_SANITIZE=address+undefined -DZCSTORE_FUZZ=ON -DZCSTORE_BUILD_TESTS=OFF \
 	  -DZCSTORE_BUILD_BENCHMARKS=OFF -DZCSTORE_BUILD_EXAMPLES=OFF >/dev/null
-	@cmake --build build-fuzz -j $(JOBS) --target envelope_fuzz
-	@mkdir -p build-fuzz/corpus && cp serializer/fuzz/corpus/* build-fuzz/corpus/
-	./build-fuzz/envelope_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus
+	@cmake --build build-fuzz -j $(JOBS) --target $(foreach f,$(FUZZERS),$(word 1,$(subst :, ,$(f))))
+	@set -eo pipefail; for f in $(FUZZERS); do \
+	  name=$${f%%:*}; dir=$${f#*:}; \
+	  mkdir -p build-fuzz/corpus-$$name && cp $$dir/corpus/* build-fuzz/corpus-$$name/; \
+	  echo "== $$name ($(FUZZ_SECONDS) s)"; \
+	  ./build-fuzz/$$name -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -artifact_prefix=build-fuzz/$$name- \
+	    build-fuzz/corpus-$$name 2>&1 | { grep -vE '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)' || true; }; \
+	done
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan build-fuzz

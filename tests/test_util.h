@@ -15,6 +15,20 @@
 
 namespace zcstore::testing {
 
+// True in a ThreadSanitizer build (GCC and clang define __SANITIZE_THREAD__
+// or the feature), for the few checks TSan itself makes impossible.
+#if defined(__SANITIZE_THREAD__)
+inline constexpr bool kThreadSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+inline constexpr bool kThreadSanitizer = true;
+#else
+inline constexpr bool kThreadSanitizer = false;
+#endif
+#else
+inline constexpr bool kThreadSanitizer = false;
+#endif
+
 // "t<pid>-<n>": unique within a run and across concurrently running tests.
 std::string UniqueName(const std::string& tag = "t");
 // A temporary directory for file stores, removed with its contents by the

@@ -203,6 +203,26 @@ std::vector<float> BigOrDie(TaskContext&, const int& n) {
 }
 ZCSTORE_TASK("big_or_die", BigOrDie);
 
+
+// Squares, and the first call in each worker process arms a timer that
+// SIGKILLs the process a random 0-4 ms later: wherever it is then (mid-task,
+// mid-answer, idle), when ZCSTORE_TEST_SUICIDE is set.
+int ArmedSquare(TaskContext&, const int& x) {
+  static const bool armed = [] {
+    if (std::getenv("ZCSTORE_TEST_SUICIDE") == nullptr) return false;
+    unsigned seed = static_cast<unsigned>(getpid());
+    std::thread([delay = rand_r(&seed) % 4000] {
+      usleep(static_cast<useconds_t>(delay));
+      kill(getpid(), SIGKILL);
+    }).detach();
+    return true;
+  }();
+  (void)armed;
+  for (int spin = 0; spin < 2000; ++spin) asm volatile("" ::: "memory");  // ~a microsecond of work
+  return x * x;
+}
+ZCSTORE_TASK("armed_square", ArmedSquare);
+
 // ------------------------------------------------------------ helpers
 
 PoolOptions Small(int workers = 2) {
@@ -389,9 +409,11 @@ TEST(PoolTest, ACrashedTaskIsRetriedWhenAsked) {
 
 TEST(PoolTest, WritingToASharedObjectKillsOnlyThatWorker) {
   // Under AddressSanitizer, let the workers die of the signal itself.
-  setenv("ASAN_OPTIONS", "handle_segv=0", 1);
+  setenv("ASAN_OPTIONS", "handle_segv=0", 1);  // let the child die of it, sanitized or not
+  setenv("TSAN_OPTIONS", "handle_segv=0", 1);
   auto pool = MakePool();
   unsetenv("ASAN_OPTIONS");
+  unsetenv("TSAN_OPTIONS");
   ASSERT_TRUE(pool);
   auto model = pool->Share(SharedModel(4096));
   ASSERT_TRUE(model.ok());
@@ -862,6 +884,43 @@ TEST(PoolFaultTest, ResultsAKilledWorkerNeverReportedAreDeleted) {
   auto stats = pool->store().Stats();
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->objects, 0u) << "results of the killed worker were left in the store";
+}
+
+
+TEST(PoolFaultTest, TortureRandomSigkillsDuringMapsLoseNothingAndLeakNothing) {
+  // 200 SIGKILLs at random instants of the workers' lives during Maps:
+  // every task ends done (with the right value) or WorkerCrashed, the pool
+  // stays usable, and nothing is left in its store.
+  setenv("ZCSTORE_TEST_SUICIDE", "1", 1);
+  PoolOptions o = Small(2);
+  o.restart_window = std::chrono::milliseconds(1);  // random kills are no crash loop
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  std::vector<int> args(2000);
+  for (int i = 0; i < 2000; ++i) args[i] = i;
+  uint64_t done = 0, crashed = 0;
+  for (int map = 0; pool->Stats().workers_replaced < 200 && map < 400; ++map) {
+    Status st = pool->MapUnordered<int>("armed_square", args, [&](size_t i, Result<int> r) {
+      if (r.ok()) {
+        EXPECT_EQ(*r, static_cast<int>(i * i));
+        ++done;
+      } else {
+        EXPECT_EQ(r.status().code(), StatusCode::kWorkerCrashed) << r.status().ToString();
+        ++crashed;
+      }
+    });
+    EXPECT_TRUE(st.ok() || st.code() == StatusCode::kWorkerCrashed) << st.ToString();
+  }
+  unsetenv("ZCSTORE_TEST_SUICIDE");
+  EXPECT_GE(pool->Stats().workers_replaced, 200u);
+  EXPECT_GT(done, crashed);
+  EXPECT_EQ(pool->Stats().late_wakeups, 0u);
+  auto stats = pool->store().Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->objects, 0u);
+  EXPECT_EQ(stats->unsealed, 0u);
+  RecordProperty("done", static_cast<int>(done));
+  RecordProperty("crashed", static_cast<int>(crashed));
 }
 
 TEST(PoolTest, KillingTheParentTakesEveryWorkerDownWithin1s) {

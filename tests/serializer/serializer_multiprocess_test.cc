@@ -48,9 +48,11 @@ TEST(SerializerMultiProcessTest, ObjectPutInOneProcessLoadsZeroCopyInAnother) {
 TEST(SerializerMultiProcessTest, WritingThroughALoadedArrayFaultsAndChangesNothing) {
   Shared s;
   ObjectId id = s.Put();
-  setenv("ASAN_OPTIONS", "handle_segv=0", 1);
+  setenv("ASAN_OPTIONS", "handle_segv=0", 1);  // let the child die of it, sanitized or not
+  setenv("TSAN_OPTIONS", "handle_segv=0", 1);
   Child c = Child::Helper({"write-array", s.name, id.ToString()});
   unsetenv("ASAN_OPTIONS");
+  unsetenv("TSAN_OPTIONS");
   EXPECT_EQ(c.ReadLine(), "writing");
   EXPECT_EQ(c.ReadLine(), "");
   int status = c.Wait();

@@ -219,7 +219,10 @@ TEST(SerializerTest, MovePutEmptiesTheSourceAndReturnsItsMemory) {
   EXPECT_EQ(m.bias.capacity(), 0u);
   // Of the 64 MiB, under 12 MiB may stay: AddressSanitizer keeps 1/8 of
   // what it tracked as shadow memory (8 MiB here); without it, ~0 stays.
-  EXPECT_LT(RssAnonKib() - before, 12 << 10) << "RssAnon still " << (RssAnonKib() - before) << " KiB";
+  // (ThreadSanitizer keeps 4x as shadow: nothing to measure there.)
+  if (!zcstore::testing::kThreadSanitizer) {
+    EXPECT_LT(RssAnonKib() - before, 12 << 10) << "RssAnon still " << (RssAnonKib() - before) << " KiB";
+  }
   EXPECT_EQ(stats.copied_bytes, 2 * kFloats * sizeof(float));
   auto p = store.Get<Model>(*id);
   ASSERT_TRUE(p.ok());
