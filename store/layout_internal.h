@@ -155,7 +155,10 @@ struct NameEntry {
   uint64_t id_hi;
   uint64_t id_lo;
   uint32_t used;  // 1 once name and id are written
-  uint32_t reserved[3];
+  // NameChecksum of name and id, written before `used`; 0 in entries of
+  // builds before it (then only the other checks apply).
+  uint32_t checksum;
+  uint32_t reserved[2];
 };
 static_assert(sizeof(NameEntry) == 96);
 

@@ -1144,6 +1144,33 @@ Status StoreImpl::Verify(ObjectId id) {
   return Status::OK();
 }
 
+// ---------------------------------------------------------------- names
+
+namespace {
+Status CheckName(std::string_view name) {
+  if (name.empty() || name.size() > kMaxNameLength || name.find('\0') != std::string_view::npos) {
+    return InvalidArgument("an object name is 1-" + std::to_string(kMaxNameLength) +
+                           " bytes without NUL");
+  }
+  return Status::OK();
+}
+bool NameIs(const NameEntry& n, std::string_view name) {
+  return n.used == 1 && strnlen(n.name, sizeof(n.name)) == name.size() &&
+         std::memcmp(n.name, name.data(), name.size()) == 0;
+}
+// XXH3 of the name bytes and the id, folded to 32 bits, never 0.
+uint32_t NameChecksum(const NameEntry& n) {
+  uint8_t bytes[sizeof(n.name) + 16];
+  std::memcpy(bytes, n.name, sizeof(n.name));
+  std::memcpy(bytes + sizeof(n.name), &n.id_hi, 8);
+  std::memcpy(bytes + sizeof(n.name) + 8, &n.id_lo, 8);
+  uint64_t h = XXH3_64bits(bytes, sizeof(bytes));
+  return static_cast<uint32_t>(h ^ (h >> 32)) | 1;
+}
+// False if the entry carries a checksum that its bytes do not match.
+bool NameIntact(const NameEntry& n) { return n.checksum == 0 || n.checksum == NameChecksum(n); }
+}  // namespace
+
 Status StoreImpl::VerifyTables() {
   if (!snapshot_) Lock();
   Status st;
@@ -1162,7 +1189,7 @@ Status StoreImpl::VerifyTables() {
     uint32_t slot = n.used == 1 && strnlen(n.name, sizeof(n.name)) < sizeof(n.name)
                         ? Find(ObjectId{n.id_hi, n.id_lo})
                         : kNone;
-    if (slot == kNone || objects_[slot].state != kSealed) {
+    if (slot == kNone || objects_[slot].state != kSealed || !NameIntact(n)) {
       st = Corrupt(Describe() + ": name entry " + std::to_string(i) +
                    " is damaged, or is bound to an object that is not there");
     }
@@ -1170,22 +1197,6 @@ Status StoreImpl::VerifyTables() {
   if (!snapshot_) Unlock();
   return st;
 }
-
-// ---------------------------------------------------------------- names
-
-namespace {
-Status CheckName(std::string_view name) {
-  if (name.empty() || name.size() > kMaxNameLength || name.find('\0') != std::string_view::npos) {
-    return InvalidArgument("an object name is 1-" + std::to_string(kMaxNameLength) +
-                           " bytes without NUL");
-  }
-  return Status::OK();
-}
-bool NameIs(const NameEntry& n, std::string_view name) {
-  return n.used == 1 && strnlen(n.name, sizeof(n.name)) == name.size() &&
-         std::memcmp(n.name, name.data(), name.size()) == 0;
-}
-}  // namespace
 
 void StoreImpl::UnbindAllLocked(ObjectId id) {
   if (header_->names_bound == 0) return;
@@ -1226,6 +1237,7 @@ Status StoreImpl::Bind(std::string_view name, ObjectId id) {
     std::memcpy(free_entry->name, name.data(), name.size());
     free_entry->id_hi = id.hi;
     free_entry->id_lo = id.lo;
+    free_entry->checksum = NameChecksum(*free_entry);
     __atomic_store_n(&free_entry->used, 1u, __ATOMIC_RELEASE);
     ++header_->names_bound;
   }
@@ -1240,8 +1252,11 @@ Result<ObjectId> StoreImpl::Lookup(std::string_view name) {
   Result<ObjectId> out = NotFound("no object is bound to '" + std::string(name) + "' in " +
                                   Describe());
   for (uint32_t i = 0; i < geo_.max_names; ++i) {
-    if (NameIs(names_[i], name)) {
-      out = ObjectId{names_[i].id_hi, names_[i].id_lo};
+    NameEntry n = names_[i];  // a copy: checked, then used
+    if (NameIs(n, name)) {
+      out = NameIntact(n) ? Result<ObjectId>(ObjectId{n.id_hi, n.id_lo})
+                          : Corrupt(Describe() + ": the entry of name '" + std::string(name) +
+                                    "' fails its checksum");
       break;
     }
   }

@@ -438,3 +438,26 @@ TEST(BadInputTest, FullDevShmIsStoreFullAtCreateOrPutNeverSigbus) {
 
 }  // namespace
 }  // namespace zcstore
+
+namespace zcstore {
+namespace {
+
+TEST_F(BadFileTest, AFlippedCharacterOfABoundNameIsCaught) {
+  {
+    auto s = OpenReadWrite();
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(s->Bind("model", b_).ok());
+  }
+  uint64_t entry = header_.names_offset;
+  WriteAt(path_, entry + 1, 'O');  // "model" -> "mOdel"
+  auto s = OpenReadOnly();
+  ASSERT_TRUE(s.ok());
+  auto looked = s->Lookup("mOdel");
+  EXPECT_EQ(looked.status().code(), StatusCode::kCorrupt) << looked.status().ToString();
+  Status st = s->VerifyAll();
+  EXPECT_EQ(st.code(), StatusCode::kCorrupt) << st.ToString();
+  EXPECT_NE(st.message().find("name entry 0"), std::string::npos) << st.message();
+}
+
+}  // namespace
+}  // namespace zcstore
