@@ -22,6 +22,21 @@
 
 namespace zcstore::internal {
 
+// Marks a store file still being created: "<path>.init-<pid>-<random>".
+inline constexpr const char* kTempMarker = ".init-";
+
+// Where the pieces of a new object go inside its extent (extent_allocator.cc).
+struct ExtentPlan {
+  uint64_t metadata_offset = 0;
+  std::vector<uint64_t> buffer_offsets;
+  uint64_t extent_size = 0;
+};
+// Lays out an object of `metadata_size` bytes and buffers of `sizes` (plus
+// `adopted` buffers that live in child objects) with `alignment`.
+// InvalidArgument if the sizes overflow.
+Result<ExtentPlan> PlanExtent(size_t metadata_size, std::span<const size_t> sizes,
+                              size_t adopted, uint64_t alignment);
+
 // True for a valid shared-memory store name: 1-64 characters from
 // [A-Za-z0-9._-], not "." or "..", never a temporary file's name.
 bool ValidStoreName(std::string_view name);
@@ -109,35 +124,26 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
  private:
   StoreImpl() = default;
 
-  // --- set-up (store.cc) ---
+  // --- set-up and the lock (store_open.cc) ---
   Status MapAndCheck(int fd, bool control_writable, const std::string& what);
-  Result<std::byte*> WritableData();  // write_data_, mapped on first use
   // Registers this handle; run under the file lock. Waits at most
   // `timeout_ms` (< 0: no limit) for the store lock.
   Status FinishOpen(int timeout_ms);
   void InitializeHeader(Backing backing);
-
-  // --- table access: the caller holds the lock ---
   void Lock();
   // Lock() that gives up with Timeout after `timeout_ms` (< 0: no limit), and
   // reports an unusable lock as IOError rather than stopping the process:
   // what Open uses, since the store is not known to be healthy yet.
   Status LockWithin(int timeout_ms);
   void Unlock();
+  std::string Describe() const;  // "store 'x'" for messages
+  Status InheritedByFork() const;
+
+  // --- the object table (object_table.cc); the caller holds the lock ---
+  Result<std::byte*> WritableData();  // write_data_, mapped on first use
   uint32_t Find(ObjectId id) const;        // slot of a live entry, or kNone
   uint32_t FindInsertSlot(ObjectId id, bool* exists) const;
-  bool Allocate(uint64_t size, uint32_t slot);  // links slot into the extent list
-  uint64_t LargestFree() const;
   void FreeSlot(uint32_t slot);  // and, for a sealed object, its children
-  PinRecord* Pins(uint32_t client) const {
-    return pins_ + static_cast<uint64_t>(client) * geo_.max_pins;
-  }
-  Status PinLocked(uint32_t slot);
-  void UnpinLocked(uint32_t slot);
-  // Drops client `client`'s pins (and, if `dead`, frees the objects it was
-  // writing), then frees its record unless `free_record` is false.
-  void ReleaseClientLocked(uint32_t client, bool dead, bool free_record = true);
-  uint32_t ReapDeadLocked();
   void UnbindAllLocked(ObjectId id);
   Status CheckExtent(uint32_t slot, const ObjectEntry& e) const;
   // Reads and checks object `slot`'s header and buffer descriptors, each
@@ -147,8 +153,28 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
                     std::vector<std::span<const std::byte>>* buffers, ObjectHeader* header,
                     std::vector<uint64_t>* checksums) const;
   void SyncEntry(uint32_t slot);
-  std::string Describe() const;  // "store 'x'" for messages
-  Status InheritedByFork() const;
+
+  // --- the extent allocator (extent_allocator.cc); under the lock ---
+  bool Allocate(uint64_t size, uint32_t slot);  // links slot into the extent list
+  uint64_t LargestFree() const;
+
+  // --- clients and pins (client_registry.cc); under the lock ---
+  PinRecord* Pins(uint32_t client) const {
+    return pins_ + static_cast<uint64_t>(client) * geo_.max_pins;
+  }
+  Status PinLocked(uint32_t slot);
+  void UnpinLocked(uint32_t slot);
+  // Drops client `client`'s pins (and, if `dead`, frees the objects it was
+  // writing), then frees its record unless `free_record` is false.
+  void ReleaseClientLocked(uint32_t client, bool dead, bool free_record = true);
+  uint32_t ReapDeadLocked();
+  bool AnyLiveClient() const;
+  // True unless client `c`'s process is known to be gone (its liveness lock
+  // is free, or its stamp names a dead process).
+  bool ClientAlive(uint32_t c) const;
+  uint64_t ClientLockOffset(uint32_t c) const {
+    return geo_.clients_offset + uint64_t{c} * sizeof(ClientEntry);
+  }
 
   // --- recovery (store_recovery.cc) ---
   // Rebuilds every derived field from the primary ones after a process died
@@ -157,13 +183,6 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   // True if the header at `e`'s extent (already range-checked) is an object
   // header naming `e`'s id.
   bool HeaderNames(const ObjectEntry& e) const;
-  bool AnyLiveClient() const;
-  // True unless client `c`'s process is known to be gone (its liveness lock
-  // is free, or its stamp names a dead process).
-  bool ClientAlive(uint32_t c) const;
-  uint64_t ClientLockOffset(uint32_t c) const {
-    return geo_.clients_offset + uint64_t{c} * sizeof(ClientEntry);
-  }
 
   friend class zcstore::Store;
   friend class zcstore::ObjectView;

@@ -23,29 +23,6 @@
 namespace zcstore {
 namespace internal {
 
-bool StoreImpl::ClientAlive(uint32_t c) const {
-  if (c == client_) return true;
-  const ClientEntry& ce = clients_[c];
-  if (ce.liveness == kLivenessLock && private_description_) {
-    return platform::ByteRangeLocked(fd_, ClientLockOffset(c), 1);
-  }
-  return platform::IsAlive(ce.process);
-}
-
-bool StoreImpl::AnyLiveClient() const {
-  // Any liveness lock held at all (by a live handle, or by one closing
-  // that has freed its record already) means somebody may be inside.
-  if (private_description_ &&
-      platform::ByteRangeLocked(fd_, geo_.clients_offset,
-                                uint64_t{geo_.max_clients} * sizeof(ClientEntry))) {
-    return true;
-  }
-  for (uint32_t c = 0; c < geo_.max_clients; ++c) {
-    if (clients_[c].state == kClientLive && ClientAlive(c)) return true;
-  }
-  return false;
-}
-
 bool StoreImpl::HeaderNames(const ObjectEntry& e) const {
   ObjectHeader h;
   std::memcpy(&h, data_ + e.offset, sizeof(h));  // e passed CheckExtent
