@@ -1,0 +1,270 @@
+// Completion: the workers' answers (Done and Hello messages), failing
+// items, and the callers that wait for them. A waiting caller takes the
+// answers itself, so an answer costs one wake-up: the caller's.
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "pool/pool_core_internal.h"
+#include "store/platform_internal.h"
+
+namespace zcstore::internal {
+
+bool PoolCore::DrainLocked() {
+  bool any = false;
+  std::vector<std::byte>& msg = drain_buffer;
+  for (Worker& w : workers) {
+    Status corrupt;
+    while (w.alive && w.responses.TryPop(&msg, &corrupt)) {
+      any = true;
+      MessageReader in(msg);
+      uint8_t kind = 0;
+      in.U8(&kind);
+      if (kind == kDone) {
+        Complete(w, in);
+      } else if (kind == kHello) {
+        uint32_t pid = 0, index = 0;
+        uint64_t hash = 0;
+        in.U32(&pid);
+        in.U64(&hash);
+        in.U32(&index);
+        if (hash != RegistryHash() || static_cast<int>(index) != w.index) {
+          start_status = VersionMismatch(
+              "worker " + std::to_string(w.index) + " ('" + exe + "', pid " + std::to_string(pid) +
+              ") has another task registry than this program: it is another build; "
+              "rebuild both, or point worker_executable at this build");
+          platform::KillProcess(w.pid, SIGKILL);
+        } else if (!w.ready) {
+          w.ready = true;
+          ++hellos;
+        }
+        started_cv.notify_all();
+      }
+    }
+    if (!corrupt.ok()) platform::KillProcess(w.pid, SIGKILL);
+  }
+  if (any) {
+    for (Worker& w : workers) SendDetaches(w);
+    Dispatch();  // answers free room, and a hello brings a worker
+  }
+  return any;
+}
+
+// A Done message from worker `w`: results for the oldest chunk it holds.
+void PoolCore::Complete(Worker& w, MessageReader& in) {
+  uint64_t job_id, first;
+  uint32_t count;
+  auto fail = [&](const char* what) {
+    std::fprintf(stderr, "zcstore pool: worker %d sent a malformed answer (%s); stopping it\n",
+                 w.index, what);
+    platform::KillProcess(w.pid, SIGKILL);
+  };
+  if (!in.U64(&job_id) || !in.U64(&first) || !in.U32(&count)) return fail("header");
+  if (w.in_flight.empty()) return fail("nothing in flight");
+  InFlight& f = w.in_flight.front();
+  if (job_id != f.job->seq || first != f.first || count > f.count) {
+    return fail("not the chunk in flight");
+  }
+  Job& job = *f.job;
+  for (uint32_t k = 0; k < count; ++k) {
+    uint8_t code, is_ref;
+    uint64_t len = 0;
+    std::span<const std::byte> bytes;
+    ItemResult r;
+    if (!in.U8(&code) || !in.U8(&is_ref) || code > static_cast<uint8_t>(StatusCode::kIOError)) {
+      return fail("item");
+    }
+    r.code = static_cast<StatusCode>(code);
+    if (is_ref) {
+      if (!in.Id(&r.ref)) return fail("item id");
+    } else {
+      if (!in.Varint(&len) || !in.Bytes(len, &bytes)) return fail("item bytes");
+      if (r.code == StatusCode::kOk) {
+        r.bytes.assign(bytes.begin(), bytes.end());
+      } else {
+        r.error = "task '" + TaskName(job.task) + "' on worker " + std::to_string(w.index) + ": " +
+                  std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+      }
+    }
+    size_t index = first + k;
+    if (r.code == StatusCode::kOk)
+      ++stats.tasks_done;
+    else
+      ++stats.tasks_failed;
+    if ((job.cancelled || job.dropped) && !r.ref.is_nil()) {
+      (void)store->Delete(r.ref);
+      r.ref = ObjectId{};
+    }
+    job.Put(index, std::move(r));
+    ++job.done;
+    if (k < f.arg_refs.size() && !f.arg_refs[k].is_nil()) (void)store->Delete(f.arg_refs[k]);
+  }
+  JobMoved(job);
+  w.quick_deaths = 0;
+  f.first += count;
+  f.count -= count;
+  f.arg_refs.erase(f.arg_refs.begin(),
+                   f.arg_refs.begin() + std::min<size_t>(count, f.arg_refs.size()));
+  if (f.count == 0) w.in_flight.pop_front();
+}
+
+void PoolCore::FailItems(const std::shared_ptr<Job>& job, size_t first, size_t count,
+                         StatusCode code, const std::string& message) {
+  for (size_t i = first; i < first + count; ++i) {
+    ItemResult r;
+    r.code = code;
+    r.error = message;
+    job->Put(i, std::move(r));
+  }
+  job->done += count;
+  stats.tasks_failed += count;
+  JobMoved(*job);
+}
+
+void PoolCore::DeleteRefs(std::vector<ObjectId>& refs) {
+  for (ObjectId id : refs) {
+    if (!id.is_nil()) (void)store->Delete(id);
+  }
+  refs.clear();
+}
+
+std::mutex& JobsMutex(PoolCore* core) { return core->mu; }
+
+void DropJob(PoolCore* core, std::shared_ptr<Job> job) {
+  std::lock_guard<std::mutex> lock(core->mu);
+  job->dropped = true;
+  for (ItemResult& r : job->results) {
+    if (!r.ref.is_nil()) (void)core->store->Delete(r.ref);
+    r.ref = ObjectId{};
+  }
+}
+
+void PoolCore::JobMoved(Job& job) {
+  if (job.done == job.n && job.owns_arg_ref && !job.arg_ref.is_nil()) {
+    (void)store->Delete(job.arg_ref);
+    job.arg_ref = ObjectId{};
+  }
+  if (job.sleepers == 0) return;
+  ControlHeader* c = Header(control);
+  c->answer_seq.fetch_add(1, std::memory_order_release);
+  platform::FutexWake(reinterpret_cast<uint32_t*>(&c->answer_seq));
+}
+
+// A waiting caller takes the workers' answers itself and dispatches the work
+// they make room for, so an answer costs one wake-up: the caller's. It tells
+// the workers how to reach it through the control header (pool_internal.h);
+// each registration is followed by a fence and a drain, which pairs with the
+// fence in the worker's Send: either the drain sees the answer, or the worker
+// sees the registration. Callers of another job that this one's drain
+// completes are woken through `Job::sleepers`; the pool thread does the same
+// for deaths and timeouts.
+namespace {
+// Registers (delta 1) or unregisters (-1) a caller in a control header
+// counter, then fences: pairs with the fence in the worker's Send.
+void Enter(std::atomic<uint32_t>& counter, int delta) {
+  counter.fetch_add(static_cast<uint32_t>(delta), std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+}  // namespace
+
+void PoolCore::WakeWorkers(const std::vector<Ring>& rings) {
+  if (rings.empty()) return;
+  // A woken worker may take this CPU at once and answer before we wait for
+  // it. Count as a spinning caller meanwhile, so that the worker leaves the
+  // answer to us rather than ringing for the pool thread, and take what came.
+  ControlHeader* c = Header(control);
+  Enter(c->callers_spinning, 1);
+  for (const Ring& r : rings) r.WakeConsumer();
+  Enter(c->callers_spinning, -1);
+  if (AnswersWaiting()) {
+    std::lock_guard<std::mutex> lock(mu);
+    DrainLocked();
+  }
+}
+
+template <typename Ready>
+void PoolCore::WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready) {
+  if (ready()) return;
+  ControlHeader* c = Header(control);
+  if (opts.spin_us > 0) {
+    // Poll the rings without the lock, and take it only when an answer is
+    // there, or every 64 rounds (another caller may have done our work; the
+    // clock is read then too).
+    Enter(c->callers_spinning, 1);
+    auto until = Clock::now() + std::chrono::microseconds(opts.spin_us);
+    lock.unlock();
+    for (uint32_t round = 1;; ++round) {
+      bool answers = AnswersWaiting();
+      bool tick = round % 64 == 0;
+      if (answers || tick) {
+        lock.lock();
+        if (answers) DrainLocked();
+        if (ready() || (tick && Clock::now() >= until)) break;
+        lock.unlock();
+      }
+      CpuRelax();
+    }
+    if (ready()) {
+      Enter(c->callers_spinning, -1);
+      DrainLocked();  // answers whose wake-up was skipped while we spun
+      return;
+    }
+  }
+  Enter(c->callers_sleeping, 1);
+  if (opts.spin_us > 0) Enter(c->callers_spinning, -1);
+  while (true) {
+    uint32_t seen = c->answer_seq.load(std::memory_order_acquire);
+    DrainLocked();
+    if (ready()) break;
+    ++job.sleepers;
+    lock.unlock();
+    // Bounded only as a safety net: every answer, death or cancellation
+    // bumps the word.
+    bool woken = platform::FutexWait(reinterpret_cast<uint32_t*>(&c->answer_seq), seen, 1000);
+    lock.lock();
+    --job.sleepers;
+    if (!woken && (DrainLocked() || ready())) ++stats.late_wakeups;
+  }
+  Enter(c->callers_sleeping, -1);
+  DrainLocked();  // answers whose doorbell was skipped while we slept
+}
+
+void WaitJob(PoolCore* core, Job& job) {
+  std::unique_lock<std::mutex> lock(core->mu);
+  core->WaitFor(job, lock, [&] { return job.done == job.n; });
+}
+Store& CoreStore(PoolCore* core) { return *core->store; }
+
+void CancelJob(PoolCore* core, Job& job) {
+  std::lock_guard<std::mutex> lock(core->mu);
+  if (job.cancelled) return;
+  job.cancelled = true;
+  size_t left = job.n - job.next;
+  for (size_t i = job.next; i < job.n; ++i) {
+    ItemResult r;
+    r.code = StatusCode::kCancelled;
+    r.error = "task '" + core->TaskName(job.task) + "' was cancelled before it started";
+    job.Put(i, std::move(r));
+  }
+  job.done += left;
+  job.next = job.n;
+  core->jobs.erase(std::remove_if(core->jobs.begin(), core->jobs.end(),
+                                  [&](const std::shared_ptr<Job>& j) { return j.get() == &job; }),
+                   core->jobs.end());
+  core->JobMoved(job);
+}
+
+bool TakeNext(PoolCore* core, Job& job, size_t* index, ItemResult* result) {
+  std::unique_lock<std::mutex> lock(core->mu);
+  auto& completed = *job.completed;
+  core->WaitFor(job, lock, [&] { return !completed.empty() || job.done == job.n; });
+  if (completed.empty()) return false;
+  *index = completed.front().first;
+  *result = std::move(completed.front().second);
+  completed.pop_front();
+  if (completed.size() + 1 == kMaxUntakenResults) core->Dispatch();  // room again
+  return true;
+}
+
+}  // namespace zcstore::internal

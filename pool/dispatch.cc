@@ -1,0 +1,127 @@
+// Dispatch: sending queued work (retries first) to every ready worker's
+// request ring, in chunks that ramp up from one task, encoding each
+// argument only when its chunk goes, and the Detach messages that wait for
+// room. Everything here runs under the pool's mutex.
+#include <algorithm>
+
+#include "pool/pool_core_internal.h"
+#include "store/platform_internal.h"
+
+namespace zcstore::internal {
+
+void PoolCore::Dispatch(std::vector<Ring>* defer_wakes) {
+  if (jobs.empty() && retries.empty()) return;
+  for (Worker& w : workers) {
+    while (w.alive && w.ready && !w.timed_out &&
+           static_cast<int>(w.in_flight.size()) < opts.max_in_flight_per_worker) {
+      // Retries first, then the oldest job this worker may take.
+      std::shared_ptr<Job> job;
+      size_t first = 0, count = 0;
+      int attempt = 0;
+      // A retry of a job meant for one worker (Broadcast) waits for that one.
+      auto retry = std::find_if(retries.begin(), retries.end(), [&](const Retry& r) {
+        return r.job->target_worker < 0 || r.job->target_worker == w.index;
+      });
+      if (retry != retries.end()) {
+        job = retry->job;
+        first = retry->first;
+        count = retry->count;
+        attempt = retry->attempt;
+        retries.erase(retry);
+      } else {
+        // An unordered job whose caller has not taken its results yet gets no
+        // more work until it does: results never pile up without bound.
+        auto it = std::find_if(jobs.begin(), jobs.end(), [&](const std::shared_ptr<Job>& j) {
+          return (j->target_worker < 0 || j->target_worker == w.index) &&
+                 (j->keep_order || j->completed->size() < kMaxUntakenResults);
+        });
+        if (it == jobs.end()) break;
+        job = *it;
+        first = job->next;
+        count = std::min({job->chunk, job->ramp, job->n - job->next});
+        job->ramp = std::min(job->chunk, job->ramp * 2);
+        job->next += count;
+        if (job->next == job->n) jobs.erase(it);
+      }
+      MessageWriter& msg = dispatch_msg;
+      msg.Clear();
+      InFlight f;
+      f.job = job;
+      f.first = first;
+      f.attempt = attempt;
+      f.nonce = ++chunks_sent;
+      msg.U8(kRun);
+      msg.U64(job->seq);
+      msg.U64(f.nonce);
+      msg.U32(job->task);
+      msg.U64(first);
+      size_t count_at = msg.Placeholder32();
+      size_t sent = 0;
+      while (sent < count) {
+        std::span<const std::byte> bytes = job->arg;
+        ObjectId ref = job->arg_ref;
+        ObjectId made;  // the store object encoding made for this item, if any
+        Status st;
+        if (job->encode) {
+          st = job->encode(first + sent, &encode_scratch, &made);
+          bytes = encode_scratch;
+          ref = made;
+        }
+        if (!st.ok()) {
+          // An argument that cannot be encoded fails alone; the items before
+          // it go now, the ones after it in a later chunk.
+          if (sent > 0) break;
+          FailItems(job, first, 1, st.code(), st.message());
+          f.first = ++first;
+          --count;
+          continue;
+        }
+        if (msg.size() + bytes.size() + 32 > w.requests.max_message()) {
+          if (!made.is_nil()) (void)store->Delete(made);
+          break;  // the rest go in the next chunk
+        }
+        if (ref.is_nil()) {
+          msg.U8(0);
+          msg.Varint(bytes.size());
+          msg.Raw(bytes.data(), bytes.size());
+        } else {
+          msg.U8(1);
+          msg.Id(ref);
+        }
+        if (!made.is_nil()) {
+          f.arg_refs.resize(sent);  // nil for the inline ones before it
+          f.arg_refs.push_back(made);
+        }
+        ++sent;
+      }
+      if (sent < count) {
+        // Put the rest back at the front.
+        retries.push_front({job, first + sent, count - sent, attempt});
+      }
+      if (sent == 0) continue;
+      f.count = sent;
+      msg.Patch32(count_at, static_cast<uint32_t>(sent));
+      if (!w.requests.TryPush(msg.bytes(), /*wake=*/defer_wakes == nullptr)) {
+        // Cannot happen while in-flight chunks are bounded; be safe anyway.
+        retries.push_front({job, first, sent, attempt});
+        DeleteRefs(f.arg_refs);
+        break;
+      }
+      w.in_flight.push_back(std::move(f));
+      if (defer_wakes) defer_wakes->push_back(w.requests);
+    }
+  }
+}
+
+void PoolCore::SendDetaches(Worker& w) {
+  MessageWriter detach;
+  while (w.alive && !w.pending_detaches.empty()) {
+    detach.Clear();
+    detach.U8(kDetach);
+    detach.Id(w.pending_detaches.front());
+    if (!w.requests.TryPush(detach.bytes())) return;
+    w.pending_detaches.erase(w.pending_detaches.begin());
+  }
+}
+
+}  // namespace zcstore::internal

@@ -1,0 +1,162 @@
+// The parent side of the pool: PoolCore and the per-worker state it keeps.
+// Its parts: pool.cc (start, shutdown, the public calls), dispatch.cc
+// (sending work to the rings), completion.cc (answers, failures, waiting
+// callers), watcher.cc (the pool thread: spawning, deaths, timeouts, logs,
+// progress).
+#ifndef ZCSTORE_POOL_POOL_CORE_INTERNAL_H_
+#define ZCSTORE_POOL_POOL_CORE_INTERNAL_H_
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pool/pool_internal.h"
+
+namespace zcstore::internal {
+
+using Clock = std::chrono::steady_clock;
+
+// Results of an unordered map waiting for its caller, at most (backpressure).
+inline constexpr size_t kMaxUntakenResults = 4096;
+
+// A chunk sent to a worker and not yet (fully) answered.
+struct InFlight {
+  std::shared_ptr<Job> job;
+  size_t first = 0, count = 0;
+  // The worker's results for this chunk go into the store under
+  // ResultId(nonce, item): what a worker killed before reporting them leaves
+  // behind can be found and deleted.
+  uint64_t nonce = 0;
+  int attempt = 0;
+  // Argument objects that Dispatch put into the store, to delete once
+  // answered: item first + k's at [k], nil or past the end for inline ones.
+  std::vector<ObjectId> arg_refs;
+};
+
+// Items to send again: re-queued after a death, or the rest of a chunk
+// whose message was full.
+struct Retry {
+  std::shared_ptr<Job> job;
+  size_t first = 0, count = 0;
+  int attempt = 0;
+};
+
+// The parent's view of one worker: its process (or thread), its rings, what
+// it holds, and its restart budget.
+struct Worker {
+  int index = 0;
+  pid_t pid = 0;
+  int pidfd = -1;
+  int log_fd = -1;
+  std::string partial_line;
+  Ring requests, responses;
+  bool ready = false;
+  bool alive = false;
+  bool timed_out = false;
+  bool retired = false;                // died too often too fast: not replaced
+  int quick_deaths = 0;                // deaths without an answer, each within restart_window of the last
+  Clock::time_point last_death;
+  std::vector<ObjectId> pending_detaches;  // Detach messages the ring had no room for
+  std::thread thread;                  // kThreads
+  std::unique_ptr<WorkerState> state;  // kThreads
+  std::deque<InFlight> in_flight;
+};
+
+class PoolCore {
+ public:
+  explicit PoolCore(const PoolOptions& o) : opts(o) {}
+  ~PoolCore();
+
+  Status Init();
+  void Run();  // the pool thread
+  // Sends queued work to every ready worker with room. Holds `mu`. The
+  // workers it sent to are woken now, or, if `defer_wakes` is given, left
+  // there for the caller to wake once it lets go of `mu`.
+  void Dispatch(std::vector<Ring>* defer_wakes = nullptr);
+  // Takes every answer waiting in the response rings, then dispatches. Holds
+  // `mu`. Run by the pool thread, and by callers that spin while they wait.
+  bool DrainLocked();
+  void Complete(Worker& w, MessageReader& in);
+  void HandleDeath(Worker& w);
+  // Gives up on worker `w` for good: fails the work only it could run, and,
+  // if no worker is left, everything pending and (through `no_workers`)
+  // everything submitted later. Holds `mu`.
+  void Retire(Worker& w, const std::string& why);
+  // When the task at the front of `w`'s queue must be done by (its start,
+  // as the worker recorded it, plus task_timeout), or max() if none.
+  Clock::time_point Deadline(const Worker& w) const;
+  // Sends the Detach messages that found `w`'s ring full. Holds `mu`.
+  void SendDetaches(Worker& w);
+  void FailItems(const std::shared_ptr<Job>& job, size_t first, size_t count, StatusCode code,
+                 const std::string& message);
+  void DeleteRefs(std::vector<ObjectId>& refs);
+  // True if a response ring holds an answer. Lock-free: a hint for spinners.
+  bool AnswersWaiting() const {
+    for (const Worker& w : workers) {
+      if (!w.responses.Empty()) return true;
+    }
+    return false;
+  }
+  // Items of `job` were answered: wakes the callers asleep on it, and lets
+  // go of its argument once every item is. Holds `mu`.
+  void JobMoved(Job& job);
+  // Wakes the workers that Dispatch(&rings) sent work to. Does not hold `mu`.
+  void WakeWorkers(const std::vector<Ring>& rings);
+  // Waits until `ready()`, holding `lock` (on `mu`) except while asleep.
+  template <typename Ready>
+  void WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready);
+  Status Spawn(Worker& w);
+  void ReadLogs(Worker& w);  // what the pipe holds now; never waits for more
+  void DeliverLogs();
+  void Progress(bool final);
+  std::string TaskName(uint32_t task) const {
+    return task < Registry().size() ? Registry()[task].name : "?";
+  }
+
+  PoolOptions opts;
+  int n = 0;
+  std::unique_ptr<Store> store;
+  int control_fd = -1;
+  std::byte* control = nullptr;
+  int doorbell = -1;
+  std::vector<Worker> workers;
+  std::string exe;
+
+  std::mutex mu;  // everything below, and every Job's mutable fields
+  std::condition_variable started_cv;
+  std::deque<std::shared_ptr<Job>> jobs;
+  std::deque<Retry> retries;
+  std::vector<std::shared_ptr<Job>> tracked;  // Map jobs shown in the progress bar
+  bool stop = false;
+  bool finished = false;
+  int hellos = 0;
+  Status start_status;
+  PoolStats stats;
+  std::deque<std::pair<int, std::string>> log_lines;
+  std::mutex log_mu;  // log_lines and the log stats
+  Clock::time_point progress_start;
+  std::atomic<bool> progress_shown{false};
+  std::mutex progress_mu;  // one progress update at a time
+  std::thread thread;
+  bool shut_down = false;
+  uint64_t jobs_started = 0;  // Job::seq
+  uint64_t chunks_sent = 0;   // InFlight::nonce
+  std::string no_workers;     // non-empty once every worker is retired: why
+  // Buffers reused under `mu`, so that a task costs no allocations here.
+  std::vector<std::byte> drain_buffer, encode_scratch;
+  MessageWriter dispatch_msg;
+};
+
+// The next result of unordered job `job`, waiting for it (false once every
+// result was taken). Takes `mu`.
+bool TakeNext(PoolCore* core, Job& job, size_t* index, ItemResult* result);
+
+}  // namespace zcstore::internal
+
+#endif  // ZCSTORE_POOL_POOL_CORE_INTERNAL_H_
