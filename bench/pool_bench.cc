@@ -14,18 +14,33 @@
 //                                   model's build is not timed)
 //   BM_ForkStartup/<model bytes>    the copy-on-write limit: fork a child that
 //                                   reads the model, first result over a pipe
+//   BM_ParentDeath/<raw|pool>/<load> SIGKILL the top of a two-level tree (two
+//                                   workers, one inner worker each) while
+//                                   <load> processes spin, until every
+//                                   descendant has exited (pidfds): raw is
+//                                   fork + PR_SET_PDEATHSIG, the floor; pool
+//                                   is nested zcstore pools
 #include <benchmark/benchmark.h>
 #include <linux/futex.h>
 #include <sched.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <optional>
+#include <set>
+#include <string>
+#include <vector>
 
 #include "zcstore/zcstore.h"
 
@@ -213,5 +228,135 @@ void BM_ForkStartup(benchmark::State& state) {
 BENCHMARK(BM_ForkStartup)
     ->Arg(64 << 20)->Arg(256 << 20)->Arg(int64_t{1} << 30)
     ->UseManualTime()->Iterations(2)->Unit(benchmark::kMillisecond);
+
+// An inner pool of one worker inside a worker; never returns.
+int Nest(zcstore::TaskContext&, const int&) {
+  PoolOptions o;
+  o.workers = 1;
+  o.store_capacity = 1 << 20;
+  o.progress_bar = false;
+  auto inner = Pool::Create(o);
+  if (!inner.ok()) return 1;
+  pause();
+  return 0;
+}
+ZCSTORE_TASK("bench_nest", Nest);
+
+// Every live descendant of `root`, from /proc's parent links.
+std::vector<pid_t> Descendants(pid_t root) {
+  std::vector<std::pair<pid_t, pid_t>> links;  // (pid, ppid)
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(e.path() / "stat");
+    std::string line;
+    if (!std::getline(in, line)) continue;
+    size_t close = line.rfind(')');
+    if (close == std::string::npos || close + 4 >= line.size()) continue;
+    pid_t ppid = static_cast<pid_t>(std::atol(line.c_str() + close + 4));
+    links.emplace_back(static_cast<pid_t>(std::atol(name.c_str())), ppid);
+  }
+  std::vector<pid_t> out;
+  std::set<pid_t> tree = {root};
+  for (bool grew = true; grew;) {
+    grew = false;
+    for (auto [pid, ppid] : links) {
+      if (tree.count(ppid) && !tree.count(pid)) {
+        tree.insert(pid);
+        out.push_back(pid);
+        grew = true;
+      }
+    }
+  }
+  return out;
+}
+
+// A process tree like nested pools: two children, one grandchild each,
+// every one with PR_SET_PDEATHSIG = SIGKILL, all paused.
+[[noreturn]] void RawTree() {
+  pid_t top = getpid();
+  for (int w = 0; w < 2; ++w) {
+    if (fork() == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != top) _exit(0);
+      pid_t mid = getpid();
+      if (fork() == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != mid) _exit(0);
+        for (;;) pause();
+      }
+      for (;;) pause();
+    }
+  }
+  for (;;) pause();
+}
+
+[[noreturn]] void PoolTree() {
+  PoolOptions o = Options(0);
+  o.store_capacity = 4 << 20;
+  auto pool = Pool::Create(o);
+  if (!pool.ok()) _exit(1);
+  (void)(*pool)->Broadcast<int>("bench_nest", 0);  // never returns
+  for (;;) pause();
+}
+
+void BM_ParentDeath(benchmark::State& state) {
+  bool pool = state.range(0) == 1;
+  int load = static_cast<int>(state.range(1));
+  // This process adopts the orphans, so it can reap every level.
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  std::vector<pid_t> spinners;
+  for (int i = 0; i < load; ++i) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      for (;;) asm volatile("" ::: "memory");  // a runnable process, for ever
+    }
+    spinners.push_back(pid);
+  }
+  for (auto _ : state) {
+    pid_t top = fork();
+    if (top == 0) {
+      if (pool) PoolTree();
+      RawTree();
+    }
+    std::vector<pid_t> tree;
+    for (int tries = 0; tries < 20000 && tree.size() < 4; ++tries) {
+      usleep(1000);
+      tree = Descendants(top);
+    }
+    if (tree.size() < 4) {
+      kill(top, SIGKILL);
+      return state.SkipWithError("the tree never came up");
+    }
+    std::vector<pollfd> fds;
+    for (pid_t p : tree) {
+      int fd = static_cast<int>(syscall(SYS_pidfd_open, p, 0));
+      if (fd >= 0) fds.push_back({fd, POLLIN, 0});
+    }
+    auto t0 = Clock::now();
+    kill(top, SIGKILL);
+    size_t gone = 0;
+    while (gone < fds.size()) {
+      if (poll(fds.data(), fds.size(), 10000) <= 0) break;
+      gone = 0;
+      for (pollfd& p : fds) gone += (p.revents & POLLIN) != 0;
+    }
+    state.SetIterationTime(Since(t0));
+    if (gone < fds.size()) state.SkipWithError("a descendant outlived its killed parent by 10 s");
+    for (pollfd& p : fds) close(p.fd);
+    while (waitpid(top, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    for (pid_t p : tree) waitpid(p, nullptr, 0);  // reparented to us
+  }
+  for (pid_t p : spinners) kill(p, SIGKILL);
+  for (pid_t p : spinners) waitpid(p, nullptr, 0);
+  prctl(PR_SET_CHILD_SUBREAPER, 0);
+  state.counters["load"] = load;
+}
+BENCHMARK(BM_ParentDeath)
+    ->ArgNames({"pool", "load"})
+    ->Args({0, 0})->Args({1, 0})->Args({0, 20})->Args({1, 20})
+    ->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
 
 }  // namespace
