@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "store/layout_internal.h"
@@ -119,6 +120,36 @@ TEST(CliTest, VerifyPassesThenNamesTheCorruptObjectAndBuffer) {
   EXPECT_TRUE(Has(bad.output, b.ToString())) << bad.output;
   EXPECT_TRUE(Has(bad.output, "buffer 0 checksum mismatch")) << bad.output;
   EXPECT_TRUE(Has(Cli("verify " + dir.path() + "/none.zcs").output, "NotFound"));
+}
+
+TEST(CliTest, VerifySeesAnObjectWhoseStateWasDamaged) {
+  // A flipped state used to hide its object from `verify`, which said every
+  // checksum matched.
+  testing::TempDir dir;
+  std::string path = dir.path() + "/s.zcs";
+  ObjectId a;
+  {
+    StoreOptions o;
+    o.backing = Backing::kFile;
+    o.capacity = 4 << 20;
+    o.max_objects = 8;
+    auto s = Store::Create(path, o);
+    ASSERT_TRUE(s.ok());
+    a = PutPattern(*s, 5000);
+  }
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::string id(16, '\0');
+  std::memcpy(id.data(), &a.hi, 8);
+  std::memcpy(id.data() + 8, &a.lo, 8);
+  size_t entry = bytes.find(id, 4096);  // the object table starts on page 1
+  ASSERT_NE(entry, std::string::npos);
+  f.seekp(static_cast<std::streamoff>(entry + 16));  // ObjectEntry::state
+  f.put(static_cast<char>(7));
+  f.close();
+  CliRun bad = Cli("verify " + path);
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_TRUE(Has(bad.output, "unknown state")) << bad.output;
 }
 
 TEST(CliTest, GcRemovesAbandonedStoresAndRmRemovesByName) {
