@@ -342,6 +342,7 @@ void PoolCore::Run() {
     {
       std::lock_guard<std::mutex> lock(mu);
       DrainLocked();
+      for (Worker& w : workers) SendDetaches(w);  // a ring that was full may have room now
       bool any_death = false;
       for (size_t i = 0; i < fds.size(); ++i) {
         if (owner[i] >= 0 && fds[i].fd == workers[owner[i]].pidfd && (fds[i].revents & POLLIN)) {

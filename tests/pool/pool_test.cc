@@ -887,6 +887,33 @@ TEST(PoolFaultTest, ResultsAKilledWorkerNeverReportedAreDeleted) {
 }
 
 
+
+TEST(PoolFaultTest, AnUnshareNeverGetsLostWhenAWorkersRingIsFull) {
+  // The worker attaches X, then sleeps in a task while more Detach messages
+  // than its ring holds arrive; X's comes last. Dropped, the worker would
+  // keep X pinned (deleted but held) until the pool ended.
+  auto pool = MakePool(Small(1));
+  ASSERT_TRUE(pool);
+  auto x = pool->Share(SharedModel(1000));
+  ASSERT_TRUE(x.ok());
+  ASSERT_TRUE(pool->Submit<std::string>("where_shared", *x).Get().ok());  // attached
+  auto busy = pool->Submit<int>("sleep_ms", 1500);
+  for (int batch = 0; batch < 6; ++batch) {  // 6 x 2000 Detaches: more than the ring's 8192
+    std::vector<Shared<Model>> refs;
+    for (int i = 0; i < 2000; ++i) refs.push_back(*pool->Share(Model{}));
+    for (auto& r : refs) ASSERT_TRUE(pool->Unshare(r).ok());
+  }
+  ASSERT_TRUE(pool->Unshare(*x).ok());
+  EXPECT_EQ(pool->store().Stats()->deleted_pinned, 1u);  // X: the worker holds it still
+  ASSERT_TRUE(busy.Get().ok());
+  int waited_ms = 0;
+  while (pool->store().Stats()->deleted_pinned != 0 && waited_ms < 5000) {
+    usleep(10000);
+    waited_ms += 10;
+  }
+  EXPECT_EQ(pool->store().Stats()->deleted_pinned, 0u) << "the worker never let go of X";
+}
+
 TEST(PoolFaultTest, TortureRandomSigkillsDuringMapsLoseNothingAndLeakNothing) {
   // 200 SIGKILLs at random instants of the workers' lives during Maps:
   // every task ends done (with the right value) or WorkerCrashed, the pool
