@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstdio>
 
 #include "pool/pool_core_internal.h"
@@ -11,6 +13,26 @@
 
 namespace zcstore {
 namespace internal {
+namespace {
+
+// A process spawned as a worker whose main did not call ZCSTORE_WORKER_MAIN
+// would run the program again: make it die with its parent from the first
+// instruction of main, and refuse its pools (every generation would spawn
+// the next: a process storm).
+pid_t started_as_worker_of = 0;
+std::atomic<bool> in_worker_loop{false};
+
+__attribute__((constructor)) void NoticeWorkerStart() {
+  const char* parent = std::getenv(kWorkerEnv);
+  if (parent == nullptr) return;
+  started_as_worker_of = static_cast<pid_t>(std::atol(parent));
+  unsetenv(kWorkerEnv);  // not for what this process starts in turn
+  if (!platform::DieWithParent(started_as_worker_of)) _exit(0);  // the parent is gone
+}
+
+}  // namespace
+
+void EnterWorkerLoop() { in_worker_loop = true; }
 
 PoolCore::~PoolCore() {
   platform::Unmap(control, ControlSize(n));
@@ -59,6 +81,13 @@ Status PoolCore::Init() {
 using internal::PoolCore;
 
 Result<std::unique_ptr<Pool>> Pool::Create(const PoolOptions& options) {
+  if (internal::started_as_worker_of != 0 && !internal::in_worker_loop) {
+    return InvalidArgument(
+        "this process was started as a zcstore worker (by process " +
+        std::to_string(internal::started_as_worker_of) +
+        "), but its main() did not call ZCSTORE_WORKER_MAIN(argc, argv) before creating a Pool; "
+        "put ZCSTORE_WORKER_MAIN(argc, argv) first in main, before any argument parsing");
+  }
   if (options.max_in_flight_per_worker < 1) {
     return InvalidArgument("max_in_flight_per_worker must be at least 1");
   }

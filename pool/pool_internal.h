@@ -27,6 +27,13 @@ inline constexpr uint64_t kRingCapacity = uint64_t{1} << 18;
 // Descriptors a spawned worker finds its resources at.
 inline constexpr int kControlFd = 3, kStoreFd = 4, kDoorbellFd = 5;
 inline constexpr char kWorkerFlag[] = "--zcstore-worker";
+// In a spawned worker's environment: the parent's pid. Read (and removed)
+// before main() runs, so that a worker dies with its parent even if main
+// never reaches ZCSTORE_WORKER_MAIN, and a Pool it creates can be refused.
+inline constexpr char kWorkerEnv[] = "ZCSTORE_WORKER_OF";
+// Set by RunWorkerProcess: this process runs the worker loop (tasks may
+// start pools of their own). pool.cc reads it with the environment's verdict.
+void EnterWorkerLoop();
 
 // The start of the control segment: how a worker tells who waits for its
 // answers. A caller that waits drains the response rings itself, so an

@@ -73,11 +73,13 @@ Status PoolCore::Spawn(Worker& w) {
                                      std::to_string(parent),
                                      std::to_string(opts.spin_us),
                                      std::to_string(n)};
-    auto pid = platform::SpawnProcess(argv, {{log[1], 1},
-                                             {log[1], 2},
-                                             {control_fd, kControlFd},
-                                             {store->fd(), kStoreFd},
-                                             {doorbell, kDoorbellFd}});
+    auto pid = platform::SpawnProcess(argv,
+                                      {{log[1], 1},
+                                       {log[1], 2},
+                                       {control_fd, kControlFd},
+                                       {store->fd(), kStoreFd},
+                                       {doorbell, kDoorbellFd}},
+                                      {std::string(kWorkerEnv) + "=" + std::to_string(parent)});
     if (!pid.ok()) {
       ::close(log[0]);
       ::close(log[1]);
@@ -163,7 +165,9 @@ void PoolCore::HandleDeath(Worker& w) {
   w.alive = false;
   bool starting = hellos < n && start_status.ok();
   if (starting && !w.ready) {
-    start_status = WorkerCrashed(how + " before it reported in (see its log above)");
+    start_status = WorkerCrashed(
+        how + " before it reported in (see its log above; does '" + exe +
+        "' call ZCSTORE_WORKER_MAIN(argc, argv) first thing in main?)");
     started_cv.notify_all();
     return;
   }

@@ -211,6 +211,7 @@ int RunWorkerProcess(int argc, char** argv) {
     std::fprintf(stderr, "zcstore worker: started without its arguments\n");
     return 2;
   }
+  internal::EnterWorkerLoop();  // tasks may start pools of their own
   internal::WorkerState w;
   w.index = std::atoi(argv[2]);
   w.parent = static_cast<pid_t>(std::atol(argv[3]));

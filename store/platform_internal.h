@@ -105,9 +105,11 @@ void DrainDoorbell(int fd);
 // A file descriptor that polls readable when process `pid` exits (pidfd_open).
 Result<int> OpenProcessHandle(pid_t pid);
 // Starts `argv[0]` with `fds` placed at descriptors 0.. as given (pairs of
-// {source fd, target fd}; -1 sources are skipped). Returns the pid.
+// {source fd, target fd}; -1 sources are skipped), and this process's
+// environment plus `env` ("NAME=value" entries). Returns the pid.
 Result<pid_t> SpawnProcess(const std::vector<std::string>& argv,
-                           const std::vector<std::pair<int, int>>& fds);
+                           const std::vector<std::pair<int, int>>& fds,
+                           const std::vector<std::string>& env = {});
 // Asks the kernel to SIGKILL this process when its parent thread dies, and
 // returns false if the parent is already gone (getppid() != parent).
 bool DieWithParent(pid_t parent);

@@ -342,7 +342,8 @@ Result<int> OpenProcessHandle(pid_t pid) {
 extern "C" char** environ;
 
 Result<pid_t> SpawnProcess(const std::vector<std::string>& argv,
-                           const std::vector<std::pair<int, int>>& fds) {
+                           const std::vector<std::pair<int, int>>& fds,
+                           const std::vector<std::string>& env) {
   // Move every source above the targets first: a dup2 onto itself would
   // leave close-on-exec set, and a source could sit on another's target.
   std::vector<int> high;
@@ -357,8 +358,12 @@ Result<pid_t> SpawnProcess(const std::vector<std::string>& argv,
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
+  for (const std::string& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
   pid_t pid = -1;
-  int rc = posix_spawn(&pid, args[0], &fa, nullptr, args.data(), environ);
+  int rc = posix_spawn(&pid, args[0], &fa, nullptr, args.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
   for (int h : high) {
     if (h >= 0) ::close(h);

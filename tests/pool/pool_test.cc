@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <set>
@@ -912,6 +913,67 @@ TEST(PoolFaultTest, AnUnshareNeverGetsLostWhenAWorkersRingIsFull) {
     waited_ms += 10;
   }
   EXPECT_EQ(pool->store().Stats()->deleted_pinned, 0u) << "the worker never let go of X";
+}
+
+
+// Every live descendant of `root` (from /proc's parent links).
+std::vector<pid_t> DescendantsOf(pid_t root) {
+  std::vector<std::pair<pid_t, pid_t>> links;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(e.path() / "stat");
+    std::string line;
+    if (!std::getline(in, line)) continue;
+    size_t close = line.rfind(')');
+    if (close == std::string::npos || close + 4 >= line.size()) continue;
+    links.emplace_back(std::atoi(name.c_str()), std::atoi(line.c_str() + close + 4));
+  }
+  std::set<pid_t> tree = {root};
+  std::vector<pid_t> out;
+  for (bool grew = true; grew;) {
+    grew = false;
+    for (auto [pid, ppid] : links) {
+      if (tree.count(ppid) && !tree.count(pid)) {
+        tree.insert(pid);
+        out.push_back(pid);
+        grew = true;
+      }
+    }
+  }
+  return out;
+}
+
+TEST(PoolFaultTest, AForgottenWorkerMainFailsAtOnceAndStartsNoProcessStorm) {
+  // This process adopts every orphan, so that whatever the program leaves
+  // behind can be seen, counted and (as a watchdog) killed: as root, a
+  // process limit would not hold a storm.
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  auto program = testing::Child::Run(ZCSTORE_NO_WORKER_MAIN, {});
+  std::string line = program.ReadLine(8000);
+  bool timed_out = program.timed_out();
+  std::vector<pid_t> left;
+  for (int i = 0; i < 200; ++i) {
+    program.Wait(1);  // reaps the program once it has exited
+    left = DescendantsOf(getpid());
+    if (left.empty()) break;
+    usleep(5000);
+  }
+  size_t stragglers = left.size();
+  for (int round = 0; round < 50 && !left.empty(); ++round) {  // the watchdog
+    for (pid_t p : left) kill(p, SIGKILL);
+    while (waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+    usleep(2000);
+    left = DescendantsOf(getpid());
+  }
+  prctl(PR_SET_CHILD_SUBREAPER, 0);
+  ASSERT_FALSE(timed_out) << "no answer within 8 s";
+  EXPECT_EQ(line.rfind("WorkerCrashed", 0), 0u) << line;
+  EXPECT_NE(line.find("ZCSTORE_WORKER_MAIN"), std::string::npos) << line;
+  double seconds = std::atof(line.substr(line.rfind("after ") + 6).c_str());
+  EXPECT_LT(seconds, 2.0) << line;  // not start_timeout's 20 s
+  EXPECT_EQ(stragglers, 0u) << "processes outlived the program";
 }
 
 TEST(PoolFaultTest, TortureRandomSigkillsDuringMapsLoseNothingAndLeakNothing) {
