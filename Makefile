@@ -5,13 +5,14 @@
 #   make test                        build and run every test (ctest)
 #   make demo                        the main job: the shared-model demo
 #   make bench                       benchmarks -> bench/results/latest.json
+#   make build BENCHMARKS=ON         build everything, the benchmarks too (CI)
 #   make test SANITIZE=address+undefined BUILD=build-asan
 
 SHELL    := /bin/bash
 BUILD    ?= build
 SANITIZE ?=
 JOBS     ?= $(shell nproc)
-DEPS     := cmake g++ make pkg-config libboost-dev libflatbuffers-dev flatbuffers-compiler \
+DEPS     := cmake g++ make pkg-config libflatbuffers-dev flatbuffers-compiler \
             libxxhash-dev libgtest-dev libgmock-dev libbenchmark-dev
 
 .PHONY: all deps configure build test demo bench fuzz clean
@@ -32,9 +33,13 @@ deps:
 	  fi; \
 	fi
 
+# The benchmarks are built by `make bench` (and CI), not by `make test`.
+BENCHMARKS ?= OFF
+bench: BENCHMARKS = ON
+
 configure: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZCSTORE_SANITIZE=$(SANITIZE) \
-	  -DZCSTORE_BUILD_TESTS=ON -DZCSTORE_BUILD_BENCHMARKS=ON -DZCSTORE_BUILD_EXAMPLES=ON >/dev/null
+	  -DZCSTORE_BUILD_TESTS=ON -DZCSTORE_BUILD_BENCHMARKS=$(BENCHMARKS) -DZCSTORE_BUILD_EXAMPLES=ON >/dev/null
 
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)

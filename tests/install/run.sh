@@ -10,7 +10,8 @@ cmake --build "$tmp/b" >/dev/null
 "$tmp/b/consumer"
 PKG_CONFIG_PATH=$(dirname "$(find "$tmp/prefix" -name zcstore.pc)")
 export PKG_CONFIG_PATH
-c++ -std=c++20 "$src/consumer.cc" -o "$tmp/pc" $(pkg-config --define-variable=prefix="$tmp/prefix" --cflags --libs --static zcstore)
+# No --define-variable: the .pc file must follow the prefix on its own.
+c++ -std=c++20 "$src/consumer.cc" -o "$tmp/pc" $(pkg-config --cflags --libs --static zcstore)
 "$tmp/pc"
 test -x "$tmp/prefix/bin/zcstore"
 echo "install ok"
