@@ -88,8 +88,12 @@ inline Status IOError(std::string m) { return {StatusCode::kIOError, std::move(m
 
 // Either a T or the non-OK Status that explains why there is none.
 //
-// Accessing the value of an error Result is a bug, not an error: it stops the
-// process with the status printed (value(), operator*, operator->).
+// Accessing the value of an error Result is a bug, not an error: value(),
+// operator* and operator-> on one stop the process (abort), after printing
+// "zcstore: fatal: value() of an error Result: <status>" on stderr. A host
+// process that must never stop (an interpreter, a server) checks first:
+// `if (!r) ...`, r.ok(), r.value_or(fallback), or the ZCSTORE_ASSIGN_OR_RETURN
+// and ZCSTORE_RETURN_IF_ERROR macros below.
 template <typename T>
 class [[nodiscard]] Result {
  public:
@@ -101,6 +105,7 @@ class [[nodiscard]] Result {
   }
 
   bool ok() const { return status_.ok(); }
+  explicit operator bool() const { return ok(); }
   const Status& status() const& { return status_; }
   Status status() && { return std::move(status_); }
 
@@ -112,6 +117,15 @@ class [[nodiscard]] Result {
   T&& operator*() && { return std::move(*this).value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
+  // The value, or `fallback` for an error Result; never stops the process.
+  template <typename U>
+  T value_or(U&& fallback) const& {
+    return ok() ? *value_ : static_cast<T>(std::forward<U>(fallback));
+  }
+  template <typename U>
+  T value_or(U&& fallback) && {
+    return ok() ? std::move(*value_) : static_cast<T>(std::forward<U>(fallback));
+  }
 
  private:
   void Check() const {
@@ -133,5 +147,33 @@ void Result<T>::Die(const char* what) {
 }
 
 }  // namespace zcstore
+
+// In a function returning Status (or a Result): returns the Status of `expr`
+// if it is not OK.
+#define ZCSTORE_RETURN_IF_ERROR(expr)                            \
+  do {                                                           \
+    ::zcstore::Status zcstore_status_ = ::zcstore::internal::ToStatus(expr); \
+    if (!zcstore_status_.ok()) return zcstore_status_;           \
+  } while (0)
+
+// In a function returning Status (or a Result): evaluates `rexpr`, a
+// Result<T>; returns its Status if it is an error, else moves its value into
+// `lhs` (a declaration such as `auto store`, or an existing variable).
+#define ZCSTORE_ASSIGN_OR_RETURN(lhs, rexpr) \
+  ZCSTORE_ASSIGN_OR_RETURN_IMPL_(ZCSTORE_CONCAT_(zcstore_result_, __LINE__), lhs, rexpr)
+#define ZCSTORE_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, rexpr) \
+  auto tmp = (rexpr);                                   \
+  if (!tmp.ok()) return std::move(tmp).status();        \
+  lhs = std::move(tmp).value()
+#define ZCSTORE_CONCAT_(a, b) ZCSTORE_CONCAT_INNER_(a, b)
+#define ZCSTORE_CONCAT_INNER_(a, b) a##b
+
+namespace zcstore::internal {
+inline const Status& ToStatus(const Status& s) { return s; }
+template <typename T>
+const Status& ToStatus(const Result<T>& r) {
+  return r.status();
+}
+}  // namespace zcstore::internal
 
 #endif  // ZCSTORE_STATUS_H_

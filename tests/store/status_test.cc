@@ -63,3 +63,40 @@ TEST(ObjectIdTest, RandomIdsAreDistinctAndNeverNil) {
 
 }  // namespace
 }  // namespace zcstore
+
+namespace zcstore {
+namespace {
+
+Result<int> Half(int x) {
+  if (x % 2 != 0) return InvalidArgument(std::to_string(x) + " is odd");
+  return x / 2;
+}
+Status Check(int x) { return x < 0 ? InvalidArgument("negative") : Status::OK(); }
+
+Result<int> Quarter(int x) {
+  ZCSTORE_RETURN_IF_ERROR(Check(x));
+  ZCSTORE_ASSIGN_OR_RETURN(int half, Half(x));
+  ZCSTORE_ASSIGN_OR_RETURN(auto quarter, Half(half));
+  return quarter;
+}
+
+TEST(ResultTest, ChecksThatNeverStopTheProcess) {
+  EXPECT_TRUE(static_cast<bool>(Half(4)));
+  EXPECT_FALSE(static_cast<bool>(Half(3)));
+  if (auto r = Half(3); !r) {
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(Half(8).value_or(-1), 4);
+  EXPECT_EQ(Half(7).value_or(-1), -1);
+  Result<std::string> text = NotFound("none");
+  EXPECT_EQ(std::move(text).value_or("fallback"), "fallback");
+}
+
+TEST(ResultTest, MacrosReturnTheFirstError) {
+  EXPECT_EQ(*Quarter(12), 3);
+  EXPECT_EQ(Quarter(6).status().message(), "3 is odd");  // from the second step
+  EXPECT_EQ(Quarter(-4).status().message(), "negative");
+}
+
+}  // namespace
+}  // namespace zcstore
