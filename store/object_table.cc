@@ -16,9 +16,16 @@
 namespace zcstore::internal {
 namespace {
 
-std::string Mib(uint64_t bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+// "1.5 MiB" where that is exact, else the bytes too ("1073745920 bytes
+// (1024.004 MiB)"): a message must not round a need into what is free.
+std::string Bytes(uint64_t bytes) {
+  char buf[64];
+  double mib = static_cast<double>(bytes) / (1 << 20);
+  if (bytes % (1 << 19) == 0) {
+    std::snprintf(buf, sizeof(buf), "%.1f MiB", mib);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%llu bytes (%.3f MiB)", static_cast<unsigned long long>(bytes), mib);
+  }
   return buf;
 }
 
@@ -230,9 +237,11 @@ Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
         slot == kNone
             ? Describe() + " is full: all " + std::to_string(geo_.max_objects) +
                   " object slots are used; delete objects or raise max_objects"
-            : Describe() + " is full: the object needs " + Mib(size) + ", " +
-                  Mib(header_->used) + " of " + Mib(geo_.data_size) + " are used (largest free " +
-                  Mib(LargestFree()) + "); raise capacity or delete objects";
+            : Describe() + " is full: the object needs " + Bytes(size) +
+                  " (its metadata and buffers with their headers and alignment; "
+                  "Store::CapacityFor computes it), " + Bytes(header_->used) + " of " +
+                  Bytes(geo_.data_size) + " are used and the largest free extent is " +
+                  Bytes(LargestFree()) + "; raise capacity or delete objects";
     Unlock();
     return StoreFull(msg);
   }

@@ -132,9 +132,40 @@ Result<Store> Store::Create(std::string_view name, const StoreOptions& options) 
 }
 
 Result<Store> Store::Open(std::string_view name, const OpenOptions& options) {
-  auto impl = internal::StoreImpl::Open(name, options);
+  // A store name never holds '/': a name that does is a file store's path.
+  OpenOptions o = options;
+  if (o.backing == Backing::kSharedMemory && name.find('/') != std::string_view::npos) {
+    o.backing = Backing::kFile;
+  }
+  auto impl = internal::StoreImpl::Open(name, o);
   if (!impl.ok()) return impl.status();
   return Store(std::move(*impl));
+}
+
+Result<Store> Store::OpenOrCreate(std::string_view name, const StoreOptions& options) {
+  if (options.backing == Backing::kMemfd) {
+    return InvalidArgument("a memfd store has no name to be opened by: use Create and OpenFd");
+  }
+  OpenOptions o;
+  o.backing = options.backing;
+  o.shm_dir = options.shm_dir;
+  o.allow_shared_write = (options.mode & 022) != 0;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto opened = Open(name, o);
+    if (opened.ok() || opened.status().code() != StatusCode::kNotFound) return opened;
+    auto created = Create(name, options);
+    if (created.ok() || created.status().code() != StatusCode::kAlreadyExists) return created;
+    // Another process created it between our Open and Create: open it.
+  }
+  return Open(name, o);
+}
+
+uint64_t Store::CapacityFor(size_t metadata_size, std::span<const size_t> buffer_sizes,
+                            Backing backing) {
+  auto plan = internal::PlanExtent(metadata_size, buffer_sizes, 0,
+                                   backing == Backing::kFile ? internal::kPageSize
+                                                             : internal::kBufferAlignment);
+  return plan.ok() ? plan->extent_size : 0;
 }
 
 Result<Store> Store::OpenFd(int fd, bool read_only) {
@@ -252,6 +283,7 @@ Result<uint32_t> Store::ReclaimDead() {
   return impl_->ReclaimDead();
 }
 const std::string& Store::name() const { return impl_->name(); }
+bool Store::created() const { return impl_->created(); }
 Backing Store::backing() const { return impl_->backing(); }
 bool Store::read_only() const { return impl_->read_only(); }
 int Store::fd() const { return impl_->fd(); }

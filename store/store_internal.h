@@ -104,6 +104,7 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   bool InForkedChild() const { return fork_generation_ != platform::ForkGeneration(); }
 
   const std::string& name() const { return name_; }
+  bool created() const { return created_; }
   Backing backing() const { return backing_; }
   bool read_only() const { return read_only_; }
   int fd() const { return fd_; }

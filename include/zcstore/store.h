@@ -266,7 +266,9 @@ class ZCSTORE_EXPORT Store {
   // Cost: O(1) in capacity: the data region is reserved as objects claim it.
   static Result<Store> Create(std::string_view name, const StoreOptions& options = {});
 
-  // Opens an existing store. Never follows a symbolic link and never blocks
+  // Opens an existing store: a shared-memory store by name, or a file store
+  // by path (options.backing = kFile; a name with a '/' is taken as a path
+  // whatever the backing). Never follows a symbolic link and never blocks
   // on a FIFO or device planted under the name. Errors: NotFound,
   // PermissionDenied (a symbolic link; a file owned by another user, or that
   // group or others may write: see OpenOptions::allow_shared_write),
@@ -276,6 +278,20 @@ class ZCSTORE_EXPORT Store {
   // process held the store's lock longer than options.lock_timeout).
   // Reclaims the pins and unsealed objects of processes that died.
   static Result<Store> Open(std::string_view name, const OpenOptions& options = {});
+
+  // Opens the store, or creates it with `options` if there is none (a
+  // creator racing us makes this an Open). Errors: those of Open and Create;
+  // InvalidArgument for kMemfd (no name to find it by). The handle created
+  // store (created() tells which happened); a shared-memory store is removed
+  // when its creating handle closes unless options.persistent.
+  static Result<Store> OpenOrCreate(std::string_view name, const StoreOptions& options = {});
+
+  // The capacity (StoreOptions::capacity) that an object of `metadata_size`
+  // bytes and buffers of `buffer_sizes` takes in a store of `backing`: its
+  // headers, buffers and alignment, rounded to pages. A store holds objects
+  // whose CapacityFor add up to at most its capacity. 0 if the sizes overflow.
+  static uint64_t CapacityFor(size_t metadata_size, std::span<const size_t> buffer_sizes,
+                              Backing backing = Backing::kSharedMemory);
 
   // Opens a kMemfd store from a file descriptor handed down by its creator.
   // The descriptor is duplicated; the caller keeps `fd`. Errors as Open.
@@ -399,6 +415,9 @@ class ZCSTORE_EXPORT Store {
 
   // The store's name (generated if Create got an empty one), path for kFile.
   const std::string& name() const;
+  // True if this handle created the store (Create, or OpenOrCreate that
+  // created it).
+  bool created() const;
   Backing backing() const;
   bool read_only() const;
   // The segment's file descriptor; for kMemfd stores, what child processes

@@ -337,8 +337,15 @@ TEST_F(BadFileTest, UnknownIdsAndNames) {
 TEST(BadInputTest, NamesThatCannotBeStoreNames) {
   for (const char* bad : {"a/b", "..", "name with space", "x.init-1-2"}) {
     EXPECT_EQ(Store::Create(bad, {}).status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+  for (const char* bad : {"..", "name with space", "x.init-1-2"}) {
     EXPECT_EQ(Store::Open(bad).status().code(), StatusCode::kInvalidArgument) << bad;
   }
+  // A name with a '/' is a file store's path to Open.
+  auto path = Store::Open("a/b");
+  EXPECT_EQ(path.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(path.status().message().find("store file 'a/b'"), std::string::npos)
+      << path.status().ToString();
   EXPECT_EQ(Store::Create(std::string(65, 'a'), {}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(Store::Open("no-such-store-" + testing::UniqueName()).status().code(),
             StatusCode::kNotFound);

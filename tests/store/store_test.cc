@@ -617,3 +617,59 @@ TEST(StoreRaceTest, ListAndVerifyAllNeverSeeATornObjectUnderPutAndDelete) {
 
 }  // namespace
 }  // namespace zcstore
+
+namespace zcstore {
+namespace {
+
+TEST(StoreApiTest, OpenOrCreateCreatesOnceThenOpens) {
+  std::string name = testing::UniqueName();
+  StoreOptions o;
+  o.capacity = 1 << 20;
+  auto first = Store::OpenOrCreate(name, o);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_TRUE(first->created());
+  auto second = Store::OpenOrCreate(name, o);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_FALSE(second->created());
+  EXPECT_EQ(second->Stats()->clients, 2u);
+  o.backing = Backing::kMemfd;
+  EXPECT_EQ(Store::OpenOrCreate(name, o).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(StoreApiTest, OpenOfAPathOpensTheFileStore) {
+  testing::TempDir dir;
+  std::string path = dir.path() + "/model.zcs";
+  StoreOptions o;
+  o.backing = Backing::kFile;
+  o.capacity = 1 << 20;
+  { ASSERT_TRUE(Store::Create(path, o).ok()); }
+  auto s = Store::Open(path);  // no OpenOptions::backing
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->backing(), Backing::kFile);
+}
+
+TEST(StoreApiTest, CapacityForSizesAStoreThatHoldsExactlyTheObject) {
+  std::vector<size_t> sizes = {1 << 20, 3000, 100000};
+  uint64_t need = Store::CapacityFor(200, sizes);
+  ASSERT_GT(need, (1u << 20) + 103000u);
+  for (uint64_t capacity : {need, need - 4096}) {
+    StoreOptions o;
+    o.capacity = capacity;
+    auto s = Store::Create(testing::UniqueName(), o);
+    ASSERT_TRUE(s.ok());
+    auto b = s->CreateObject(ObjectId::Random(), 200, sizes);
+    if (capacity == need) {
+      EXPECT_TRUE(b.ok()) << b.status().ToString();
+    } else {
+      ASSERT_FALSE(b.ok());
+      EXPECT_EQ(b.status().code(), StatusCode::kStoreFull);
+      // The message states the need exactly, and never as what is free.
+      const std::string& m = b.status().message();
+      EXPECT_NE(m.find(std::to_string(need) + " bytes"), std::string::npos) << m;
+      EXPECT_NE(m.find("CapacityFor"), std::string::npos) << m;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace zcstore
