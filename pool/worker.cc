@@ -1,5 +1,6 @@
 // The worker side of the pool: the task registry, the loop that runs tasks,
 // and the entry point of a spawned worker process.
+#include <cxxabi.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,6 +43,13 @@ uint64_t RegistryHash() {
 
 Store& WorkerStore(TaskContext& ctx) { return *ctx.w_->store; }
 ObjectId ResultIdOf(TaskContext& ctx) { return ctx.w_->result_id; }
+
+std::string DemangledTypeName(const std::type_info& type) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> name(
+      abi::__cxa_demangle(type.name(), nullptr, nullptr, &status), std::free);
+  return status == 0 && name ? std::string(name.get()) : std::string(type.name());
+}
 
 const void* AttachedObject(TaskContext& ctx, ObjectId id, std::type_index type) {
   auto it = ctx.w_->attached.find(id);

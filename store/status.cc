@@ -20,6 +20,7 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kCancelled: return "Cancelled";
     case StatusCode::kInvalidArgument: return "InvalidArgument";
     case StatusCode::kIOError: return "IOError";
+    case StatusCode::kTaskFailed: return "TaskFailed";
   }
   return "Unknown";
 }

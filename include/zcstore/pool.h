@@ -27,7 +27,7 @@
 //
 // Faults (docs/pool.md has the whole model): a worker that dies mid-task fails
 // that task with WorkerCrashed (naming the signal and worker) or retries it,
-// and is replaced; a task that throws fails with its type and message; a task
+// and is replaced; a task that throws fails with TaskFailed, its type and message; a task
 // past PoolOptions::task_timeout is killed with its worker and fails with
 // Timeout; if the parent is killed, every worker exits within a second.
 //
@@ -150,6 +150,8 @@ ZCSTORE_EXPORT void DropJob(PoolCore* core, std::shared_ptr<Job> job);
 // Encoding helpers shared by both sides. Values with out-of-band buffers go
 // through the store (zero-copy on the other side); the rest inline.
 ZCSTORE_EXPORT Store& WorkerStore(TaskContext& ctx);
+// "std::out_of_range" rather than "St12out_of_range".
+ZCSTORE_EXPORT std::string DemangledTypeName(const std::type_info& type);
 // The id the running task's result takes if it goes through the store.
 ZCSTORE_EXPORT ObjectId ResultIdOf(TaskContext& ctx);
 ZCSTORE_EXPORT const void* AttachedObject(TaskContext& ctx, ObjectId id, std::type_index type);
@@ -269,9 +271,9 @@ Status Invoke(R (*fn)(TaskContext&, const A&), TaskContext& ctx, std::span<const
   } catch (const TaskError& e) {
     return e.status;
   } catch (const std::exception& e) {
-    return InvalidArgument("task threw " + std::string(typeid(e).name()) + ": " + e.what());
+    return TaskFailed("task threw " + DemangledTypeName(typeid(e)) + ": " + e.what());
   } catch (...) {
-    return InvalidArgument("task threw an exception that is not a std::exception");
+    return TaskFailed("task threw an exception that is not a std::exception");
   }
 }
 

@@ -35,6 +35,7 @@ enum class StatusCode : int {
   kCancelled = 10,       // the caller cancelled the work
   kInvalidArgument = 11, // the caller passed something that can never work
   kIOError = 12,         // any other OS error; the message holds errno's text
+  kTaskFailed = 13,      // a pool task threw: the message has the exception's type and what()
 };
 
 // Returns the code's name without the leading 'k', e.g. "StoreFull".
@@ -85,6 +86,7 @@ inline Status InvalidArgument(std::string m) {
   return {StatusCode::kInvalidArgument, std::move(m)};
 }
 inline Status IOError(std::string m) { return {StatusCode::kIOError, std::move(m)}; }
+inline Status TaskFailed(std::string m) { return {StatusCode::kTaskFailed, std::move(m)}; }
 
 // Either a T or the non-OK Status that explains why there is none.
 //

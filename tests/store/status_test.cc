@@ -23,6 +23,8 @@ TEST(StatusTest, OkHasNoMessageAndErrorsKeepCodeAndMessage) {
 
 TEST(StatusTest, CodesHaveStableNumbersAndNames) {
   EXPECT_EQ(static_cast<int>(StatusCode::kIOError), 12);
+  EXPECT_EQ(static_cast<int>(StatusCode::kTaskFailed), 13);
+  EXPECT_EQ(StatusCodeName(StatusCode::kTaskFailed), "TaskFailed");
   EXPECT_EQ(StatusCodeName(StatusCode::kVersionMismatch), "VersionMismatch");
   EXPECT_EQ(StatusCodeName(StatusCode::kWorkerCrashed), "WorkerCrashed");
 }
