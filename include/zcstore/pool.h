@@ -39,12 +39,14 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <typeindex>
 #include <unordered_map>
 #include <utility>
@@ -281,8 +283,8 @@ Status Invoke(R (*fn)(TaskContext&, const A&), TaskContext& ctx, std::span<const
 
 // Registers `fn`, a `R fn(zcstore::TaskContext&, const A&)` with A and R
 // serializable, under `name`. Use at namespace scope, once per task.
-#define ZCSTORE_TASK(name, fn)                                      \
-  [[maybe_unused]] static const bool zcstore_task_registered_##fn = \
+#define ZCSTORE_TASK(name, fn)                                                 \
+  [[maybe_unused]] static const bool ZCSTORE_CONCAT_(zcstore_task_, __COUNTER__) = \
       ::zcstore::internal::RegisterTaskFn<&fn>(name)
 
 // In main(), before anything else: a worker process runs its loop and exits
@@ -313,9 +315,23 @@ template <typename R, typename A>
 bool RegisterFnInfo(std::string name, R (*)(TaskContext&, const A&), TaskInvoker run) {
   return RegisterTaskInfo({std::move(name), TypeName<A>(), TypeName<R>(), run});
 }
+// True for what ZCSTORE_TASK takes: a pointer to `R fn(TaskContext&, const A&)`.
+template <typename F>
+struct IsTaskFunction : std::false_type {};
+template <typename R, typename A>
+struct IsTaskFunction<R (*)(TaskContext&, const A&)> : std::true_type {};
 template <auto Fn>
 bool RegisterTaskFn(std::string name) {
-  return RegisterFnInfo(std::move(name), Fn, &FnThunk<Fn>::Run);
+  static_assert(IsTaskFunction<decltype(Fn)>::value,
+                "ZCSTORE_TASK(name, fn): fn must be a function `R fn(zcstore::TaskContext& ctx, "
+                "const A& arg)` (a free function, possibly namespaced, or a static member "
+                "function; not a lambda; the argument by const reference), with A and R "
+                "serializable types");
+  if constexpr (IsTaskFunction<decltype(Fn)>::value) {
+    return RegisterFnInfo(std::move(name), Fn, &FnThunk<Fn>::Run);
+  } else {
+    return false;
+  }
 }
 }  // namespace internal
 
@@ -459,6 +475,19 @@ class ZCSTORE_EXPORT Pool {
   template <typename R, typename A>
   Result<std::vector<R>> Map(std::string_view name, const std::vector<A>& args,
                              const MapOptions& options = {});
+  // Map over a braced list: pool->Map<int>("square", {1, 2, 3}).
+  template <typename R, typename A>
+  Result<std::vector<R>> Map(std::string_view name, std::initializer_list<A> args,
+                             const MapOptions& options = {}) {
+    return Map<R>(name, std::vector<A>(args), options);
+  }
+
+  // As Map, but returns every item's own Result, in order: good results are
+  // kept when other items fail. The outer Result fails only when the task
+  // is unknown or has other types (NotFound, TypeMismatch).
+  template <typename R, typename A>
+  Result<std::vector<Result<R>>> MapResults(std::string_view name, const std::vector<A>& args,
+                                            const MapOptions& options = {});
 
   // As Map, but calls `on_result(index, result)` on this thread as results
   // arrive, in completion order. Returns the first error, if any.
@@ -651,6 +680,23 @@ Result<std::vector<R>> Pool::Map(std::string_view name, const std::vector<A>& ar
     out.push_back(std::move(*v));
   }
   if (!first.ok()) return first;
+  return out;
+}
+
+template <typename R, typename A>
+Result<std::vector<Result<R>>> Pool::MapResults(std::string_view name, const std::vector<A>& args,
+                                                const MapOptions& options) {
+  auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
+  if (!task.ok()) return task.status();
+  std::vector<Result<R>> out;
+  if (args.empty()) return out;
+  auto job = StartMap(*task, args.size(), options.chunk_size, true, options.progress,
+                      [this, &args](size_t i, std::vector<std::byte>* bytes, ObjectId* ref) {
+                        return internal::EncodeValue(store(), args[i], bytes, ref);
+                      });
+  WaitDone(*job);
+  out.reserve(args.size());
+  for (internal::ItemResult& r : job->results) out.push_back(Take<R>(r));
   return out;
 }
 

@@ -224,6 +224,13 @@ int ArmedSquare(TaskContext&, const int& x) {
 }
 ZCSTORE_TASK("armed_square", ArmedSquare);
 
+
+namespace scoring {
+// A task in a namespace registers like any other.
+int Triple(TaskContext&, const int& x) { return 3 * x; }
+}  // namespace scoring
+ZCSTORE_TASK("triple", scoring::Triple);
+
 // ------------------------------------------------------------ helpers
 
 PoolOptions Small(int workers = 2) {
@@ -1011,6 +1018,24 @@ TEST(PoolFaultTest, TortureRandomSigkillsDuringMapsLoseNothingAndLeakNothing) {
   EXPECT_EQ(stats->unsealed, 0u);
   RecordProperty("done", static_cast<int>(done));
   RecordProperty("crashed", static_cast<int>(crashed));
+}
+
+
+TEST(PoolApiTest, MapResultsKeepsEveryItemsResultAndMapTakesABracedList) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  auto all = pool->MapResults<int>("crash_on_13", std::vector<int>{11, 12, 13, 14}, {.chunk_size = 1});
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  ASSERT_EQ(all->size(), 4u);
+  EXPECT_EQ(*(*all)[0], 11);
+  EXPECT_EQ(*(*all)[1], 12);
+  EXPECT_EQ((*all)[2].status().code(), StatusCode::kWorkerCrashed);
+  EXPECT_EQ(*(*all)[3], 14);  // Map would have returned only the error
+  auto tripled = pool->Map<int>("triple", {1, 2, 3});  // a namespaced task, a braced list
+  ASSERT_TRUE(tripled.ok()) << tripled.status().ToString();
+  EXPECT_EQ(*tripled, (std::vector<int>{3, 6, 9}));
+  EXPECT_EQ(pool->MapResults<int>("no_such_task", std::vector<int>{1}).status().code(),
+            StatusCode::kNotFound);
 }
 
 TEST(PoolTest, KillingTheParentTakesEveryWorkerDownWithin1s) {
