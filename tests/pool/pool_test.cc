@@ -924,7 +924,8 @@ TEST(PoolFaultTest, AnUnshareNeverGetsLostWhenAWorkersRingIsFull) {
 }
 
 
-// Every live descendant of `root` (from /proc's parent links).
+// Every descendant of `root` that has not exited (from /proc's parent links;
+// zombies, which have, are left out).
 std::vector<pid_t> DescendantsOf(pid_t root) {
   std::vector<std::pair<pid_t, pid_t>> links;
   for (const auto& e : std::filesystem::directory_iterator("/proc")) {
@@ -935,6 +936,7 @@ std::vector<pid_t> DescendantsOf(pid_t root) {
     if (!std::getline(in, line)) continue;
     size_t close = line.rfind(')');
     if (close == std::string::npos || close + 4 >= line.size()) continue;
+    if (line[close + 2] == 'Z') continue;
     links.emplace_back(std::atoi(name.c_str()), std::atoi(line.c_str() + close + 4));
   }
   std::set<pid_t> tree = {root};
@@ -960,9 +962,13 @@ TEST(PoolFaultTest, AForgottenWorkerMainFailsAtOnceAndStartsNoProcessStorm) {
   auto program = testing::Child::Run(ZCSTORE_NO_WORKER_MAIN, {});
   std::string line = program.ReadLine(8000);
   bool timed_out = program.timed_out();
+  program.Wait(timed_out ? 1 : 20000);
+  // Once the program has exited, whatever it started must be gone soon
+  // after (its death signal); what comes back to this subreaper is reaped.
   std::vector<pid_t> left;
-  for (int i = 0; i < 200; ++i) {
-    program.Wait(1);  // reaps the program once it has exited
+  for (int i = 0; i < 400; ++i) {
+    while (waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
     left = DescendantsOf(getpid());
     if (left.empty()) break;
     usleep(5000);
