@@ -496,9 +496,12 @@ class ZCSTORE_EXPORT Pool {
                       const std::function<void(size_t, Result<R>)>& on_result,
                       const MapOptions& options = {});
 
-  // Map with a per-call context, as ChemFit's map_with_context: the context is
-  // shared with the workers (a snapshot), each task returns its result and an
-  // update, and the updates are merged into `context` here, in argument order.
+  // A map whose tasks also change a context: `context` is shared with the
+  // workers once, as a read-only snapshot; each task gets its argument and
+  // the snapshot (ContextArg) and returns its result and an update
+  // (WithUpdate); the updates come back and `merge` applies them to
+  // `context` here, in argument order, so the outcome does not depend on the
+  // order the tasks ran in.
   // The task is a `WithUpdate<R, U> fn(TaskContext&, const ContextArg<A, C>&)`.
   template <typename R, typename U, typename A, typename C>
   Result<std::vector<R>> MapWithContext(std::string_view name, const std::vector<A>& args,

@@ -106,7 +106,8 @@ constexpr uint32_t TypeVersion() {
 
 // ------------------------------------------------------------ the raw layer
 // Below the C++ types: (envelope fields, list of buffers) in, and back out.
-// The Python binding puts pickle-5 payloads and PickleBuffers through it.
+// For other runtimes: a binding can put its own payload (Python's pickle-5
+// bytes, say) and buffers through it.
 
 struct BufferInfo {
   uint32_t index = 0;        // which buffer of the stored object

@@ -19,8 +19,9 @@
 
 namespace zcstore {
 
-// The codes a caller can branch on. Their numeric values are part of the
-// C ABI and never change; new codes are only appended.
+// The codes a caller can branch on. Their numeric values are stable (they
+// travel between processes, and a C ABI will expose them): they never
+// change; new codes are only appended.
 enum class StatusCode : int {
   kOk = 0,
   kNotFound = 1,         // no such object, name, store or file
