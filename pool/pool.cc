@@ -155,8 +155,10 @@ Result<uint32_t> Pool::TaskIndex(std::string_view name, const std::string& arg_t
 
 std::shared_ptr<internal::Job> Pool::StartMap(
     uint32_t task, size_t n, size_t chunk, bool keep_order, bool track,
-    std::function<Status(size_t, std::vector<std::byte>*, ObjectId*)> encode) {
+    std::function<Status(size_t, std::vector<std::byte>*, ObjectId*)> encode,
+    std::chrono::milliseconds timeout) {
   auto job = std::make_shared<internal::Job>();
+  job->timeout = timeout;
   job->task = task;
   job->n = n;
   job->keep_order = keep_order;
@@ -174,7 +176,6 @@ std::shared_ptr<internal::Job> Pool::StartMap(
 
 void Pool::Start(const std::shared_ptr<internal::Job>& job, bool track) {
   PoolCore& c = *core_;
-  if (c.opts.task_timeout.count() > 0) job->chunk = 1;  // a deadline per task
   // The workers are woken after the lock is let go: a wake-up is a slow
   // system call, and the woken worker may preempt us on this CPU.
   thread_local std::vector<internal::Ring> wakes;

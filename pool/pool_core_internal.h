@@ -91,6 +91,10 @@ class PoolCore {
   // When the task at the front of `w`'s queue must be done by (its start,
   // as the worker recorded it, plus task_timeout), or max() if none.
   Clock::time_point Deadline(const Worker& w) const;
+  // How long each task of `job` may run: its own limit, else the pool's.
+  std::chrono::milliseconds TimeoutOf(const Job& job) const {
+    return job.timeout.count() > 0 ? job.timeout : opts.task_timeout;
+  }
   // Sends the Detach messages that found `w`'s ring full. Holds `mu`.
   void SendDetaches(Worker& w);
   void FailItems(const std::shared_ptr<Job>& job, size_t first, size_t count, StatusCode code,

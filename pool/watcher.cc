@@ -97,13 +97,14 @@ Status PoolCore::Spawn(Worker& w) {
 }
 
 Clock::time_point PoolCore::Deadline(const Worker& w) const {
-  if (opts.task_timeout.count() <= 0 || opts.backend == PoolOptions::Backend::kThreads ||
-      w.in_flight.empty()) {
+  if (opts.backend == PoolOptions::Backend::kThreads || w.in_flight.empty()) {
     return Clock::time_point::max();
   }
   // Timed from when the worker started the task, not from when it was
-  // queued behind others in its ring.
+  // queued behind others in its ring; per task, so chunks need not be of one.
   const InFlight& f = w.in_flight.front();
+  std::chrono::milliseconds limit = TimeoutOf(*f.job);
+  if (limit.count() <= 0) return Clock::time_point::max();
   const RingHeader* h = w.requests.header();
   uint64_t item = h->current_item.load(std::memory_order_acquire);
   int64_t started_ns = h->current_started_ns.load(std::memory_order_relaxed);
@@ -112,7 +113,7 @@ Clock::time_point PoolCore::Deadline(const Worker& w) const {
     return Clock::time_point::max();  // not started yet
   }
   auto started = Clock::now() - std::chrono::nanoseconds(platform::MonotonicNanos() - started_ns);
-  return started + opts.task_timeout;
+  return started + limit;
 }
 
 void PoolCore::HandleDeath(Worker& w) {
@@ -149,7 +150,7 @@ void PoolCore::HandleDeath(Worker& w) {
     std::string task = "task '" + TaskName(f.job->task) + "'";
     if (w.timed_out) {
       FailItems(f.job, item, 1, StatusCode::kTimeout,
-                task + " ran longer than " + std::to_string(opts.task_timeout.count()) + " ms; " +
+                task + " ran longer than " + std::to_string(TimeoutOf(*f.job).count()) + " ms; " +
                     how + " after being stopped");
     } else if (f.attempt < opts.max_retries && !stop) {
       retries.push_back({f.job, item, 1, f.attempt + 1});

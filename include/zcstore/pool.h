@@ -95,6 +95,7 @@ struct ItemResult {
 // only moves bytes.
 struct Job {
   uint64_t seq = 0;   // the pool's name for it on the wire (never reused)
+  std::chrono::milliseconds timeout{0};  // per task; 0: PoolOptions::task_timeout
   uint32_t task = 0;
   size_t n = 0;
   size_t chunk = 1;   // the largest chunk
@@ -352,8 +353,9 @@ struct PoolOptions {
   // until it is used.
   uint64_t store_capacity = uint64_t{1} << 30;
   // A task running longer (timed from when its worker starts it, not from
-  // when it was queued) is killed with its worker and fails with Timeout.
-  // 0: no limit. (kThreads: not enforced.) Forces chunks of one task.
+  // when it was queued) is killed with its worker and fails with Timeout;
+  // tasks its chunk had finished but not reported run again. 0: no limit.
+  // (kThreads: not enforced.) MapOptions and SubmitOptions set it per call.
   std::chrono::milliseconds task_timeout{0};
   // A task whose worker died is run again up to this many times before it
   // fails with WorkerCrashed.
@@ -392,6 +394,15 @@ struct MapOptions {
   size_t chunk_size = 0;
   // Count this call in the progress bar and callback.
   bool progress = true;
+  // Each task of this call may run this long (see PoolOptions::task_timeout);
+  // 0: the pool's task_timeout.
+  std::chrono::milliseconds task_timeout{0};
+};
+
+struct SubmitOptions {
+  // The task may run this long (see PoolOptions::task_timeout); 0: the
+  // pool's task_timeout.
+  std::chrono::milliseconds task_timeout{0};
 };
 
 struct PoolStats {
@@ -466,7 +477,7 @@ class ZCSTORE_EXPORT Pool {
   // Runs task `name` on `arg`. A task not registered, or registered with other
   // argument or result types, fails the future with NotFound/TypeMismatch.
   template <typename R, typename A>
-  Future<R> Submit(std::string_view name, const A& arg);
+  Future<R> Submit(std::string_view name, const A& arg, const SubmitOptions& options = {});
 
   // Runs task `name` on each argument; the results in order. Items are sent in
   // chunks; at most max_in_flight_per_worker chunks per worker are
@@ -537,7 +548,8 @@ class ZCSTORE_EXPORT Pool {
   // started.
   std::shared_ptr<internal::Job> StartMap(
       uint32_t task, size_t n, size_t chunk, bool keep_order, bool track,
-      std::function<Status(size_t, std::vector<std::byte>*, ObjectId*)> encode);
+      std::function<Status(size_t, std::vector<std::byte>*, ObjectId*)> encode,
+      std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
   // A job of one item for `task`, its argument encoded now, not started.
   template <typename A>
   std::shared_ptr<internal::Job> SingleJob(uint32_t task, const A& arg);
@@ -611,7 +623,7 @@ std::shared_ptr<internal::Job> Pool::SingleJob(uint32_t task, const A& arg) {
 }
 
 template <typename R, typename A>
-Future<R> Pool::Submit(std::string_view name, const A& arg) {
+Future<R> Pool::Submit(std::string_view name, const A& arg, const SubmitOptions& options) {
   auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
   std::shared_ptr<internal::Job> job;
   if (!task.ok()) {
@@ -624,6 +636,7 @@ Future<R> Pool::Submit(std::string_view name, const A& arg) {
   } else {
     // Encode now: the caller's argument may be gone by the time it is sent.
     job = SingleJob(*task, arg);
+    job->timeout = options.task_timeout;
     if (job->done == 0) Start(job, false);
   }
   return Future<R>(core_, job);
@@ -669,7 +682,7 @@ Result<std::vector<R>> Pool::Map(std::string_view name, const std::vector<A>& ar
   auto job = StartMap(*task, args.size(), chunk, true, options.progress,
                    [this, &args](size_t i, std::vector<std::byte>* bytes, ObjectId* ref) {
                      return internal::EncodeValue(store(), args[i], bytes, ref);
-                   });
+                   }, options.task_timeout);
   WaitDone(*job);
   out.reserve(args.size());
   Status first;
@@ -696,7 +709,7 @@ Result<std::vector<Result<R>>> Pool::MapResults(std::string_view name, const std
   auto job = StartMap(*task, args.size(), options.chunk_size, true, options.progress,
                       [this, &args](size_t i, std::vector<std::byte>* bytes, ObjectId* ref) {
                         return internal::EncodeValue(store(), args[i], bytes, ref);
-                      });
+                      }, options.task_timeout);
   WaitDone(*job);
   out.reserve(args.size());
   for (internal::ItemResult& r : job->results) out.push_back(Take<R>(r));
@@ -713,7 +726,7 @@ Status Pool::MapUnordered(std::string_view name, const std::vector<A>& args,
   auto job = StartMap(*task, args.size(), options.chunk_size, false, options.progress,
                    [this, &args](size_t i, std::vector<std::byte>* bytes, ObjectId* ref) {
                      return internal::EncodeValue(store(), args[i], bytes, ref);
-                   });
+                   }, options.task_timeout);
   Status first;
   size_t index;
   internal::ItemResult r;

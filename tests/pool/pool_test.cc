@@ -1044,6 +1044,26 @@ TEST(PoolApiTest, MapResultsKeepsEveryItemsResultAndMapTakesABracedList) {
             StatusCode::kNotFound);
 }
 
+
+TEST(PoolApiTest, TimeoutsPerCallAndChunksLongerThanOneTask) {
+  auto pool = MakePool(Small(1));  // no pool-wide timeout
+  ASSERT_TRUE(pool);
+  auto slow = pool->Submit<int>("sleep_ms", 2000, {.task_timeout = std::chrono::milliseconds(200)});
+  auto r = slow.Get();
+  EXPECT_EQ(r.status().code(), StatusCode::kTimeout) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("longer than 200 ms"), std::string::npos) << r.status().ToString();
+  // In a chunk of three, only the slow middle task fails; the others run
+  // (again, if they had finished unreported when the worker was stopped).
+  auto all = pool->MapResults<int>("sleep_ms", std::vector<int>{20, 2000, 20},
+                                   {.chunk_size = 3, .task_timeout = std::chrono::milliseconds(300)});
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(*(*all)[0], 20);
+  EXPECT_EQ((*all)[1].status().code(), StatusCode::kTimeout);
+  EXPECT_EQ(*(*all)[2], 20);
+  // Without a per-call limit nothing is timed.
+  EXPECT_EQ(*pool->Submit<int>("sleep_ms", 400).Get(), 400);
+}
+
 TEST(PoolTest, KillingTheParentTakesEveryWorkerDownWithin1s) {
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   auto parent = zcstore::testing::Child::Run("/proc/self/exe", {"--pool-parent", "plain"});
