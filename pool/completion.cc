@@ -184,15 +184,16 @@ void PoolCore::WakeWorkers(const std::vector<Ring>& rings) {
 }
 
 template <typename Ready>
-void PoolCore::WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready) {
-  if (ready()) return;
+bool PoolCore::WaitFor(std::span<Job* const> jobs, std::unique_lock<std::mutex>& lock, Ready ready,
+                       Clock::time_point deadline) {
+  if (ready()) return true;
   ControlHeader* c = Header(control);
   if (opts.spin_us > 0) {
     // Poll the rings without the lock, and take it only when an answer is
     // there, or every 64 rounds (another caller may have done our work; the
     // clock is read then too).
     Enter(c->callers_spinning, 1);
-    auto until = Clock::now() + std::chrono::microseconds(opts.spin_us);
+    auto until = std::min(deadline, Clock::now() + std::chrono::microseconds(opts.spin_us));
     lock.unlock();
     for (uint32_t round = 1;; ++round) {
       bool answers = AnswersWaiting();
@@ -205,10 +206,10 @@ void PoolCore::WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready
       }
       CpuRelax();
     }
-    if (ready()) {
+    if (ready() || Clock::now() >= deadline) {
       Enter(c->callers_spinning, -1);
       DrainLocked();  // answers whose wake-up was skipped while we spun
-      return;
+      return ready();
     }
   }
   Enter(c->callers_sleeping, 1);
@@ -217,17 +218,51 @@ void PoolCore::WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready
     uint32_t seen = c->answer_seq.load(std::memory_order_acquire);
     DrainLocked();
     if (ready()) break;
-    ++job.sleepers;
+    auto now = Clock::now();
+    if (now >= deadline) break;
+    // Bounded as a safety net (every answer, death or cancellation bumps
+    // the word), or by the caller's deadline.
+    int64_t left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count() + 1;
+    int timeout_ms = static_cast<int>(std::min<int64_t>(1000, left));
+    for (Job* j : jobs) ++j->sleepers;
     lock.unlock();
-    // Bounded only as a safety net: every answer, death or cancellation
-    // bumps the word.
-    bool woken = platform::FutexWait(reinterpret_cast<uint32_t*>(&c->answer_seq), seen, 1000);
+    bool woken = platform::FutexWait(reinterpret_cast<uint32_t*>(&c->answer_seq), seen, timeout_ms);
     lock.lock();
-    --job.sleepers;
-    if (!woken && (DrainLocked() || ready())) ++stats.late_wakeups;
+    for (Job* j : jobs) --j->sleepers;
+    if (!woken && timeout_ms == 1000 && (DrainLocked() || ready())) ++stats.late_wakeups;
   }
   Enter(c->callers_sleeping, -1);
   DrainLocked();  // answers whose doorbell was skipped while we slept
+  return ready();
+}
+
+template <typename Ready>
+void PoolCore::WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready) {
+  Job* one[] = {&job};
+  WaitFor(std::span<Job* const>(one), lock, ready, Clock::time_point::max());
+}
+
+bool WaitJobUntil(PoolCore* core, Job& job, std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(core->mu);
+  Job* one[] = {&job};
+  return core->WaitFor(std::span<Job* const>(one), lock, [&] { return job.done == job.n; }, deadline);
+}
+
+size_t WaitAnyJob(PoolCore* core, std::span<Job* const> jobs,
+                  std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(core->mu);
+  size_t first = SIZE_MAX;
+  auto any = [&] {
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      if (jobs[i]->done == jobs[i]->n) {
+        first = i;
+        return true;
+      }
+    }
+    return false;
+  };
+  core->WaitFor(jobs, lock, any, deadline);
+  return any() ? first : SIZE_MAX;
 }
 
 void WaitJob(PoolCore* core, Job& job) {

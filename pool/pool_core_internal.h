@@ -115,6 +115,11 @@ class PoolCore {
   // Waits until `ready()`, holding `lock` (on `mu`) except while asleep.
   template <typename Ready>
   void WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready);
+  // The same for callers waiting on any of `jobs` (each wakes them when it
+  // moves), and giving up at `deadline`. Returns ready().
+  template <typename Ready>
+  bool WaitFor(std::span<Job* const> jobs, std::unique_lock<std::mutex>& lock, Ready ready,
+               Clock::time_point deadline);
   Status Spawn(Worker& w);
   void ReadLogs(Worker& w);  // what the pipe holds now; never waits for more
   void DeliverLogs();

@@ -43,6 +43,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -417,6 +418,17 @@ struct PoolStats {
   uint64_t late_wakeups = 0;
 };
 
+template <typename R>
+class Future;
+
+// Waits until one of `futures` (of one pool) can be taken without blocking,
+// or `timeout` passes: the lowest index of such a future. Errors: Timeout;
+// InvalidArgument if `futures` is empty, holds one already taken, or holds
+// futures of different pools. A future whose pool is gone counts as ready.
+template <typename R>
+Result<size_t> WaitAny(std::span<Future<R>> futures,
+                       std::chrono::milliseconds timeout = std::chrono::milliseconds::max());
+
 // The result of a Submit. Move-only.
 template <typename R>
 class Future {
@@ -435,11 +447,14 @@ class Future {
   Result<R> Get();
   // True once Get would not block.
   bool Ready() const;
+  // Waits at most `timeout` for the task; true if Get would not block now.
+  bool WaitFor(std::chrono::milliseconds timeout) const;
   // Cancels the task if it has not started (it then fails with Cancelled).
   void Cancel();
 
  private:
   friend class Pool;
+  friend Result<size_t> WaitAny<R>(std::span<Future<R>> futures, std::chrono::milliseconds timeout);
   Future(std::weak_ptr<internal::PoolCore> core, std::shared_ptr<internal::Job> job)
       : core_(std::move(core)), job_(std::move(job)) {}
   // The pool's core: a future may outlive its pool (then Get says so).
@@ -589,6 +604,20 @@ ZCSTORE_EXPORT void CancelJob(PoolCore* core, Job& job);
 ZCSTORE_EXPORT std::mutex& JobsMutex(PoolCore* core);
 // Waits until every item of `job` is done (spinning first if the pool spins).
 ZCSTORE_EXPORT void WaitJob(PoolCore* core, Job& job);
+// WaitJob that gives up at `deadline`: true if the job is done.
+ZCSTORE_EXPORT bool WaitJobUntil(PoolCore* core, Job& job,
+                                 std::chrono::steady_clock::time_point deadline);
+// Waits until one of `jobs` is done or `deadline` passes: the lowest index
+// of a done one, or SIZE_MAX.
+ZCSTORE_EXPORT size_t WaitAnyJob(PoolCore* core, std::span<Job* const> jobs,
+                                 std::chrono::steady_clock::time_point deadline);
+// now + `timeout`, saturating (milliseconds::max() waits for ever).
+inline std::chrono::steady_clock::time_point DeadlineAfter(std::chrono::milliseconds timeout) {
+  auto now = std::chrono::steady_clock::now();
+  auto room = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::time_point::max() - now);
+  return timeout >= room ? std::chrono::steady_clock::time_point::max() : now + timeout;
+}
 ZCSTORE_EXPORT Store& CoreStore(PoolCore* core);
 }  // namespace internal
 
@@ -654,6 +683,36 @@ Result<R> Future<R>::Get() {
   internal::WaitJob(core.get(), *job);
   internal::ItemResult r = std::move(job->results[0]);
   return internal::TakeResult<R>(internal::CoreStore(core.get()), r);
+}
+
+template <typename R>
+bool Future<R>::WaitFor(std::chrono::milliseconds timeout) const {
+  if (!job_) return false;
+  auto core = core_.lock();
+  if (!core) return true;
+  return internal::WaitJobUntil(core.get(), *job_, internal::DeadlineAfter(timeout));
+}
+
+template <typename R>
+Result<size_t> WaitAny(std::span<Future<R>> futures, std::chrono::milliseconds timeout) {
+  if (futures.empty()) return InvalidArgument("WaitAny: no futures");
+  std::vector<internal::Job*> jobs;
+  std::shared_ptr<internal::PoolCore> core;
+  for (size_t i = 0; i < futures.size(); ++i) {
+    Future<R>& f = futures[i];
+    if (!f.job_) return InvalidArgument("WaitAny: future " + std::to_string(i) + " was already taken");
+    auto c = f.core_.lock();
+    if (!c) return i;  // its pool is gone: Get returns at once
+    if (core && c != core) return InvalidArgument("WaitAny: the futures come from different pools");
+    core = std::move(c);
+    jobs.push_back(f.job_.get());
+  }
+  size_t i = internal::WaitAnyJob(core.get(), jobs, internal::DeadlineAfter(timeout));
+  if (i == SIZE_MAX) {
+    return Timeout("WaitAny: none of " + std::to_string(futures.size()) + " tasks finished within " +
+                   std::to_string(timeout.count()) + " ms");
+  }
+  return i;
 }
 
 template <typename R>

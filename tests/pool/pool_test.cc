@@ -1064,6 +1064,32 @@ TEST(PoolApiTest, TimeoutsPerCallAndChunksLongerThanOneTask) {
   EXPECT_EQ(*pool->Submit<int>("sleep_ms", 400).Get(), 400);
 }
 
+
+TEST(PoolApiTest, WaitForAndWaitAnyGiveUpOrReturnTheFirstDone) {
+  using std::chrono::milliseconds;
+  PoolOptions o = Small(2);
+  o.max_in_flight_per_worker = 1;  // one task per worker: the short one does not queue
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  auto slow = pool->Submit<int>("sleep_ms", 400);
+  EXPECT_FALSE(slow.WaitFor(milliseconds(30)));
+  EXPECT_TRUE(slow.WaitFor(milliseconds(10000)));
+  EXPECT_TRUE(slow.Ready());
+  EXPECT_EQ(*slow.Get(), 400);
+  std::vector<Future<int>> fs;
+  fs.push_back(pool->Submit<int>("sleep_ms", 600));
+  fs.push_back(pool->Submit<int>("sleep_ms", 30));
+  auto first = WaitAny<int>(fs, milliseconds(10000));
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(*first, 1u);
+  EXPECT_EQ(*fs[1].Get(), 30);
+  EXPECT_EQ(WaitAny<int>(std::span(fs.data(), 1), milliseconds(20)).status().code(),
+            StatusCode::kTimeout);
+  EXPECT_EQ(WaitAny<int>(fs).status().code(), StatusCode::kInvalidArgument);  // fs[1] was taken
+  EXPECT_EQ(*fs[0].Get(), 600);
+  EXPECT_EQ(pool->Stats().late_wakeups, 0u);
+}
+
 TEST(PoolTest, KillingTheParentTakesEveryWorkerDownWithin1s) {
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   auto parent = zcstore::testing::Child::Run("/proc/self/exe", {"--pool-parent", "plain"});
