@@ -679,6 +679,21 @@ Status StoreImpl::Unbind(std::string_view name) {
   return st;
 }
 
+Result<std::vector<std::pair<std::string, ObjectId>>> StoreImpl::ListNames() {
+  std::vector<std::pair<std::string, ObjectId>> out;
+  if (!snapshot_) Lock();
+  for (uint32_t i = 0; i < geo_.max_names; ++i) {
+    NameEntry n = names_[i];  // a copy: checked, then used
+    size_t len = strnlen(n.name, sizeof(n.name));
+    if (n.used == 1 && len > 0 && len < sizeof(n.name) && NameIntact(n)) {
+      out.emplace_back(std::string(n.name, len), ObjectId{n.id_hi, n.id_lo});
+    }
+  }
+  if (!snapshot_) Unlock();
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
+
 Result<uint32_t> StoreImpl::ReclaimDead() {
   if (snapshot_) return 0u;
   Lock();

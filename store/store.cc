@@ -278,6 +278,11 @@ Status Store::Unbind(std::string_view name) {
   if (Status st = impl_->CheckProcess(); !st.ok()) return st;
   return impl_->Unbind(name);
 }
+Result<std::vector<std::pair<std::string, ObjectId>>> Store::ListNames() const {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
+  return impl_->ListNames();
+}
+
 Result<uint32_t> Store::ReclaimDead() {
   if (Status st = impl_->CheckProcess(); !st.ok()) return st;
   return impl_->ReclaimDead();

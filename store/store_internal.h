@@ -87,6 +87,7 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   Status Bind(std::string_view name, ObjectId id);
   Result<ObjectId> Lookup(std::string_view name);
   Status Unbind(std::string_view name);
+  Result<std::vector<std::pair<std::string, ObjectId>>> ListNames();
   Result<uint32_t> ReclaimDead();
 
   // Called by ~Store on the creating handle: unlinks a non-persistent

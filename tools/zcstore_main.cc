@@ -25,6 +25,38 @@ struct Command {
   size_t min_args, max_args;
 };
 
+// --json: list, stat and inspect print one JSON document instead of text.
+bool g_json = false;
+
+// `text` as a JSON string literal.
+std::string Json(std::string_view text) {
+  std::string out = "\"";
+  for (char c : text) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+// Handles open on the store besides the one this command opened (a read-only
+// file store's snapshot handle does not register, others do).
+uint32_t OtherHandles(const Store& s, const StoreStats& st) {
+  bool registered = s.backing() != Backing::kFile || !s.read_only();
+  return registered && st.clients > 0 ? st.clients - 1 : st.clients;
+}
+
 int Fail(const Status& st) {
   std::fprintf(stderr, "zcstore: %s\n", st.ToString().c_str());
   return 1;
@@ -87,29 +119,54 @@ void PrintObjects(const std::vector<ObjectInfo>& objects) {
   }
 }
 
-int PrintStore(const std::string& target, const std::string& shm_dir, bool objects) {
+// One store of `list`: a summary line and its objects (or, with --json, one
+// JSON object, into `json`).
+int PrintStore(const std::string& target, const std::string& shm_dir, std::string* json) {
   auto s = OpenForReading(target, shm_dir);
   if (!s.ok()) return Fail(s.status());
   auto st = s->Stats();
   if (!st.ok()) return Fail(st.status());
-  std::printf("%s: %u objects, %s of %s used, %u handles open\n", target.c_str(), st->objects,
-              HumanBytes(st->used).c_str(), HumanBytes(st->capacity).c_str(),
-              // Do not count our own handle.
-              st->clients > 0 && s->backing() != Backing::kFile ? st->clients - 1 : st->clients);
-  if (objects) {
-    auto list = s->List();
-    if (!list.ok()) return Fail(list.status());
-    PrintObjects(*list);
+  auto list = s->List();
+  if (!list.ok()) return Fail(list.status());
+  if (json) {
+    *json += "{\"store\": " + Json(target) + ", \"objects\": " + std::to_string(st->objects) +
+             ", \"used\": " + std::to_string(st->used) + ", \"capacity\": " +
+             std::to_string(st->capacity) + ", \"other_handles\": " +
+             std::to_string(OtherHandles(*s, *st)) + ", \"object_list\": [";
+    for (size_t i = 0; i < list->size(); ++i) {
+      const ObjectInfo& o = (*list)[i];
+      *json += std::string(i ? ", " : "") + "{\"id\": " + Json(o.id.ToString()) +
+               ", \"state\": " + Json(StateName(o.state)) + ", \"bytes\": " +
+               std::to_string(o.metadata_bytes + o.data_bytes) + ", \"buffers\": " +
+               std::to_string(o.num_buffers) + ", \"pins\": " + std::to_string(o.pins) +
+               ", \"sealed_unix_ns\": " + std::to_string(o.sealed_unix_ns) + "}";
+    }
+    *json += "]}";
+    return 0;
   }
+  std::printf("%s: %u objects, %s of %s used, %u other handles open\n", target.c_str(),
+              st->objects, HumanBytes(st->used).c_str(), HumanBytes(st->capacity).c_str(),
+              OtherHandles(*s, *st));
+  PrintObjects(*list);
   return 0;
 }
 
 int List(const std::vector<std::string>&, const std::string& shm_dir) {
   auto names = Store::ListStores(shm_dir);
   if (!names.ok()) return Fail(names.status());
-  if (names->empty()) std::printf("no stores in %s\n", shm_dir.c_str());
   int rc = 0;
-  for (const std::string& n : *names) rc |= PrintStore(n, shm_dir, true);
+  if (g_json) {
+    std::string json = "[";
+    for (size_t i = 0; i < names->size(); ++i) {
+      std::string one;
+      rc |= PrintStore((*names)[i], shm_dir, &one);
+      if (!one.empty()) json += (json.size() > 1 ? ", " : "") + one;
+    }
+    std::printf("%s]\n", json.c_str());
+    return rc;
+  }
+  if (names->empty()) std::printf("no stores in %s\n", shm_dir.c_str());
+  for (const std::string& n : *names) rc |= PrintStore(n, shm_dir, nullptr);
   return rc;
 }
 
@@ -118,6 +175,19 @@ int Stat(const std::vector<std::string>& a, const std::string& shm_dir) {
   if (!s.ok()) return Fail(s.status());
   auto st = s->Stats();
   if (!st.ok()) return Fail(st.status());
+  if (g_json) {
+    std::printf(
+        "{\"store\": %s, \"backing\": %s, \"capacity\": %llu, \"used\": %llu, "
+        "\"largest_free\": %llu, \"objects\": %u, \"unsealed\": %u, \"deleted_pinned\": %u, "
+        "\"max_objects\": %u, \"pins\": %llu, \"other_handles\": %u, \"max_handles\": %u, "
+        "\"names\": %u}\n",
+        Json(a[0]).c_str(), Json(s->backing() == Backing::kFile ? "file" : "shared memory").c_str(),
+        static_cast<unsigned long long>(st->capacity), static_cast<unsigned long long>(st->used),
+        static_cast<unsigned long long>(st->largest_free), st->objects, st->unsealed,
+        st->deleted_pinned, st->max_objects, static_cast<unsigned long long>(st->pins),
+        OtherHandles(*s, *st), st->max_clients, st->names);
+    return 0;
+  }
   std::printf("store:           %s\n", a[0].c_str());
   std::printf("backing:         %s\n", s->backing() == Backing::kFile ? "file" : "shared memory");
   std::printf("capacity:        %llu (%s)\n", static_cast<unsigned long long>(st->capacity),
@@ -128,7 +198,8 @@ int Stat(const std::vector<std::string>& a, const std::string& shm_dir) {
   std::printf("objects:         %u sealed, %u unsealed, %u deleted but pinned (max %u)\n",
               st->objects, st->unsealed, st->deleted_pinned, st->max_objects);
   std::printf("pins:            %llu\n", static_cast<unsigned long long>(st->pins));
-  std::printf("handles:         %u (max %u)\n", st->clients, st->max_clients);
+  std::printf("handles:         %u open besides this one (max %u)\n", OtherHandles(*s, *st),
+              st->max_clients);
   std::printf("names:           %u\n", st->names);
   return 0;
 }
@@ -144,18 +215,72 @@ int Inspect(const std::vector<std::string>& a, const std::string& shm_dir) {
   }
   auto v = s->Get(*id);
   if (!v.ok()) return Fail(v.status());
-  std::printf("object:    %s\n", id->ToString().c_str());
-  std::printf("metadata:  %zu bytes\n", v->metadata().size());
-  std::printf("buffers:   %zu\n", v->num_buffers());
-  for (size_t i = 0; i < v->num_buffers(); ++i) {
-    std::printf("  [%zu] %zu bytes (%s)\n", i, v->buffer(i).size(),
-                HumanBytes(v->buffer(i).size()).c_str());
+  // A typed object's envelope names its type and each buffer's element
+  // type and shape; a raw object (metadata of another runtime) has none.
+  auto env = DecodeEnvelope(v->metadata());
+  std::vector<const BufferInfo*> info(v->num_buffers(), nullptr);
+  if (env.ok()) {
+    for (const BufferInfo& b : env->buffers) {
+      if (b.index < info.size()) info[b.index] = &b;
+    }
   }
+  std::vector<std::string> bound;
+  if (auto names = s->ListNames(); names.ok()) {
+    for (auto& [name, named] : *names) {
+      if (named == *id) bound.push_back(name);
+    }
+  }
+  auto shape = [](const BufferInfo* b) {
+    std::string out;
+    if (b == nullptr) return out;
+    for (size_t i = 0; i < b->shape.size(); ++i) out += (i ? "x" : "") + std::to_string(b->shape[i]);
+    return out;
+  };
   Status verified = s->Verify(*id);
-  std::printf("checksums: %s\n", verified.ok() ? "ok"
-                                 : verified.code() == StatusCode::kInvalidArgument
-                                     ? "none"
-                                     : verified.message().c_str());
+  std::string checks = verified.ok() ? "ok"
+                       : verified.code() == StatusCode::kInvalidArgument ? "none"
+                                                                         : verified.message();
+  if (g_json) {
+    std::string json = "{\"object\": " + Json(id->ToString()) + ", \"type\": " +
+                       (env.ok() ? Json(env->type_name) : "null") + ", \"type_version\": " +
+                       (env.ok() ? std::to_string(env->type_version) : "null") +
+                       ", \"metadata_bytes\": " + std::to_string(v->metadata().size()) +
+                       ", \"buffers\": [";
+    for (size_t i = 0; i < v->num_buffers(); ++i) {
+      json += std::string(i ? ", " : "") + "{\"bytes\": " + std::to_string(v->buffer(i).size()) +
+              ", \"shape\": [";
+      if (info[i]) {
+        for (size_t d = 0; d < info[i]->shape.size(); ++d) {
+          json += (d ? ", " : "") + std::to_string(info[i]->shape[d]);
+        }
+      }
+      json += "]}";
+    }
+    json += "], \"names\": [";
+    for (size_t i = 0; i < bound.size(); ++i) json += (i ? ", " : "") + Json(bound[i]);
+    json += "], \"checksums\": " + Json(checks) + "}";
+    std::printf("%s\n", json.c_str());
+  } else {
+    std::printf("object:    %s\n", id->ToString().c_str());
+    if (env.ok()) {
+      std::printf("type:      %s, version %u\n", env->type_name.empty() ? "(raw)" : env->type_name.c_str(),
+                  env->type_version);
+    } else {
+      std::printf("type:      none (the metadata is not a zcstore envelope)\n");
+    }
+    std::string names;
+    for (const std::string& n : bound) names += (names.empty() ? "" : ", ") + n;
+    std::printf("names:     %s\n", names.empty() ? "none" : names.c_str());
+    std::printf("metadata:  %zu bytes\n", v->metadata().size());
+    std::printf("buffers:   %zu\n", v->num_buffers());
+    for (size_t i = 0; i < v->num_buffers(); ++i) {
+      std::string dims = shape(info[i]);
+      std::printf("  [%zu] %zu bytes (%s)%s%s\n", i, v->buffer(i).size(),
+                  HumanBytes(v->buffer(i).size()).c_str(), dims.empty() ? "" : ", shape ",
+                  dims.c_str());
+    }
+    std::printf("checksums: %s\n", checks.c_str());
+  }
   return verified.ok() || verified.code() == StatusCode::kInvalidArgument ? 0 : 1;
 }
 
@@ -213,7 +338,8 @@ const std::map<std::string, Command>& Commands() {
       {"stat", {"stat STORE", "Show a store's capacity, use, objects, pins and handles.", Stat, 1,
                 1}},
       {"inspect", {"inspect STORE ID|NAME",
-                   "Show one object: metadata size, each buffer's size, its checksums.", Inspect,
+                   "Show one object: its type and version, the names bound to it, metadata "
+                   "size, each buffer's size and shape, its checksums.", Inspect,
                    2, 2}},
       {"verify", {"verify STORE",
                   "Check every checksum of every object; exit 1 on the first mismatch, naming "
@@ -229,7 +355,7 @@ const std::map<std::string, Command>& Commands() {
 
 void Usage(FILE* out) {
   std::fprintf(out,
-               "usage: zcstore [--shm-dir DIR] COMMAND [ARGS]\n\n"
+               "usage: zcstore [--shm-dir DIR] [--json] [--version] COMMAND [ARGS]\n\n"
                "STORE is a shared-memory store's name, or a file store's path (containing '/'\n"
                "or ending in .zcs).\n\ncommands:\n");
   for (auto& [name, c] : Commands()) std::fprintf(out, "  %-24s %s\n", c.usage, c.help);
@@ -240,19 +366,34 @@ void Usage(FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
+  // Options may come anywhere on the line; the rest is COMMAND [ARGS].
+  std::vector<std::string> args;
   std::string shm_dir = "/dev/shm";
-  if (args.size() >= 2 && args[0] == "--shm-dir") {
-    shm_dir = args[1];
-    args.erase(args.begin(), args.begin() + 2);
+  bool help = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--shm-dir" && i + 1 < argc) {
+      shm_dir = argv[++i];
+    } else if (a.rfind("--shm-dir=", 0) == 0) {
+      shm_dir = a.substr(10);
+    } else if (a == "--json") {
+      g_json = true;
+    } else if (a == "--version") {
+      std::printf("zcstore %s\n", ZCSTORE_VERSION_STRING);
+      return 0;
+    } else if (a == "--help" || a == "-h") {
+      help = true;
+    } else if (a.size() > 1 && a[0] == '-' && a != "-") {
+      std::fprintf(stderr, "zcstore: unknown option '%s'\n\n", a.c_str());
+      Usage(stderr);
+      return 2;
+    } else {
+      args.push_back(std::move(a));
+    }
   }
-  if (args.empty()) {
-    Usage(stderr);
-    return 2;
-  }
-  if (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-    Usage(stdout);
-    return 0;
+  if (args.empty() || args[0] == "help") {
+    Usage(help || !args.empty() ? stdout : stderr);
+    return help || !args.empty() ? 0 : 2;
   }
   auto it = Commands().find(args[0]);
   if (it == Commands().end()) {
@@ -261,11 +402,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   const Command& c = it->second;
-  std::vector<std::string> rest(args.begin() + 1, args.end());
-  if (!rest.empty() && (rest[0] == "--help" || rest[0] == "-h")) {
+  if (help) {
     std::printf("usage: zcstore %s\n\n%s\n", c.usage, c.help);
     return 0;
   }
+  std::vector<std::string> rest(args.begin() + 1, args.end());
   if (rest.size() < c.min_args || rest.size() > c.max_args) {
     std::fprintf(stderr, "usage: zcstore %s\n", c.usage);
     return 2;

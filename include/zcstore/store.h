@@ -405,6 +405,9 @@ class ZCSTORE_EXPORT Store {
   Result<ObjectId> Lookup(std::string_view name) const;
   // Removes a binding (the object stays). NotFound if unbound.
   Status Unbind(std::string_view name);
+  // Every bound name and its object, sorted by name. Entries that fail their
+  // checks are left out (VerifyAll reports them).
+  Result<std::vector<std::pair<std::string, ObjectId>>> ListNames() const;
 
   // --- housekeeping ---
 

@@ -188,3 +188,63 @@ TEST(CliTest, GcRemovesAbandonedStoresAndRmRemovesByName) {
 
 }  // namespace
 }  // namespace zcstore
+
+namespace zcstore {
+namespace {
+
+struct Typed {
+  static constexpr std::string_view kZcstoreTypeName = "cli.Typed";
+  static constexpr uint32_t kZcstoreVersion = 3;
+  Array<float> weights;
+  template <class Ar>
+  void Serialize(Ar& ar) {
+    ar(weights);
+  }
+};
+
+TEST(CliTest, VersionJsonAndOptionsAnywhere) {
+  CliRun version = Cli("--version");
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_TRUE(Has(version.output, std::string("zcstore ") + ZCSTORE_VERSION_STRING)) << version.output;
+
+  testing::TempDir dir;  // a private shm_dir, given after the command
+  StoreOptions o;
+  o.capacity = 4 << 20;
+  o.shm_dir = dir.path();
+  std::string name = testing::UniqueName();
+  auto s = Store::Create(name, o);
+  ASSERT_TRUE(s.ok());
+  Typed t;
+  t.weights = Array<float>(6000);
+  ASSERT_TRUE(t.weights.Reshape({2000, 3}).ok());
+  auto id = s->Put(t);
+  ASSERT_TRUE(id.ok());
+  ASSERT_TRUE(s->Bind("weights", *id).ok());
+  auto other = Store::Open(name, OpenOptions{.shm_dir = dir.path()});  // one more handle
+  ASSERT_TRUE(other.ok());
+
+  CliRun inspect = Cli("inspect " + name + " weights --shm-dir " + dir.path());
+  EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
+  EXPECT_TRUE(Has(inspect.output, "type:      cli.Typed, version 3")) << inspect.output;
+  EXPECT_TRUE(Has(inspect.output, "names:     weights")) << inspect.output;
+  EXPECT_TRUE(Has(inspect.output, "shape 2000x3")) << inspect.output;
+  CliRun json = Cli("--json inspect " + name + " " + id->ToString() + " --shm-dir=" + dir.path());
+  EXPECT_TRUE(Has(json.output, "\"type\": \"cli.Typed\", \"type_version\": 3")) << json.output;
+  EXPECT_TRUE(Has(json.output, "\"shape\": [2000, 3]")) << json.output;
+  EXPECT_TRUE(Has(json.output, "\"names\": [\"weights\"]")) << json.output;
+
+  // list and stat agree on the handles: two, besides the command's own.
+  CliRun stat = Cli("stat " + name + " --shm-dir " + dir.path());
+  EXPECT_TRUE(Has(stat.output, "handles:         2 open besides this one")) << stat.output;
+  CliRun list = Cli("list --shm-dir " + dir.path());
+  EXPECT_TRUE(Has(list.output, "2 other handles open")) << list.output;
+  CliRun stat_json = Cli("stat --json " + name + " --shm-dir " + dir.path());
+  EXPECT_TRUE(Has(stat_json.output, "\"other_handles\": 2")) << stat_json.output;
+  CliRun list_json = Cli("list --json --shm-dir " + dir.path());
+  EXPECT_TRUE(Has(list_json.output, "[{\"store\": \"" + name + "\"")) << list_json.output;
+  EXPECT_TRUE(Has(list_json.output, "\"other_handles\": 2")) << list_json.output;
+  EXPECT_EQ(Cli("stat " + name + " --no-such-option").exit_code, 2);
+}
+
+}  // namespace
+}  // namespace zcstore
