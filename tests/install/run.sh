@@ -8,10 +8,16 @@ cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
 cmake -S "$src" -B "$tmp/b" -DCMAKE_PREFIX_PATH="$tmp/prefix" >/dev/null
 cmake --build "$tmp/b" >/dev/null
 "$tmp/b/consumer"
+"$tmp/b/consumer_shared"  # the installed libzcstore.so.N (CMake sets the run path)
 PKG_CONFIG_PATH=$(dirname "$(find "$tmp/prefix" -name zcstore.pc)")
 export PKG_CONFIG_PATH
-# No --define-variable: the .pc file must follow the prefix on its own.
-c++ -std=c++20 "$src/consumer.cc" -o "$tmp/pc" $(pkg-config --cflags --libs --static zcstore)
-"$tmp/pc"
+# No --define-variable: the .pc file must follow the prefix on its own. Given
+# -lzcstore the linker takes the shared library (run it with its directory on
+# the load path); the static archive is linked by naming it.
+c++ -std=c++20 "$src/consumer.cc" -o "$tmp/pc" $(pkg-config --cflags --libs zcstore)
+LD_LIBRARY_PATH="$(pkg-config --variable=libdir zcstore)" "$tmp/pc"
+c++ -std=c++20 "$src/consumer.cc" -o "$tmp/pc_static" $(pkg-config --cflags zcstore) \
+  "$(pkg-config --variable=libdir zcstore)/libzcstore.a" $(pkg-config --libs-only-other --static zcstore) -pthread
+"$tmp/pc_static"
 test -x "$tmp/prefix/bin/zcstore"
 echo "install ok"
