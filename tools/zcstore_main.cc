@@ -298,9 +298,11 @@ int Verify(const std::vector<std::string>& a, const std::string& shm_dir) {
     (o.has_checksums ? checked : without) += 1;
   }
   if (checked == 0 && without > 0) {
+    // Asked to verify checksums that do not exist: say so, and fail.
     std::printf("%s: tables are consistent; none of its %zu objects has checksums (the store "
                 "was created without them), so no data could be checked\n",
                 a[0].c_str(), without);
+    return 1;
   } else {
     std::printf("%s: tables are consistent; %zu objects verified, every checksum matches%s\n",
                 a[0].c_str(), checked,
@@ -342,8 +344,8 @@ const std::map<std::string, Command>& Commands() {
                    "size, each buffer's size and shape, its checksums.", Inspect,
                    2, 2}},
       {"verify", {"verify STORE",
-                  "Check every checksum of every object; exit 1 on the first mismatch, naming "
-                  "the object and buffer.",
+                  "Check the tables, then every checksum of every object; exit 1 on the first "
+                  "problem, naming the object and buffer, or if no object has checksums.",
                   Verify, 1, 1}},
       {"gc", {"gc", "Remove shared-memory stores whose every user has died; say what was removed.",
               Gc, 0, 0}},

@@ -122,6 +122,19 @@ TEST(CliTest, VerifyPassesThenNamesTheCorruptObjectAndBuffer) {
   EXPECT_TRUE(Has(Cli("verify " + dir.path() + "/none.zcs").output, "NotFound"));
 }
 
+TEST(CliTest, VerifyOfAStoreWithoutChecksumsSaysNothingWasCheckedAndFails) {
+  std::string name = testing::UniqueName();
+  StoreOptions o;
+  o.capacity = 1 << 20;  // shared memory: no checksums by default
+  auto s = Store::Create(name, o);
+  ASSERT_TRUE(s.ok());
+  PutPattern(*s, 1000);
+  CliRun r = Cli("verify " + name);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(Has(r.output, "no data could be checked")) << r.output;
+  EXPECT_FALSE(Has(r.output, "every checksum matches")) << r.output;
+}
+
 TEST(CliTest, VerifySeesAnObjectWhoseStateWasDamaged) {
   // A flipped state used to hide its object from `verify`, which said every
   // checksum matched.
