@@ -185,20 +185,27 @@ uint64_t HashString(std::string_view s, uint64_t seed) {
   return Checksum(std::as_bytes(std::span(s.data(), s.size()))) ^ seed;
 }
 
-Status CheckIdentity(const DecodedEnvelope& env, const std::string& type_name,
-                     uint32_t type_version, uint64_t layout_hash) {
-  if (env.type_name != type_name) {
-    return TypeMismatch("the object is a '" + env.type_name + "', not a '" + type_name + "'");
+Status CheckIdentity(const DecodedEnvelope& env, const TypeIdentity& type) {
+  if (env.type_name != type.name) {
+    return TypeMismatch("the object is a '" + env.type_name + "', not a '" + type.name + "'");
   }
-  if (env.type_version != type_version) {
-    return VersionMismatch("the object is a '" + type_name + "' of version " +
-                           std::to_string(env.type_version) + "; this program reads version " +
-                           std::to_string(type_version));
+  if (env.type_version < type.min_version || env.type_version > type.version) {
+    std::string reads = type.min_version == type.version
+                            ? "version " + std::to_string(type.version)
+                            : "versions " + std::to_string(type.min_version) + " to " +
+                                  std::to_string(type.version);
+    return VersionMismatch("the object is a '" + type.name + "' of version " +
+                           std::to_string(env.type_version) + "; this program reads " + reads +
+                           (env.type_version < type.min_version
+                                ? " (lower kZcstoreMinVersion, and read the old fields by "
+                                  "ar.version(), to load it)"
+                                : ""));
   }
-  if (env.layout_hash != layout_hash) {
-    return TypeMismatch("the object is a '" + type_name +
-                        "' with another field layout (the type changed without a new "
-                        "kZcstoreVersion)");
+  if (env.layout_hash != type.layout_hash_at(env.type_version)) {
+    return TypeMismatch(
+        "the object is a '" + type.name + "' of version " + std::to_string(env.type_version) +
+        " with another field layout than this program's Serialize describes for that version "
+        "(the type changed without a new kZcstoreVersion, or reads the old version wrongly)");
   }
   return Status::OK();
 }
@@ -263,12 +270,11 @@ Status PutSaved(Store& store, ObjectId id, const std::string& type_name, uint32_
   return st;
 }
 
-Result<RawObject> GetChecked(const Store& store, ObjectId id, const std::string& type_name,
-                             uint32_t type_version, uint64_t layout_hash,
+Result<RawObject> GetChecked(const Store& store, ObjectId id, const TypeIdentity& type,
                              const LoadOptions& options) {
   auto raw = GetRaw(store, id, options);
   if (!raw.ok()) return raw.status();
-  if (Status st = CheckIdentity(raw->envelope, type_name, type_version, layout_hash); !st.ok()) {
+  if (Status st = CheckIdentity(raw->envelope, type); !st.ok()) {
     return st.WithContext("object " + id.ToString());
   }
   return raw;

@@ -173,6 +173,7 @@ template <typename T>
 Status EncodeValue(Store& store, const T& value, std::vector<std::byte>* out, ObjectId* ref,
                    ObjectId id = {}) {
   SaveArchive ar(SerializeOptions{}, /*move=*/false);
+  ar.set_version(TypeVersion<T>());
   out->clear();
   ar.bytes().swap(*out);  // write into the caller's buffer: its capacity is reused
   Status st = Guarded([&] {
@@ -198,6 +199,7 @@ Result<T> DecodeValue(const Store& store, std::span<const std::byte> bytes, Obje
     return std::move(*p).Take();
   }
   LoadArchive ar(bytes, {}, nullptr, LoadOptions{});
+  ar.set_version(TypeVersion<T>());  // the same build on both sides
   T value{};
   Status st = Guarded([&] {
     ar.Field(value);

@@ -26,7 +26,10 @@
 // `static constexpr std::string_view kZcstoreTypeName`), its version (override
 // with `static constexpr uint32_t kZcstoreVersion`), and a hash of its field
 // layout. Loading as another type, or after the layout changed, is
-// TypeMismatch; another version is VersionMismatch: never garbage.
+// TypeMismatch; a version the type does not read is VersionMismatch: never
+// garbage. A type reads older versions by declaring `static constexpr
+// uint32_t kZcstoreMinVersion` and branching on `ar.version()` in Serialize
+// (docs/serializer.md, "Reading objects written by an older version").
 //
 // Loading trusts nothing: the envelope is checked with the FlatBuffers
 // Verifier, every length against the bytes that remain, every buffer index,
@@ -101,6 +104,20 @@ constexpr uint32_t TypeVersion() {
     return static_cast<uint32_t>(T::kZcstoreVersion);
   } else {
     return 0;
+  }
+}
+
+// The oldest version of T this program loads: T::kZcstoreMinVersion, else
+// TypeVersion<T>() (only the current one). A type that reads older versions
+// branches on `ar.version()` in its Serialize (see docs/serializer.md).
+template <typename T>
+constexpr uint32_t MinTypeVersion() {
+  if constexpr (requires { T::kZcstoreMinVersion; }) {
+    static_assert(T::kZcstoreMinVersion <= TypeVersion<T>(),
+                  "kZcstoreMinVersion must not be above kZcstoreVersion");
+    return static_cast<uint32_t>(T::kZcstoreMinVersion);
+  } else {
+    return TypeVersion<T>();
   }
 }
 
@@ -208,6 +225,9 @@ class SaveArchive {
   void Field(const T& value);
 
   static constexpr bool kLoading = false;
+  // The version of the object being written: its type's kZcstoreVersion.
+  uint32_t version() const { return version_; }
+  void set_version(uint32_t v) { version_ = v; }
   bool ok() const { return status_.ok(); }
   void Fail(Status s) {
     if (status_.ok()) status_ = std::move(s);
@@ -251,6 +271,7 @@ class SaveArchive {
   SerializeOptions options_;
   bool move_;
   int shared_depth_ = 0;
+  uint32_t version_ = 0;
   Status status_;
   std::vector<std::byte> bytes_;
   std::vector<OutOfBand> buffers_;
@@ -271,6 +292,10 @@ class LoadArchive {
   void Field(T& value);
 
   static constexpr bool kLoading = true;
+  // The version the object was written at (its envelope's type version):
+  // a Serialize that reads older versions branches on it.
+  uint32_t version() const { return version_; }
+  void set_version(uint32_t v) { version_ = v; }
   bool ok() const { return status_.ok(); }
   void Fail(Status s) {
     if (status_.ok()) status_ = std::move(s);
@@ -340,6 +365,7 @@ class LoadArchive {
   size_t pos_ = 0;
   std::span<const std::span<const std::byte>> buffers_;
   std::shared_ptr<const void> keepalive_;
+  uint32_t version_ = 0;
   LoadOptions options_;
   Status status_;
   LoadStats stats_;
@@ -359,6 +385,9 @@ class SchemaArchive {
   template <typename T>
   void Type();
   static constexpr bool kLoading = false;
+  // The version whose layout is described.
+  uint32_t version() const { return version_; }
+  void set_version(uint32_t v) { version_ = v; }
   void Token(std::string_view t) {
     text_ += t;
     text_ += ' ';
@@ -371,6 +400,7 @@ class SchemaArchive {
  private:
   std::string text_;
   std::unordered_set<std::type_index> active_;
+  uint32_t version_ = 0;
 };
 
 template <typename T>
@@ -919,26 +949,47 @@ void SchemaArchive::Type() {
   Codec<std::remove_cv_t<T>>::Describe(*this);
 }
 
-// The hash of T's serialized layout recorded in envelopes.
+// The hash of T's serialized layout at `version` (what its Serialize
+// describes when ar.version() is `version`).
+template <typename T>
+uint64_t LayoutHashAt(uint32_t version) {
+  SchemaArchive ar;
+  ar.set_version(version);
+  ar.Type<T>();
+  return HashString(ar.text(), 0x7A6373746F7265ull) | 1;  // never 0 (0 = raw)
+}
+// The hash of T's serialized layout recorded in envelopes (at its version).
 template <typename T>
 uint64_t LayoutHash() {
-  static const uint64_t hash = [] {
-    SchemaArchive ar;
-    ar.Type<T>();
-    return HashString(ar.text(), 0x7A6373746F7265ull) | 1;  // never 0 (0 = raw)
-  }();
+  static const uint64_t hash = LayoutHashAt<T>(TypeVersion<T>());
   return hash;
+}
+// LayoutHashAt, cached for the current version: what identity checks call.
+template <typename T>
+uint64_t LayoutHashOf(uint32_t version) {
+  return version == TypeVersion<T>() ? LayoutHash<T>() : LayoutHashAt<T>(version);
 }
 
 // Builds the envelope from a saved archive and stores it with its buffers.
 ZCSTORE_EXPORT Status PutSaved(Store& store, ObjectId id, const std::string& type_name,
                                uint32_t type_version, uint64_t layout_hash, SaveArchive& ar);
 // Loads and checks the envelope of a stored object for type `type_name`.
+// What a type accepts: its name, the versions it loads (min..max) and the
+// layout hash of each.
+struct TypeIdentity {
+  std::string name;
+  uint32_t min_version = 0, version = 0;
+  uint64_t (*layout_hash_at)(uint32_t version) = nullptr;
+};
+template <typename T>
+TypeIdentity IdentityOf() {
+  return {TypeName<T>(), MinTypeVersion<T>(), TypeVersion<T>(), &LayoutHashOf<T>};
+}
 ZCSTORE_EXPORT Result<RawObject> GetChecked(const Store& store, ObjectId id,
-                                            const std::string& type_name, uint32_t type_version,
-                                            uint64_t layout_hash, const LoadOptions& options);
-ZCSTORE_EXPORT Status CheckIdentity(const DecodedEnvelope& envelope, const std::string& type_name,
-                                    uint32_t type_version, uint64_t layout_hash);
+                                            const TypeIdentity& type, const LoadOptions& options);
+// TypeMismatch (another type, or another layout than the type has at the
+// stored version), VersionMismatch (a version outside min..max).
+ZCSTORE_EXPORT Status CheckIdentity(const DecodedEnvelope& envelope, const TypeIdentity& type);
 
 // Runs `f`, turning an escaping exception into a Status: no exception crosses
 // the public API, even from a user's Serialize.
@@ -990,6 +1041,7 @@ struct SerializedObject {
 template <typename T>
 Result<SerializedObject> Serialize(const T& object, const SerializeOptions& options = {}) {
   internal::SaveArchive ar(options, /*move=*/false);
+  ar.set_version(TypeVersion<T>());
   Status st = internal::Guarded([&] {
     ar.Field(object);
     return ar.status();
@@ -1028,12 +1080,13 @@ Result<T> Deserialize(std::span<const std::byte> envelope,
                       const LoadOptions& options = {}, LoadStats* stats = nullptr) {
   auto env = DecodeEnvelope(envelope);
   if (!env.ok()) return env.status();
-  Status st = internal::CheckIdentity(*env, TypeName<T>(), TypeVersion<T>(), internal::LayoutHash<T>());
+  Status st = internal::CheckIdentity(*env, internal::IdentityOf<T>());
   if (st.ok()) st = CheckBuffers(*env, buffers, options.verify_checksums);
   if (!st.ok()) return st;
   std::vector<std::span<const std::byte>> ordered;
   for (const BufferInfo& b : env->buffers) ordered.push_back(buffers[b.index]);
   internal::LoadArchive ar(env->inline_data, ordered, std::move(keepalive), options);
+  ar.set_version(env->type_version);
   T value{};
   st = internal::Guarded([&] {
     ar.Field(value);
@@ -1053,6 +1106,7 @@ Result<T> Deserialize(std::span<const std::byte> envelope,
 template <typename T>
 Result<Pinned<T>> LoadPinned(RawObject raw, const LoadOptions& options) {
   internal::LoadArchive ar(raw.envelope.inline_data, raw.buffers, raw.view, options);
+  ar.set_version(raw.envelope.type_version);
   Pinned<T> out;
   Status st = internal::Guarded([&] {
     ar.Field(out.value_);
@@ -1074,6 +1128,7 @@ Status Store::Put(ObjectId id, T&& object, const SerializeOptions& options) {
   using Plain = std::remove_cvref_t<T>;
   constexpr bool kMove = std::is_rvalue_reference_v<T&&> && !std::is_const_v<std::remove_reference_t<T>>;
   internal::SaveArchive ar(options, kMove);
+  ar.set_version(TypeVersion<Plain>());
   return internal::Guarded([&]() -> Status {
     ar.Field(static_cast<const Plain&>(object));
     if (!ar.ok()) return ar.status();
@@ -1099,8 +1154,7 @@ Result<ObjectId> Store::Put(T&& object, const SerializeOptions& options) {
 
 template <typename T>
 Result<Pinned<T>> Store::Get(ObjectId id, const LoadOptions& options) const {
-  auto raw = internal::GetChecked(*this, id, TypeName<T>(), TypeVersion<T>(),
-                                  internal::LayoutHash<T>(), options);
+  auto raw = internal::GetChecked(*this, id, internal::IdentityOf<T>(), options);
   if (!raw.ok()) return raw.status();
   return LoadPinned<T>(std::move(*raw), options);
 }

@@ -404,3 +404,100 @@ TEST(SerializerMoveTest, ArraySizesThatOverflowAreRefused) {
 
 }  // namespace
 }  // namespace zcstore
+
+namespace zcstore {
+namespace {
+
+// Version 1 of a type, as an older program wrote it.
+struct ConfigV1 {
+  static constexpr std::string_view kZcstoreTypeName = "test.Config";
+  static constexpr uint32_t kZcstoreVersion = 1;
+  std::string name;
+  Array<float> weights;
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(name, weights);
+  }
+};
+
+// Version 2 adds a field and still reads version 1.
+struct ConfigV2 {
+  static constexpr std::string_view kZcstoreTypeName = "test.Config";
+  static constexpr uint32_t kZcstoreVersion = 2;
+  static constexpr uint32_t kZcstoreMinVersion = 1;
+  std::string name;
+  Array<float> weights;
+  double learning_rate = 0.01;  // new in version 2: the default for version 1 objects
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(name, weights);
+    if (ar.version() >= 2) ar(learning_rate);
+  }
+};
+
+// Claims to read version 1, but reads it with version 2's layout.
+struct ConfigV2Wrong {
+  static constexpr std::string_view kZcstoreTypeName = "test.Config";
+  static constexpr uint32_t kZcstoreVersion = 2;
+  static constexpr uint32_t kZcstoreMinVersion = 1;
+  std::string name;
+  Array<float> weights;
+  double learning_rate = 0.01;
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(name, weights, learning_rate);
+  }
+};
+
+// Version 3 drops support for version 1.
+struct ConfigV3 : ConfigV2 {
+  static constexpr uint32_t kZcstoreVersion = 3;
+  static constexpr uint32_t kZcstoreMinVersion = 2;
+};
+
+TEST(SchemaEvolutionTest, AFileStoreWrittenByVersion1IsReadByVersion2) {
+  testing::TempDir dir;
+  std::string path = dir.path() + "/config.zcs";
+  ObjectId old_id, new_id;
+  {
+    StoreOptions o;
+    o.backing = Backing::kFile;
+    o.capacity = 4 << 20;
+    auto s = Store::Create(path, o);
+    ASSERT_TRUE(s.ok());
+    ConfigV1 v1;
+    v1.name = "first";
+    v1.weights = Array<float>(5000);
+    v1.weights.mutable_data()[4999] = 7.f;
+    old_id = *s->Put(v1);
+    ConfigV2 v2;
+    v2.name = "second";
+    v2.learning_rate = 0.5;
+    new_id = *s->Put(v2);
+  }
+  OpenOptions ro;
+  ro.backing = Backing::kFile;
+  ro.read_only = true;
+  auto s = Store::Open(path, ro);
+  ASSERT_TRUE(s.ok());
+  auto old_obj = s->Get<ConfigV2>(old_id);
+  ASSERT_TRUE(old_obj.ok()) << old_obj.status().ToString();
+  EXPECT_EQ((*old_obj)->name, "first");
+  EXPECT_EQ((*old_obj)->weights[4999], 7.f);
+  EXPECT_TRUE((*old_obj)->weights.is_view());  // still zero-copy
+  EXPECT_EQ((*old_obj)->learning_rate, 0.01);   // the default: version 1 had none
+  auto new_obj = s->Get<ConfigV2>(new_id);
+  ASSERT_TRUE(new_obj.ok());
+  EXPECT_EQ((*new_obj)->learning_rate, 0.5);
+  // An old program never reads a newer version; a newer one that dropped
+  // version 1, or reads it with the wrong layout, refuses it.
+  EXPECT_EQ(s->Get<ConfigV1>(new_id).status().code(), StatusCode::kVersionMismatch);
+  auto v3 = s->Get<ConfigV3>(old_id);
+  EXPECT_EQ(v3.status().code(), StatusCode::kVersionMismatch);
+  EXPECT_NE(v3.status().message().find("versions 2 to 3"), std::string::npos) << v3.status().ToString();
+  EXPECT_EQ(s->Get<ConfigV3>(new_id).status().code(), StatusCode::kOk);
+  EXPECT_EQ(s->Get<ConfigV2Wrong>(old_id).status().code(), StatusCode::kTypeMismatch);
+}
+
+}  // namespace
+}  // namespace zcstore
