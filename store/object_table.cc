@@ -130,8 +130,14 @@ Status StoreImpl::ReadObject(uint32_t slot, ObjectId id, std::span<const std::by
   std::memcpy(&h, extent, sizeof(h));
   // Built only on failure: Get must stay a lookup and a pin.
   auto what = [&] { return Describe() + ": object " + id.ToString(); };
-  if (h.magic != kObjectMagic || h.id_hi != id.hi || h.id_lo != id.lo) {
-    return Corrupt(what() + " has a bad header (magic or id)");
+  if (h.magic != kObjectMagic || h.id_hi != id.hi || h.id_lo != id.lo || h.has_checksums > 1) {
+    return Corrupt(what() + " has a bad header (magic, id or checksum flag)");
+  }
+  if (!h.has_checksums && (geo_.flags & kFlagChecksums)) {
+    // The store seals every object with checksums: a header without them was
+    // damaged after Seal, and so may be everything it describes.
+    return Corrupt(what() + " has no checksums although its store gives every object some: "
+                   "its header is damaged");
   }
   uint64_t n = h.num_buffers;
   if (n > kMaxBuffersPerObject || sizeof(ObjectHeader) + n * sizeof(BufferDesc) > entry.size) {
@@ -395,14 +401,6 @@ Result<ObjectView> StoreImpl::Get(ObjectId id, std::vector<uint64_t>* checksums)
   ObjectView v;
   ObjectHeader h;
   Status st = ReadObject(slot, id, &v.metadata_, &v.buffers_, &h, checksums);
-  if (st.ok() && h.has_checksums > 1) st = Corrupt(Describe() + ": object " + id.ToString() + " has a bad header (checksum flag)");
-  if (st.ok() && !h.has_checksums && (geo_.flags & kFlagChecksums)) {
-    // The store seals every object with checksums: a header without them was
-    // damaged after Seal, and so may be everything it describes.
-    st = Corrupt(Describe() + ": object " + id.ToString() +
-                 " has no checksums although its store gives every object some: its header is "
-                 "damaged");
-  }
   v.has_checksums_ = h.has_checksums == 1;
   v.metadata_checksum_ = h.metadata_checksum;
   if (!st.ok()) {

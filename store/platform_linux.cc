@@ -139,9 +139,9 @@ Status CheckStoreFile(int fd, const std::string& path, bool allow_shared_write) 
                                                                                  : "a special file") +
                            ")");
   }
-  if (st.st_uid != geteuid()) {
+  if (st.st_uid != UserId()) {
     return PermissionDenied("'" + path + "' belongs to uid " + std::to_string(st.st_uid) +
-                            ", not to you (uid " + std::to_string(geteuid()) +
+                            ", not to you (uid " + std::to_string(UserId()) +
                             "): a store is only trusted from its own user; another user may "
                             "have planted it (its owner or root can remove it)");
   }
@@ -228,8 +228,7 @@ Status SealFileSize(int fd) {
 
 Status LockFile(int fd, bool exclusive, int timeout_ms, std::string_view what) {
   int op = (exclusive ? LOCK_EX : LOCK_SH) | (timeout_ms < 0 ? 0 : LOCK_NB);
-  timespec start;
-  clock_gettime(CLOCK_MONOTONIC, &start);
+  int64_t start_ns = MonotonicNanos();
   long pause_us = 100;
   while (flock(fd, op) != 0) {
     if (errno == EINTR) continue;
@@ -240,9 +239,7 @@ Status LockFile(int fd, bool exclusive, int timeout_ms, std::string_view what) {
                      "; close that handle first");
     }
     // flock has no timed form: poll, backing off to 10 ms between tries.
-    timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    int64_t waited_ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+    int64_t waited_ms = (MonotonicNanos() - start_ns) / 1000000;
     if (waited_ms >= timeout_ms) {
       return Timeout(std::string(what) + " has been locked by another process for " +
                      std::to_string(waited_ms) + " ms (it is opening the store, or stuck while "

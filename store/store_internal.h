@@ -98,11 +98,11 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   // forked from it, which shares the mapping but not the registration: it
   // may read the views it inherited and must open the store again for
   // anything else.
+  bool InForkedChild() const { return fork_generation_ != platform::ForkGeneration(); }
   Status CheckProcess() const {
-    if (fork_generation_ == platform::ForkGeneration()) [[likely]] return Status::OK();
+    if (!InForkedChild()) [[likely]] return Status::OK();
     return InheritedByFork();
   }
-  bool InForkedChild() const { return fork_generation_ != platform::ForkGeneration(); }
 
   const std::string& name() const { return name_; }
   bool created() const { return created_; }
@@ -132,6 +132,8 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   // `timeout_ms` (< 0: no limit) for the store lock.
   Status FinishOpen(int timeout_ms);
   void InitializeHeader(Backing backing);
+  // (Re)initialises the header's robust, process-shared mutex.
+  void InitializeMutex();
   void Lock();
   // Lock() that gives up with Timeout after `timeout_ms` (< 0: no limit), and
   // reports an unusable lock as IOError rather than stopping the process:

@@ -2,7 +2,6 @@
 // segment, or memfd) and its mappings, registering a handle, the store lock,
 // and what a handle does when it closes (or finds itself in a forked child).
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -138,11 +137,15 @@ void StoreImpl::InitializeHeader(Backing backing) {
   h->used = 0;
   h->epoch = 0;
   h->reserved_bytes = 0;
+  InitializeMutex();
+}
+
+void StoreImpl::InitializeMutex() {
   pthread_mutexattr_t attr;
   pthread_mutexattr_init(&attr);
   pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
   pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  pthread_mutex_init(&h->mutex, &attr);
+  pthread_mutex_init(&header_->mutex, &attr);
   pthread_mutexattr_destroy(&attr);
 }
 
@@ -182,12 +185,7 @@ Status StoreImpl::FinishOpen(int timeout_ms) {
     // Nobody uses the store: the lock may be held by a process from before a
     // crash or reboot that the kernel can no longer mark dead. Reinitialise
     // it (we hold the file lock, so nobody else is opening) and repair.
-    pthread_mutexattr_t attr;
-    pthread_mutexattr_init(&attr);
-    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    pthread_mutex_init(&header_->mutex, &attr);
-    pthread_mutexattr_destroy(&attr);
+    InitializeMutex();
     if (Status st = LockWithin(timeout_ms); !st.ok()) return st;
     RecoverLocked();
   } else {
@@ -383,7 +381,7 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::OpenFd(int fd, bool read_only) {
   s->private_description_ = s->fd_ >= 0;
   if (s->fd_ < 0) s->fd_ = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (s->fd_ < 0) return platform::ErrnoStatus(errno, "cannot duplicate store fd");
-  constexpr int kOpenTimeoutMs = 5000;  // as OpenOptions::lock_timeout
+  const int kOpenTimeoutMs = static_cast<int>(OpenOptions{}.lock_timeout.count());
   // A memfd has no name to plant a file under, and always shows mode 0777:
   // only check that it is a regular file of this user.
   Status st = platform::CheckStoreFile(s->fd_, s->name_, /*allow_shared_write=*/true);
@@ -426,11 +424,7 @@ void StoreImpl::UnlinkIfOwner() {
   if (!created_ || persistent_ || backing_ != Backing::kSharedMemory || InForkedChild()) return;
   // Unlink only if the name still refers to our segment (not a newer store
   // that replaced ours after it was removed).
-  struct stat mine, theirs;
-  if (fstat(fd_, &mine) == 0 && stat(path_.c_str(), &theirs) == 0 && mine.st_ino == theirs.st_ino &&
-      mine.st_dev == theirs.st_dev) {
-    (void)platform::RemoveFile(path_);
-  }
+  if (platform::NamesFile(path_, fd_)) (void)platform::RemoveFile(path_);
 }
 
 // ---------------------------------------------------------------- locking

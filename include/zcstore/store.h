@@ -261,8 +261,8 @@ class ZCSTORE_EXPORT Store {
   // for kFile, the file's path; for kMemfd, a label shown in /proc (may be empty).
   // Errors: AlreadyExists (a live store or existing file has that name; a
   // shared-memory store whose users all died is replaced), PermissionDenied
-  // (the name is taken by another user's file, or by a link), StoreFull (no room
-  // in /dev/shm or on disk for the tables), PermissionDenied, InvalidArgument.
+  // (the OS refused, or the name is taken by another user's file or a link),
+  // StoreFull (no room in /dev/shm or on disk for the tables), InvalidArgument.
   // Cost: O(1) in capacity: the data region is reserved as objects claim it.
   static Result<Store> Create(std::string_view name, const StoreOptions& options = {});
 
@@ -280,10 +280,10 @@ class ZCSTORE_EXPORT Store {
   static Result<Store> Open(std::string_view name, const OpenOptions& options = {});
 
   // Opens the store, or creates it with `options` if there is none (a
-  // creator racing us makes this an Open). Errors: those of Open and Create;
-  // InvalidArgument for kMemfd (no name to find it by). The handle created
-  // store (created() tells which happened); a shared-memory store is removed
-  // when its creating handle closes unless options.persistent.
+  // creator racing us makes this an Open); created() tells which happened.
+  // If this handle created a shared-memory store, the store is removed when
+  // the handle closes unless options.persistent. Errors: those of Open and
+  // Create; InvalidArgument for kMemfd (no name to find it by).
   static Result<Store> OpenOrCreate(std::string_view name, const StoreOptions& options = {});
 
   // The capacity (StoreOptions::capacity) that an object of `metadata_size`
@@ -294,7 +294,10 @@ class ZCSTORE_EXPORT Store {
                               Backing backing = Backing::kSharedMemory);
 
   // Opens a kMemfd store from a file descriptor handed down by its creator.
-  // The descriptor is duplicated; the caller keeps `fd`. Errors as Open.
+  // The handle gets an open file description of its own (reopened through
+  // /proc/self/fd, a dup where /proc is missing); the caller keeps `fd`.
+  // Waits for the store's lock as Open does by default (5 s). Errors as Open,
+  // except that a memfd's mode is not checked (nobody can plant one).
   static Result<Store> OpenFd(int fd, bool read_only = false);
 
   // Removes a shared-memory store's name (or deletes a file store's file).
