@@ -44,10 +44,7 @@ bool PoolCore::DrainLocked() {
     }
     if (!corrupt.ok()) platform::KillProcess(w.pid, SIGKILL);
   }
-  if (any) {
-    for (Worker& w : workers) SendDetaches(w);
-    Dispatch();  // answers free room, and a hello brings a worker
-  }
+  if (any) Dispatch();  // answers free room, and a hello brings a worker
   return any;
 }
 
@@ -236,12 +233,6 @@ bool PoolCore::WaitFor(std::span<Job* const> jobs, std::unique_lock<std::mutex>&
   return ready();
 }
 
-template <typename Ready>
-void PoolCore::WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready) {
-  Job* one[] = {&job};
-  WaitFor(std::span<Job* const>(one), lock, ready, Clock::time_point::max());
-}
-
 bool WaitJobUntil(PoolCore* core, Job& job, std::chrono::steady_clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(core->mu);
   Job* one[] = {&job};
@@ -265,10 +256,7 @@ size_t WaitAnyJob(PoolCore* core, std::span<Job* const> jobs,
   return any() ? first : SIZE_MAX;
 }
 
-void WaitJob(PoolCore* core, Job& job) {
-  std::unique_lock<std::mutex> lock(core->mu);
-  core->WaitFor(job, lock, [&] { return job.done == job.n; });
-}
+void WaitJob(PoolCore* core, Job& job) { (void)WaitJobUntil(core, job, Clock::time_point::max()); }
 Store& CoreStore(PoolCore* core) { return *core->store; }
 
 void CancelJob(PoolCore* core, Job& job) {
@@ -293,7 +281,9 @@ void CancelJob(PoolCore* core, Job& job) {
 bool TakeNext(PoolCore* core, Job& job, size_t* index, ItemResult* result) {
   std::unique_lock<std::mutex> lock(core->mu);
   auto& completed = *job.completed;
-  core->WaitFor(job, lock, [&] { return !completed.empty() || job.done == job.n; });
+  Job* one[] = {&job};
+  core->WaitFor(std::span<Job* const>(one), lock,
+                [&] { return !completed.empty() || job.done == job.n; }, Clock::time_point::max());
   if (completed.empty()) return false;
   *index = completed.front().first;
   *result = std::move(completed.front().second);

@@ -112,11 +112,9 @@ class PoolCore {
   void JobMoved(Job& job);
   // Wakes the workers that Dispatch(&rings) sent work to. Does not hold `mu`.
   void WakeWorkers(const std::vector<Ring>& rings);
-  // Waits until `ready()`, holding `lock` (on `mu`) except while asleep.
-  template <typename Ready>
-  void WaitFor(Job& job, std::unique_lock<std::mutex>& lock, Ready ready);
-  // The same for callers waiting on any of `jobs` (each wakes them when it
-  // moves), and giving up at `deadline`. Returns ready().
+  // Waits until `ready()` or `deadline`, holding `lock` (on `mu`) except
+  // while asleep; each of `jobs` wakes the caller when it moves. Returns
+  // ready().
   template <typename Ready>
   bool WaitFor(std::span<Job* const> jobs, std::unique_lock<std::mutex>& lock, Ready ready,
                Clock::time_point deadline);

@@ -735,28 +735,14 @@ void Future<R>::Cancel() {
 template <typename R, typename A>
 Result<std::vector<R>> Pool::Map(std::string_view name, const std::vector<A>& args,
                                  const MapOptions& options) {
-  auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
-  if (!task.ok()) return task.status();
+  auto all = MapResults<R>(name, args, options);  // every item taken, its store object freed
+  if (!all.ok()) return all.status();
   std::vector<R> out;
-  if (args.empty()) return out;
-  size_t chunk = options.chunk_size;
-  auto job = StartMap(*task, args.size(), chunk, true, options.progress,
-                   [this, &args](size_t i, std::vector<std::byte>* bytes, ObjectId* ref) {
-                     return internal::EncodeValue(store(), args[i], bytes, ref);
-                   }, options.task_timeout);
-  WaitDone(*job);
-  out.reserve(args.size());
-  Status first;
-  for (internal::ItemResult& r : job->results) {
-    auto v = Take<R>(r);
-    if (!v.ok()) {
-      if (first.ok()) first = v.status();
-      out.emplace_back();
-      continue;
-    }
-    out.push_back(std::move(*v));
+  out.reserve(all->size());
+  for (Result<R>& r : *all) {
+    if (!r.ok()) return std::move(r).status();
+    out.push_back(std::move(r).value());
   }
-  if (!first.ok()) return first;
   return out;
 }
 
