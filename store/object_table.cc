@@ -67,7 +67,7 @@ void StoreImpl::FreeSlot(uint32_t slot) {
   if (e.state == kSealed || e.state == kDeleted) {
     // Free the children listed in the object's header. The header is not
     // trusted: a listed slot is freed only if it names this object as parent.
-    if (CheckExtent(slot, e).ok()) {
+    if (ExtentInRange(e.offset, e.size)) {
       const auto* h = reinterpret_cast<const ObjectHeader*>(data_ + e.offset);
       uint64_t n = h->num_buffers;
       if (h->magic == kObjectMagic && n <= kMaxBuffersPerObject &&
@@ -103,10 +103,9 @@ void StoreImpl::FreeSlot(uint32_t slot) {
 }
 
 Status StoreImpl::CheckExtent(uint32_t slot, const ObjectEntry& e) const {
-  // Extents are whole pages (format.md): a size that is not would place the
-  // next object off a page and its header off its alignment.
-  if (e.offset % kPageSize != 0 || e.size % kPageSize != 0 || e.size < sizeof(ObjectHeader) ||
-      e.offset > geo_.data_size || e.size > geo_.data_size - e.offset) {
+  // Extents are whole pages: a size that is not would place the next object
+  // off a page and its header off its alignment.
+  if (!ExtentInRange(e.offset, e.size)) {
     return Corrupt(Describe() + ": object slot " + std::to_string(slot) +
                    " has an extent out of range (offset " + std::to_string(e.offset) + ", size " +
                    std::to_string(e.size) + ")");
@@ -116,15 +115,15 @@ Status StoreImpl::CheckExtent(uint32_t slot, const ObjectEntry& e) const {
 
 Status StoreImpl::ReadObject(uint32_t slot, ObjectId id, std::span<const std::byte>* metadata,
                              std::vector<std::span<const std::byte>>* buffers,
-                             ObjectHeader* header_out, std::vector<uint64_t>* checksums) const {
+                             std::optional<uint64_t>* metadata_checksum,
+                             std::vector<uint64_t>* checksums) const {
   // Any process with a writable mapping can change these bytes while we
   // read them: each value is read once, into a copy, and only the copy is
   // checked and used.
-  ObjectEntry entry{};
+  ObjectEntry entry;
   entry.offset = __atomic_load_n(&objects_[slot].offset, __ATOMIC_RELAXED);
   entry.size = __atomic_load_n(&objects_[slot].size, __ATOMIC_RELAXED);
-  Status st = CheckExtent(slot, entry);
-  if (!st.ok()) return st;
+  if (!ExtentInRange(entry.offset, entry.size)) return CheckExtent(slot, entry);
   const std::byte* extent = data_ + entry.offset;
   ObjectHeader h;
   std::memcpy(&h, extent, sizeof(h));
@@ -170,7 +169,8 @@ Status StoreImpl::ReadObject(uint32_t slot, ObjectId id, std::span<const std::by
         child.size = __atomic_load_n(&objects_[c].size, __ATOMIC_RELAXED);
       }
       if (c >= geo_.max_objects || child.state != kChild || child.parent != slot ||
-          !CheckExtent(c, child).ok() || d.offset > child.size || d.size > child.size - d.offset) {
+          !ExtentInRange(child.offset, child.size) || d.offset > child.size ||
+          d.size > child.size - d.offset) {
         return Corrupt(what() + ": buffer " + std::to_string(i) +
                        " refers to a child object that is not one (slot " + std::to_string(c) +
                        ")");
@@ -184,7 +184,7 @@ Status StoreImpl::ReadObject(uint32_t slot, ObjectId id, std::span<const std::by
     }
     buffers->emplace_back(extent + d.offset, d.size);
   }
-  if (header_out) *header_out = h;
+  *metadata_checksum = h.has_checksums ? std::optional<uint64_t>(h.metadata_checksum) : std::nullopt;
   return Status::OK();
 }
 
@@ -399,10 +399,7 @@ Result<ObjectView> StoreImpl::Get(ObjectId id, std::vector<uint64_t>* checksums)
     }
   }
   ObjectView v;
-  ObjectHeader h;
-  Status st = ReadObject(slot, id, &v.metadata_, &v.buffers_, &h, checksums);
-  v.has_checksums_ = h.has_checksums == 1;
-  v.metadata_checksum_ = h.metadata_checksum;
+  Status st = ReadObject(slot, id, &v.metadata_, &v.buffers_, &v.metadata_checksum_, checksums);
   if (!st.ok()) {
     if (!snapshot_) {
       Lock();
@@ -478,12 +475,12 @@ Result<std::vector<ObjectInfo>> StoreImpl::List() {
     info.pins = e.pins;
     info.sealed_unix_ns = e.sealed_unix_ns;
     if (e.state != kUnsealed) {
-      ObjectHeader h;
-      st = ReadObject(slot, info.id, &md, &bufs, &h, nullptr);
+      std::optional<uint64_t> md_checksum;
+      st = ReadObject(slot, info.id, &md, &bufs, &md_checksum, nullptr);
       info.metadata_bytes = md.size();
       info.num_buffers = static_cast<uint32_t>(bufs.size());
       for (auto& b : bufs) info.data_bytes += b.size();
-      info.has_checksums = h.has_checksums != 0;
+      info.has_checksums = md_checksum.has_value();
     }
     out.push_back(info);
   }
@@ -523,10 +520,10 @@ Status StoreImpl::Verify(ObjectId id) {
   std::span<const std::byte> md = view->metadata();
   const std::vector<std::span<const std::byte>>& bufs = view->buffers();
   std::string what = Describe() + ": object " + id.ToString();
-  if (!view->has_checksums_) {
+  if (!view->metadata_checksum_) {
     return InvalidArgument(what + " was sealed without checksums; nothing to verify");
   }
-  if (XXH3_64bits(md.data(), md.size()) != view->metadata_checksum_) {
+  if (XXH3_64bits(md.data(), md.size()) != *view->metadata_checksum_) {
     return Corrupt(what + ": metadata checksum mismatch");
   }
   for (size_t i = 0; i < bufs.size(); ++i) {

@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -128,10 +129,11 @@ Status MakeLogPipe(int fds[2]);
 void KillProcess(pid_t pid, int signal);
 
 // How many times this process's ancestry forked into it: 0 in the process
-// that first asked, +1 in each child of fork(2) since (pthread_atfork). A
-// handle remembers it at open, so it can tell with one load that it was
-// inherited by a forked child.
-uint64_t ForkGeneration();
+// that loaded the library, +1 in each child of fork(2) since (a
+// pthread_atfork handler installed at load). A handle remembers it at open,
+// so it can tell with one load that it was inherited by a forked child.
+extern std::atomic<uint64_t> fork_generation;
+inline uint64_t ForkGeneration() { return fork_generation.load(std::memory_order_relaxed); }
 
 void FillRandom(void* out, size_t size);
 int64_t UnixNanos();

@@ -413,16 +413,14 @@ void KillProcess(pid_t pid, int signal) {
   if (pid > 0) kill(pid, signal);
 }
 
-namespace {
 std::atomic<uint64_t> fork_generation{0};
-void CountFork() { fork_generation.fetch_add(1, std::memory_order_relaxed); }
-}  // namespace
 
-uint64_t ForkGeneration() {
-  static const bool registered = pthread_atfork(nullptr, nullptr, CountFork) == 0;
-  (void)registered;
-  return fork_generation.load(std::memory_order_relaxed);
-}
+namespace {
+// Installed when the library is loaded, before any handle can exist.
+[[maybe_unused]] const bool fork_counter_installed = pthread_atfork(nullptr, nullptr, [] {
+  fork_generation.fetch_add(1, std::memory_order_relaxed);
+}) == 0;
+}  // namespace
 
 void FillRandom(void* out, size_t size) {
   auto* p = static_cast<unsigned char*>(out);

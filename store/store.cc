@@ -27,7 +27,6 @@ ObjectView& ObjectView::operator=(ObjectView&& o) noexcept {
     id_ = o.id_;
     metadata_ = o.metadata_;
     buffers_ = std::move(o.buffers_);
-    has_checksums_ = o.has_checksums_;
     metadata_checksum_ = o.metadata_checksum_;
     o.impl_.reset();
     o.buffers_.clear();

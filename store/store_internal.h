@@ -149,12 +149,21 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   uint32_t FindInsertSlot(ObjectId id, bool* exists) const;
   void FreeSlot(uint32_t slot);  // and, for a sealed object, its children
   void UnbindAllLocked(ObjectId id);
+  // An extent is whole pages inside the data region, big enough for a
+  // header (format.md). ExtentInRange is the test, CheckExtent the Corrupt
+  // status naming slot `slot` when it fails.
+  bool ExtentInRange(uint64_t offset, uint64_t size) const {
+    return offset % kPageSize == 0 && size % kPageSize == 0 && size >= sizeof(ObjectHeader) &&
+           offset <= geo_.data_size && size <= geo_.data_size - offset;
+  }
   Status CheckExtent(uint32_t slot, const ObjectEntry& e) const;
   // Reads and checks object `slot`'s header and buffer descriptors, each
-  // once, into private copies: `header` (if given) receives the header,
-  // `checksums` (if given) each buffer's stored checksum.
+  // once, into private copies: `metadata_checksum` receives the metadata's
+  // checksum (nullopt: sealed without checksums), `checksums` (if given)
+  // each buffer's stored checksum.
   Status ReadObject(uint32_t slot, ObjectId id, std::span<const std::byte>* metadata,
-                    std::vector<std::span<const std::byte>>* buffers, ObjectHeader* header,
+                    std::vector<std::span<const std::byte>>* buffers,
+                    std::optional<uint64_t>* metadata_checksum,
                     std::vector<uint64_t>* checksums) const;
   void SyncEntry(uint32_t slot);
 

@@ -25,7 +25,7 @@ namespace internal {
 
 bool StoreImpl::HeaderNames(const ObjectEntry& e) const {
   ObjectHeader h;
-  std::memcpy(&h, data_ + e.offset, sizeof(h));  // e passed CheckExtent
+  std::memcpy(&h, data_ + e.offset, sizeof(h));  // e passed ExtentInRange
   return h.magic == kObjectMagic && h.id_hi == e.id_hi && h.id_lo == e.id_lo &&
          h.num_buffers <= kMaxBuffersPerObject &&
          sizeof(ObjectHeader) + uint64_t{h.num_buffers} * sizeof(BufferDesc) <= e.size;
@@ -56,7 +56,8 @@ void StoreImpl::RecoverLocked() {
       bool writer_gone = e.state == kUnsealed &&
                          (e.creator_client >= geo_.max_clients ||
                           clients_[e.creator_client].state != kClientLive);
-      if (writer_gone || !CheckExtent(s, e).ok() || (e.state != kUnsealed && !HeaderNames(e))) {
+      if (writer_gone || !ExtentInRange(e.offset, e.size) ||
+          (e.state != kUnsealed && !HeaderNames(e))) {
         e.state = kTombstone;
       }
     }

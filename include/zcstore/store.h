@@ -189,9 +189,7 @@ class ZCSTORE_EXPORT ObjectView {
   // The metadata's checksum recorded at Seal, if the object has checksums
   // (StoreOptions::checksums; always in file stores). The typed Get checks
   // it; a raw reader may.
-  std::optional<uint64_t> metadata_checksum() const {
-    return has_checksums_ ? std::optional<uint64_t>(metadata_checksum_) : std::nullopt;
-  }
+  std::optional<uint64_t> metadata_checksum() const { return metadata_checksum_; }
 
   // Unpins the object. InvalidArgument if this view was already released or
   // moved from. After it, the spans must not be used.
@@ -204,8 +202,7 @@ class ZCSTORE_EXPORT ObjectView {
   ObjectId id_;
   std::span<const std::byte> metadata_;
   std::vector<std::span<const std::byte>> buffers_;
-  bool has_checksums_ = false;
-  uint64_t metadata_checksum_ = 0;
+  std::optional<uint64_t> metadata_checksum_;
 };
 
 // An object being written. Move-only; not thread-safe (one writer).
