@@ -215,12 +215,16 @@ bool PoolCore::WaitFor(std::span<Job* const> jobs, std::unique_lock<std::mutex>&
     uint32_t seen = c->answer_seq.load(std::memory_order_acquire);
     DrainLocked();
     if (ready()) break;
-    auto now = Clock::now();
-    if (now >= deadline) break;
     // Bounded as a safety net (every answer, death or cancellation bumps
-    // the word), or by the caller's deadline.
-    int64_t left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count() + 1;
-    int timeout_ms = static_cast<int>(std::min<int64_t>(1000, left));
+    // the word), or by the caller's deadline (the clock is read only then).
+    int timeout_ms = 1000;
+    if (deadline != Clock::time_point::max()) {
+      auto now = Clock::now();
+      if (now >= deadline) break;
+      int64_t left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count() + 1;
+      timeout_ms = static_cast<int>(std::min<int64_t>(1000, left));
+    }
     for (Job* j : jobs) ++j->sleepers;
     lock.unlock();
     bool woken = platform::FutexWait(reinterpret_cast<uint32_t*>(&c->answer_seq), seen, timeout_ms);

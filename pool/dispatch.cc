@@ -53,6 +53,8 @@ void PoolCore::Dispatch(std::vector<Ring>* defer_wakes) {
       msg.U8(kRun);
       msg.U64(job->seq);
       msg.U64(f.nonce);
+      bool timed = TimeoutOf(*job).count() > 0 && opts.backend != PoolOptions::Backend::kThreads;
+      msg.U8(timed ? kRunTimed : 0);
       msg.U32(job->task);
       msg.U64(first);
       size_t count_at = msg.Placeholder32();

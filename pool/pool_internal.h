@@ -79,6 +79,9 @@ inline ObjectId ResultId(uint64_t nonce, uint64_t item) {
   return ObjectId{0x7A6372657375ull << 16 ^ nonce, item};
 }
 
+// Run message flags.
+inline constexpr uint8_t kRunTimed = 1;  // record each task's start: a deadline applies
+
 // Error messages longer than this are cut (a message must fit a ring).
 inline constexpr size_t kMaxErrorMessage = 16 << 10;
 

@@ -91,7 +91,9 @@ bool Send(WorkerState& w, std::span<const std::byte> msg) {
 bool RunTasks(WorkerState& w, MessageReader& in) {
   uint64_t job, nonce, first;
   uint32_t task, count;
-  if (!in.U64(&job) || !in.U64(&nonce) || !in.U32(&task) || !in.U64(&first) || !in.U32(&count)) {
+  uint8_t flags;
+  if (!in.U64(&job) || !in.U64(&nonce) || !in.U8(&flags) || !in.U32(&task) || !in.U64(&first) ||
+      !in.U32(&count)) {
     return false;
   }
   const auto& registry = Registry();
@@ -127,7 +129,10 @@ bool RunTasks(WorkerState& w, MessageReader& in) {
     w.result_id = ResultId(nonce, first + i);
     RingHeader* now = w.requests.header();
     now->current_job.store(job, std::memory_order_relaxed);
-    now->current_started_ns.store(platform::MonotonicNanos(), std::memory_order_relaxed);
+    // The clock only where a deadline is tracked: untimed tasks skip it.
+    if (flags & kRunTimed) {
+      now->current_started_ns.store(platform::MonotonicNanos(), std::memory_order_relaxed);
+    }
     now->current_item.store(first + i, std::memory_order_release);
     Status st = task < registry.size()
                     ? registry[task].invoke(w.context, arg, ref, &result, &result_ref)
