@@ -230,10 +230,13 @@ int Inspect(const std::vector<std::string>& a, const std::string& shm_dir) {
       if (named == *id) bound.push_back(name);
     }
   }
-  auto shape = [](const BufferInfo* b) {
+  // Buffer i's dimensions joined by `sep` ("" when the envelope has none).
+  auto shape = [&](size_t i, const char* sep) {
     std::string out;
-    if (b == nullptr) return out;
-    for (size_t i = 0; i < b->shape.size(); ++i) out += (i ? "x" : "") + std::to_string(b->shape[i]);
+    if (info[i] == nullptr) return out;
+    for (size_t d = 0; d < info[i]->shape.size(); ++d) {
+      out += (d ? sep : "") + std::to_string(info[i]->shape[d]);
+    }
     return out;
   };
   Status verified = s->Verify(*id);
@@ -248,13 +251,7 @@ int Inspect(const std::vector<std::string>& a, const std::string& shm_dir) {
                        ", \"buffers\": [";
     for (size_t i = 0; i < v->num_buffers(); ++i) {
       json += std::string(i ? ", " : "") + "{\"bytes\": " + std::to_string(v->buffer(i).size()) +
-              ", \"shape\": [";
-      if (info[i]) {
-        for (size_t d = 0; d < info[i]->shape.size(); ++d) {
-          json += (d ? ", " : "") + std::to_string(info[i]->shape[d]);
-        }
-      }
-      json += "]}";
+              ", \"shape\": [" + shape(i, ", ") + "]}";
     }
     json += "], \"names\": [";
     for (size_t i = 0; i < bound.size(); ++i) json += (i ? ", " : "") + Json(bound[i]);
@@ -274,7 +271,7 @@ int Inspect(const std::vector<std::string>& a, const std::string& shm_dir) {
     std::printf("metadata:  %zu bytes\n", v->metadata().size());
     std::printf("buffers:   %zu\n", v->num_buffers());
     for (size_t i = 0; i < v->num_buffers(); ++i) {
-      std::string dims = shape(info[i]);
+      std::string dims = shape(i, "x");
       std::printf("  [%zu] %zu bytes (%s)%s%s\n", i, v->buffer(i).size(),
                   HumanBytes(v->buffer(i).size()).c_str(), dims.empty() ? "" : ", shape ",
                   dims.c_str());
