@@ -468,8 +468,10 @@ class ZCSTORE_EXPORT Pool {
  public:
   // Starts the workers and waits until each has reported in with a matching
   // task registry. Errors: VersionMismatch (a worker of another build),
-  // WorkerCrashed (a worker died at start), Timeout, StoreFull (/dev/shm
-  // cannot hold the pool's queues), IOError.
+  // WorkerCrashed (a worker died at start, e.g. its main never called
+  // ZCSTORE_WORKER_MAIN), Timeout, StoreFull (/dev/shm cannot hold the
+  // pool's queues), IOError, InvalidArgument (this process was spawned as a
+  // worker and its main did not call ZCSTORE_WORKER_MAIN first).
   static Result<std::unique_ptr<Pool>> Create(const PoolOptions& options = {});
   // Shuts down (see Shutdown).
   ~Pool();
@@ -491,8 +493,10 @@ class ZCSTORE_EXPORT Pool {
     return UnshareId(ref.id);
   }
 
-  // Runs task `name` on `arg`. A task not registered, or registered with other
-  // argument or result types, fails the future with NotFound/TypeMismatch.
+  // Runs task `name` on `arg` (`options`: its timeout). A task not
+  // registered, or registered with other argument or result types, fails
+  // the future with NotFound/TypeMismatch; with no worker left, with
+  // WorkerCrashed at once.
   template <typename R, typename A>
   Future<R> Submit(std::string_view name, const A& arg, const SubmitOptions& options = {});
 
@@ -536,7 +540,10 @@ class ZCSTORE_EXPORT Pool {
                                         C& context, const std::function<void(C&, U&&)>& merge,
                                         const MapOptions& options = {});
 
-  // Runs task `name` once on every worker; one result per worker.
+  // Runs task `name` once on every worker; one result per worker, in worker
+  // order. The item of a worker that is retired (see
+  // PoolOptions::max_quick_deaths) fails with WorkerCrashed at once; a
+  // retried item runs only on its own worker.
   template <typename R, typename A>
   Result<std::vector<Result<R>>> Broadcast(std::string_view name, const A& arg);
 

@@ -360,8 +360,11 @@ class ZCSTORE_EXPORT Store {
   // Loads object `id` as a T whose Arrays view the store (zero copies) and
   // whose other members are rebuilt from the envelope; the returned handle
   // pins the object. Errors: those of Get, TypeMismatch (stored as another
-  // type, or the type's layout changed), VersionMismatch (another envelope
-  // format or type version), Corrupt (the envelope or a buffer fails a check).
+  // type, or the layout differs from what T's Serialize describes for the
+  // stored version), VersionMismatch (another envelope format, or a type
+  // version outside T's kZcstoreMinVersion..kZcstoreVersion), Corrupt (the
+  // envelope, its metadata checksum or a buffer fails a check). Cost: the
+  // envelope (small) is copied and checked; Arrays are not copied.
   template <typename T>
   Result<Pinned<T>> Get(ObjectId id, const LoadOptions& options = {}) const;
 
