@@ -19,5 +19,8 @@ LD_LIBRARY_PATH="$(pkg-config --variable=libdir zcstore)" "$tmp/pc"
 c++ -std=c++20 "$src/consumer.cc" -o "$tmp/pc_static" $(pkg-config --cflags zcstore) \
   "$(pkg-config --variable=libdir zcstore)/libzcstore.a" $(pkg-config --libs-only-other --static zcstore) -pthread
 "$tmp/pc_static"
+# The C ABI, from C, through its own .pc file.
+cc -std=c11 -Wall -Werror "$src/consumer_c.c" -o "$tmp/c" $(pkg-config --cflags --libs zcstore_c)
+LD_LIBRARY_PATH="$(pkg-config --variable=libdir zcstore_c)" "$tmp/c"
 test -x "$tmp/prefix/bin/zcstore"
 echo "install ok"
