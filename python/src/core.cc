@@ -74,6 +74,10 @@ struct InPlace {
   std::byte* data = nullptr;
   size_t size = 0;
   PyObject* exporter = nullptr;  // the Buffer over it (borrowed: it owns us)
+  // The hidden array that every numpy view of this memory has as its base
+  // (borrowed: it owns the Buffer, which owns us). Its reference count is
+  // the number of arrays over the memory.
+  PyObject* root = nullptr;
   std::weak_ptr<InPlaceRegistry> registry;
 
   ~InPlace() {
@@ -86,6 +90,7 @@ struct Buffer {
   std::byte* data = nullptr;
   size_t size = 0;
   bool readonly = true;
+  InPlace* inplace = nullptr;    // set for a Buffer from Handle.empty
 };
 
 // The exact types put may empty under move=True (null if numpy is absent).
@@ -226,7 +231,14 @@ py::tuple Handle::Put(py::object id_arg, py::buffer metadata, py::list buffers, 
     auto found = inplace_->find(s.data());
     if (found != inplace_->end()) {
       InPlace* in = found->second;
-      if (in->builder.valid() && in->size == s.size() && Py_REFCNT(in->exporter) == 1) {
+      // The array pickled is a view of the hidden root (Store.empty returns
+      // one), and the root has no other view: nobody else can write there.
+      PyObject* base = PyObject_GetAttrString(s.buf.view.obj, "base");
+      if (base == nullptr) PyErr_Clear();
+      // (2: the pickled array's base reference and the one `base` holds.)
+      bool sole = base != nullptr && base == in->root && Py_REFCNT(in->root) == 2;
+      Py_XDECREF(base);
+      if (in->builder.valid() && in->size == s.size() && sole) {
         s.fate = Fate::kAdopt;
         s.inplace = in;
         any_adopted = true;
@@ -315,9 +327,8 @@ py::tuple Handle::Put(py::object id_arg, py::buffer metadata, py::list buffers, 
       }();
       if (pin.ok()) in->pin = std::move(*pin);
       py::handle(in->exporter).cast<Buffer&>().readonly = true;
-      if (ndarray_type != nullptr && PyObject_TypeCheck(owner.ptr(), ndarray_type)) {
-        owner.attr("flags").attr("writeable") = false;
-      }
+      owner.attr("flags").attr("writeable") = false;
+      py::handle(in->root).attr("flags").attr("writeable") = false;
     } else if (s.fate == Fate::kCopyAndEmpty) {
       EmptySource(s.item, std::move(owner));
     }
@@ -367,7 +378,7 @@ py::object Handle::EmptyBuffer(size_t size) {
   }
   in->data = in->builder.buffer(0).data();
   in->size = size;
-  py::object exporter = py::cast(Buffer{in, in->data, size, false});
+  py::object exporter = py::cast(Buffer{in, in->data, size, false, in.get()});
   in->exporter = exporter.ptr();
   in->registry = inplace_;
   (*inplace_)[in->data] = in.get();
@@ -427,6 +438,11 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("__len__", [](const Buffer& b) { return b.size; })
       .def_property_readonly("readonly", [](const Buffer& b) { return b.readonly; })
+      .def("_set_root",
+           [](Buffer& b, py::handle root) {
+             if (b.inplace == nullptr) Raise(InvalidArgument("not an in-place buffer"));
+             b.inplace->root = root.ptr();
+           })
       .def_property_readonly("address",
                              [](const Buffer& b) { return reinterpret_cast<uintptr_t>(b.data); });
 

@@ -189,6 +189,13 @@ def _dumps(obj):
     return stream.getbuffer(), buffers
 
 
+def _parse_id(id):
+    hexid = id if isinstance(id, str) else ""
+    if len(hexid) != 32 or any(c not in "0123456789abcdefABCDEF" for c in hexid):
+        raise InvalidArgument(f"an object id is 32 hex digits, not {id!r}")
+    return (int(hexid[:16], 16), int(hexid[16:], 16))
+
+
 # ------------------------------------------------------------- records
 
 @dataclass(frozen=True)
@@ -482,7 +489,8 @@ class Store:
         Corrupt (its metadata fails its checksum or does not unpickle).
         """
         id = self._own(ref)
-        metadata, buffers = self._h.get(*id)
+        metadata, exporters = self._h.get(*id)
+        buffers = [memoryview(b) for b in exporters]
         if metadata[:2] != _PICKLE5:
             raise TypeMismatch(
                 f"object {ref.id} in store '{self._name}' was not put from Python (its metadata "
@@ -492,18 +500,18 @@ class Store:
         except pickle.UnpicklingError as e:
             raise Corrupt(f"object {ref.id} in store '{self._name}' does not unpickle: {e}") from e
 
+    def ref(self, id):
+        """The Ref of object ``id`` (32 hex digits) in this store: for ids
+        that come from C++, C or the ``zcstore`` tool. Checks the form only;
+        ``get`` tells whether the object is there."""
+        return self._ref(_parse_id(id))
+
     def put_raw(self, metadata=b"", buffers=(), *, id=None):
         """Stores raw parts: ``metadata`` bytes and each bytes-like buffer,
         copied once. ``id`` (32 hex digits) is chosen at random if None.
         Returns the Ref. For readers in C++ or C (``Store::Get(id)``)."""
         if id is not None:
-            try:
-                hexid = str(id)
-                if len(hexid) != 32:
-                    raise ValueError
-                id = (int(hexid[:16], 16), int(hexid[16:], 16))
-            except ValueError:
-                raise InvalidArgument(f"an object id is 32 hex digits, not {id!r}") from None
+            id = _parse_id(id)
         return self._ref(self._h.put(id, metadata, list(buffers), False))
 
     def get_raw(self, ref):
@@ -528,7 +536,11 @@ class Store:
                 raise InvalidArgument(f"shape {shape} has a negative dimension")
             count *= n
         buf = self._h.empty(count * dt.itemsize)
-        return np.frombuffer(buf, dtype=dt, count=count).reshape(shape, order=order)
+        # Every view of the returned array has `root` as its base, so the
+        # store can tell at put time whether another array shares the memory.
+        root = np.frombuffer(buf, dtype=dt, count=count)
+        buf._set_root(root)
+        return root.reshape(shape, order=order)
 
     def delete(self, ref):
         """Hides the object from new gets and unbinds its names; its space is

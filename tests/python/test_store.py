@@ -1,0 +1,493 @@
+"""zcstore.Store in one process: put/get, zero copy and pins, move, in place,
+raw access, names, housekeeping, and every bad input the docs promise."""
+import fcntl
+import gc
+import os
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import zcstore
+from conftest import unique
+
+
+def model(n=1000):
+    return {"W": np.arange(n * 64, dtype=np.float32).reshape(n, 64),
+            "b": np.linspace(0, 1, n), "name": "m", "layers": [3, 4]}
+
+
+def same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], np.ndarray):
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k])
+        else:
+            assert a[k] == b[k]
+
+
+# ------------------------------------------------------------ put / get
+
+def test_put_get_round_trip(store):
+    m = model()
+    ref = store.put(m)
+    same(store.get(ref), m)
+    assert store.get(ref)["W"].flags.c_contiguous
+
+
+def test_arrays_are_read_only_views_of_the_mapping(store):
+    ref = store.put(model())
+    a, b = store.get(ref), store.get(ref)
+    assert np.shares_memory(a["W"], b["W"]) and np.shares_memory(a["b"], b["b"])
+    assert not a["W"].flags.writeable and not a["W"].flags.owndata
+    with pytest.raises(ValueError):
+        a["W"][0, 0] = 1.0
+    with pytest.raises(ValueError):
+        a["W"].flags.writeable = True
+
+
+def test_get_copies_no_buffer_byte(store):
+    # The metadata is the pickle stream without the arrays: tiny, whatever
+    # the array size, and the arrays' bytes are the object's buffers.
+    ref = store.put({"big": np.zeros(4 << 20, np.uint8)})
+    info = {o.ref: o for o in store.list()}[ref]
+    assert info.metadata_bytes < 512 and info.data_bytes == 4 << 20 and info.num_buffers == 1
+
+
+def test_objects_without_buffers(store):
+    obj = {"a": 1, "b": [1.5, "x", None], "c": (b"bytes", bytearray(b"ba"))}
+    assert store.get(store.put(obj)) == obj
+    assert store.get(store.put(None)) is None
+
+
+def test_fortran_and_non_contiguous_arrays(store):
+    f = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    s = np.arange(20)[::2]
+    got = store.get(store.put({"f": f, "s": s}))
+    assert np.array_equal(got["f"], f) and got["f"].flags.f_contiguous
+    assert np.array_equal(got["s"], s)
+
+
+def test_picklebuffer_and_memoryview_go_out_of_band(store):
+    data = bytearray(b"x" * 100_000)
+    ref = store.put({"pb": pickle.PickleBuffer(data), "mv": memoryview(b"abc" * 1000).cast("B")})
+    info = {o.ref: o for o in store.list()}[ref]
+    assert info.num_buffers == 2 and info.data_bytes == 103_000
+    got = store.get(ref)
+    assert bytes(got["pb"]) == bytes(data) and got["mv"].readonly and bytes(got["mv"][:3]) == b"abc"
+    mv2 = memoryview(np.arange(6, dtype=np.int32).reshape(2, 3))
+    back = store.get(store.put(mv2))
+    assert back.format == "i" and back.shape == (2, 3) and back.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_pin_outlives_delete_and_close():
+    s = zcstore.Store.create(unique(), capacity=16 << 20)
+    ref = s.put({"W": np.full(1 << 20, 7, np.int32)})
+    w = s.get(ref)["W"]
+    s.delete(ref)
+    assert s.stats().deleted_pinned == 1
+    s.close()
+    assert int(w.sum()) == 7 << 20  # still mapped, still the same bytes
+    del w
+    gc.collect()
+
+
+def test_pin_is_released_when_the_last_array_goes(store):
+    ref = store.put(model())
+    m = store.get(ref)
+    w = m["W"]
+    del m
+    assert store.stats().pins == 1  # w keeps the object pinned
+    store.delete(ref)
+    del w
+    gc.collect()
+    st = store.stats()
+    assert st.pins == 0 and st.deleted_pinned == 0 and st.used == 0
+
+
+def test_contains_delete_and_not_found(store):
+    ref = store.put(1)
+    assert ref in store
+    store.delete(ref)
+    assert ref not in store
+    with pytest.raises(zcstore.NotFound) as e:
+        store.get(ref)
+    assert isinstance(e.value, KeyError) and ref.id in str(e.value)
+    with pytest.raises(zcstore.NotFound):
+        store.delete(ref)
+
+
+def test_a_ref_of_another_store_is_refused(store):
+    with zcstore.Store.create(unique(), capacity=1 << 20) as other:
+        ref = other.put(1)
+        with pytest.raises(zcstore.InvalidArgument, match="belongs to store"):
+            store.get(ref)
+        with pytest.raises(zcstore.InvalidArgument):
+            store.delete(ref)
+        assert ref not in store
+    with pytest.raises(zcstore.InvalidArgument, match="expected a zcstore.Ref"):
+        store.get("0" * 32)
+
+
+def test_ref_pickles_and_compares(store):
+    ref = store.put([1, 2])
+    back = pickle.loads(pickle.dumps(ref))
+    assert back == ref and hash(back) == hash(ref) and back.id == ref.id
+    assert back.store == store.name and len(ref.id) == 32
+    assert back.get() == [1, 2]
+    assert store.ref(ref.id) == ref
+    with pytest.raises(zcstore.InvalidArgument):
+        store.ref("xyz")
+
+
+# ------------------------------------------------------------ move
+
+def test_move_empties_arrays_only_the_object_holds(store):
+    m = {"A": np.ones((1000, 500)), "B": np.arange(3_000_000, dtype=np.int64)}
+    ref = store.put(m, move=True)
+    assert m["A"].shape == (0, 500) and m["A"].dtype == np.float64
+    assert m["B"].shape == (0,) and m["B"].dtype == np.int64
+    got = store.get(ref)
+    assert got["A"].shape == (1000, 500) and float(got["A"].sum()) == 500_000.0
+    assert int(got["B"][-1]) == 2_999_999
+
+
+def test_move_leaves_what_others_can_see(store):
+    kept = np.ones(100_000)            # a variable still names it
+    viewed = np.ones(100_000)
+    view = viewed[10:20]               # a view of it lives
+    exported = np.ones(100_000)
+    mv = memoryview(exported)          # a memoryview of it lives
+    m = {"kept": kept, "viewed": viewed, "exported": exported,
+         "not_owner": np.ones(200_000)[::1][:100_000]}
+    del viewed, exported
+    ref = store.put(m, move=True)
+    for k in ("kept", "viewed", "exported", "not_owner"):
+        assert m[k].shape == (100_000,) and float(m[k].sum()) == 100_000.0, k
+    assert float(view.sum()) == 10.0 and mv.nbytes == 800_000
+    same(store.get(ref), m)
+
+
+def test_move_a_top_level_array_is_a_copy(store):
+    a = np.ones(1000)
+    store.put(a, move=True)
+    assert a.shape == (1000,)
+
+
+def test_move_empties_a_bytearray_nothing_else_exports(store):
+    ba = bytearray(b"y" * 5_000_000)
+    ref = store.put({"blob": pickle.PickleBuffer(ba)}, move=True)
+    assert len(ba) == 0
+    assert bytes(store.get(ref)["blob"][:3]) == b"yyy"
+    held = bytearray(b"z" * 1000)
+    mv = memoryview(held)
+    store.put({"blob": pickle.PickleBuffer(held)}, move=True)
+    assert len(held) == 1000 and mv[0] == ord("z")
+
+
+def test_move_into_a_full_store_loses_nothing():
+    with zcstore.Store.create(unique(), capacity=1 << 20) as s:
+        m = {"A": np.ones(1 << 20)}  # 8 MiB, the store holds 1
+        with pytest.raises(zcstore.StoreFull) as e:
+            s.put(m, move=True)
+        assert isinstance(e.value, MemoryError) and "capacity" in str(e.value)
+        assert m["A"].shape == (1 << 20,) and float(m["A"][-1]) == 1.0
+        st = s.stats()
+        assert st.objects == 0 and st.unsealed == 0 and st.used == 0
+
+
+# ------------------------------------------------------------ in place
+
+def test_empty_fill_and_put_copies_nothing(store):
+    a = store.empty((1024, 256), np.float32)
+    assert a.flags.writeable and a.shape == (1024, 256)
+    a[:] = 2.5
+    assert store.stats().unsealed == 1 and store.stats().objects == 0
+    used = store.stats().used
+    ref = store.put({"a": a, "tag": "in place"})
+    st = store.stats()
+    # One small object (the pickle stream) was added; the 1 MiB array was adopted.
+    assert st.used - used <= 8192 and st.unsealed == 0
+    assert not a.flags.writeable
+    with pytest.raises(ValueError):
+        a[0, 0] = 1
+    got = store.get(ref)
+    assert float(got["a"].sum()) == 2.5 * 1024 * 256 and got["tag"] == "in place"
+
+
+def test_in_place_array_stays_valid_after_its_object_goes(store):
+    a = store.empty(1 << 16, np.int64)
+    a[:] = 9
+    ref = store.put({"a": a})
+    store.delete(ref)
+    filler = store.put(np.zeros(1 << 16, np.int64))  # may not reuse a's pages: a pins them
+    assert int(a.sum()) == 9 << 16
+    del a
+    gc.collect()
+    store.delete(filler)
+    assert store.stats().used == 0
+
+
+def test_in_place_with_a_view_alive_is_copied(store):
+    a = store.empty(1000, np.float64)
+    a[:] = 1
+    v = a[:10]
+    used = store.stats().used
+    store.put({"a": a})
+    assert store.stats().used - used >= 8000  # copied: a view could still write it
+    assert a.flags.writeable and v.flags.writeable
+
+
+def test_an_unput_in_place_array_frees_its_space(store):
+    a = store.empty((1000, 1000), np.float64)
+    assert store.stats().used >= 8_000_000
+    del a
+    gc.collect()
+    assert store.stats().used == 0 and store.stats().unsealed == 0
+
+
+def test_in_place_into_a_full_store(store):
+    with pytest.raises(zcstore.StoreFull):
+        store.empty(1 << 30, np.uint8)
+    with pytest.raises(zcstore.InvalidArgument):
+        store.empty((-1, 3))
+
+
+# ------------------------------------------------------------ raw access
+
+def test_raw_round_trip(store):
+    x = np.arange(24, dtype=np.float32)
+    ref = store.put_raw(b"header", [x, b"tail"])
+    raw = store.get_raw(ref)
+    assert raw.metadata == b"header" and len(raw) == 2
+    assert [len(b) for b in raw.buffers] == [96, 4] and raw.buffers[0].readonly
+    a = raw.array(0, np.float32, (4, 6))
+    assert a[3, 5] == 23 and not a.flags.writeable
+    assert np.shares_memory(a, store.get_raw(ref).array(0, np.float32))
+    ref2 = store.put_raw(b"", [], id="00112233445566778899aabbccddeeff")
+    assert ref2.id == "00112233445566778899aabbccddeeff"
+    with pytest.raises(zcstore.AlreadyExists):
+        store.put_raw(b"", [], id=ref2.id)
+    with pytest.raises(zcstore.InvalidArgument):
+        store.put_raw(b"", [], id="nothex")
+
+
+def test_raw_wrong_dtype_or_shape(store):
+    raw = store.get_raw(store.put_raw(b"m", [np.arange(10, dtype=np.int16)]))
+    with pytest.raises(zcstore.InvalidArgument, match="whole number"):
+        raw.array(0, np.float64)
+    with pytest.raises(zcstore.InvalidArgument, match="needs"):
+        raw.array(0, np.int16, (3, 4))
+    with pytest.raises(zcstore.InvalidArgument, match="out of range"):
+        raw.array(1, np.int16)
+    with pytest.raises(ValueError):
+        raw.array(0, np.int16, (-2, -5))
+    assert raw.array(0, "<i2", (2, 5)).shape == (2, 5)
+
+
+def test_get_of_a_raw_object_is_a_type_mismatch(store):
+    ref = store.put_raw(b"not a pickle", [])
+    with pytest.raises(zcstore.TypeMismatch, match="get_raw") as e:
+        store.get(ref)
+    assert isinstance(e.value, TypeError)
+
+
+# ------------------------------------------------------------ names, stats
+
+def test_names(store):
+    a, b = store.put("a"), store.put("b")
+    store.bind("model", a)
+    with pytest.raises(zcstore.AlreadyExists):
+        store.bind("model", b)
+    assert store.lookup("model") == a and store.get(store.lookup("model")) == "a"
+    store.bind("other", b)
+    assert store.names() == {"model": a, "other": b}
+    store.unbind("model")
+    with pytest.raises(zcstore.NotFound):
+        store.lookup("model")
+    with pytest.raises(zcstore.NotFound):
+        store.unbind("model")
+    with pytest.raises(zcstore.InvalidArgument):
+        store.bind("x" * 100, b)
+
+
+def test_stats_and_list(store):
+    ref = store.put(model())
+    st = store.stats()
+    assert isinstance(st, zcstore.StoreStats)
+    assert st.objects == 1 and st.clients == 1 and st.capacity == 64 << 20 and st.used > 0
+    (info,) = store.list()
+    assert info.ref == ref and info.state == "sealed" and info.num_buffers == 2
+    assert info.sealed_unix_ns > 0 and info.extent_bytes >= info.data_bytes
+
+
+def test_verify_with_checksums():
+    with zcstore.Store.create(unique(), capacity=8 << 20, checksums=True) as s:
+        ref = s.put(model())
+        s.verify(ref)
+        s.verify()
+    with zcstore.Store.create(unique(), capacity=1 << 20) as s:
+        with pytest.raises(zcstore.InvalidArgument):
+            s.verify(s.put(1))
+
+
+# ------------------------------------------------------------ backings
+
+def test_file_store_survives_and_reopens_read_only(tmp_path):
+    path = str(tmp_path / "model.zcs")
+    with zcstore.Store.create(path, backing="file", capacity=8 << 20) as s:
+        assert s.backing == "file"
+        ref = s.put(model())
+    with zcstore.Store.open(path, read_only=True) as r:
+        assert r.read_only and r.backing == "file"
+        same(r.get(r.ref(ref.id)), model())
+        with pytest.raises(zcstore.PermissionDenied) as e:
+            r.put(1)
+        assert isinstance(e.value, PermissionError)
+    zcstore.Store.remove(path)
+    with pytest.raises(zcstore.NotFound):
+        zcstore.Store.open(path)
+
+
+def test_memfd_store_by_descriptor():
+    with zcstore.Store.create("label", backing="memfd", capacity=1 << 20) as s:
+        ref = s.put({"x": np.arange(5)})
+        with zcstore.Store.open_fd(s.fd, read_only=True) as r:
+            assert r.backing == "memfd"
+            assert r.get(r.ref(ref.id))["x"].tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(zcstore.InvalidArgument):
+        zcstore.Store.open("label", backing="memfd")
+
+
+def test_persistent_store_until_removed():
+    name = unique("persist")
+    with zcstore.Store.create(name, capacity=1 << 20, persistent=True) as s:
+        ref = s.put("kept")
+    assert name in zcstore.Store.list_stores()
+    with zcstore.Store.open(name) as s:
+        assert s.get(s.ref(ref.id)) == "kept" and not s.created
+    zcstore.Store.remove(name)
+    assert name not in zcstore.Store.list_stores()
+
+
+# ------------------------------------------------------------ bad input
+
+def test_create_errors(store):
+    with pytest.raises(zcstore.AlreadyExists):
+        zcstore.Store.create(store.name)
+    with pytest.raises(zcstore.InvalidArgument):
+        zcstore.Store.create("bad name!")
+    with pytest.raises(zcstore.InvalidArgument, match="backing"):
+        zcstore.Store.create(unique(), backing="tape")
+    with pytest.raises(zcstore.NotFound):
+        zcstore.Store.open(unique("absent"))
+
+
+def test_unpicklable_object_leaves_nothing(store):
+    before = store.stats()
+    with pytest.raises((pickle.PicklingError, TypeError, AttributeError)):
+        store.put({"ok": np.ones(10), "bad": lambda: 1})
+    with pytest.raises(TypeError):
+        store.put(threading.Lock())
+    after = store.stats()
+    assert (after.objects, after.unsealed, after.used) == (before.objects, 0, before.used)
+
+
+def test_too_full_leaves_nothing():
+    with zcstore.Store.create(unique(), capacity=1 << 20) as s:
+        s.put(np.ones(10_000))
+        before = s.stats()
+        with pytest.raises(zcstore.StoreFull):
+            s.put([np.ones(100_000), np.ones(100_000)])
+        after = s.stats()
+        assert (after.objects, after.unsealed, after.used) == (1, 0, before.used)
+
+
+def test_closed_store(store):
+    ref = store.put(1)
+    store.close()
+    store.close()  # idempotent
+    assert store.closed and "closed" in repr(store)
+    for call in (lambda: store.get(ref), lambda: store.put(2), lambda: store.stats(),
+                 lambda: store.delete(ref), lambda: store.empty(3), lambda: store.list()):
+        with pytest.raises(zcstore.InvalidArgument, match="closed"):
+            call()
+
+
+def test_corrupt_and_foreign_files(tmp_path):
+    junk = tmp_path / "junk.zcs"
+    junk.write_bytes(os.urandom(64 << 10))
+    junk.chmod(0o600)
+    with pytest.raises(zcstore.Corrupt):
+        zcstore.Store.open(str(junk))
+    path = str(tmp_path / "trunc.zcs")
+    with zcstore.Store.create(path, backing="file", capacity=1 << 20) as s:
+        s.put(np.ones(1000))
+    os.truncate(path, 4096)
+    with pytest.raises(zcstore.Corrupt):
+        zcstore.Store.open(path)
+    shared = tmp_path / "shared.zcs"
+    shared.write_bytes(b"\0" * 8192)
+    shared.chmod(0o666)
+    with pytest.raises(zcstore.PermissionDenied):
+        zcstore.Store.open(str(shared))
+
+
+def test_corrupt_metadata_is_detected_with_checksums(store, tmp_path):
+    # A file store always has checksums: flip a byte of the pickle stream
+    # on disk, and get() reports Corrupt instead of unpickling garbage.
+    path = str(tmp_path / "flip.zcs")
+    payload = "marker-" + "q" * 50
+    with zcstore.Store.create(path, backing="file", capacity=1 << 20) as s:
+        ref = s.put({"p": payload})
+    data = bytearray(open(path, "rb").read())
+    at = data.find(b"marker-")
+    assert at > 0
+    data[at] ^= 0xFF
+    with open(path, "r+b") as f:
+        f.write(data)
+    with zcstore.Store.open(path, read_only=True) as r:
+        with pytest.raises(zcstore.Corrupt, match="checksum"):
+            r.get(r.ref(ref.id))
+
+
+def test_error_classes():
+    assert issubclass(zcstore.NotFound, KeyError)
+    assert issubclass(zcstore.StoreFull, MemoryError)
+    assert issubclass(zcstore.InvalidArgument, ValueError)
+    assert issubclass(zcstore.Timeout, TimeoutError)
+    assert issubclass(zcstore.PermissionDenied, PermissionError)
+    codes = {c.code for c in zcstore.errors.BY_CODE.values()}
+    assert codes == set(range(1, 14))
+    for c in zcstore.errors.BY_CODE.values():
+        assert issubclass(c, zcstore.Error)
+
+
+# ------------------------------------------------------------ the GIL
+
+def test_the_gil_is_released_while_waiting_for_a_lock(store):
+    # Hold the store file's open lock from another open file description:
+    # Store.open in a thread waits for it; this thread must keep running.
+    path = f"/dev/shm/zcstore.{os.getuid()}.{store.name}"
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    result = {}
+
+    def opener():
+        try:
+            with zcstore.Store.open(store.name, lock_timeout=30):
+                result["ok"] = True
+        except Exception as e:  # pragma: no cover - reported below
+            result["error"] = e
+
+    t = threading.Thread(target=opener)
+    started = time.monotonic()
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and time.monotonic() - started < 5, "opener holds the GIL or did not wait"
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    t.join(30)
+    assert result == {"ok": True}
