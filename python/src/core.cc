@@ -32,6 +32,10 @@
 
 namespace py = pybind11;
 
+#ifndef ZCSTORE_PY_VERSION
+#error "ZCSTORE_PY_VERSION (the project's version) is defined by the build"
+#endif
+
 namespace zcstore::python {
 namespace {
 
@@ -597,6 +601,7 @@ PYBIND11_MODULE(_core, m) {
       });
 
   m.def("random_id", [] { return IdTuple(ObjectId::Random()); });
+  m.attr("version") = ZCSTORE_PY_VERSION;
 }
 
 }  // namespace zcstore::python

@@ -37,7 +37,7 @@ __all__ = [
     "VersionMismatch", "PermissionDenied", "WorkerCrashed", "Timeout", "Cancelled",
     "InvalidArgument", "TaskFailed",
 ]
-__version__ = "0.1.0"
+__version__ = _core.version
 
 _core.set_error_classes(dict(BY_CODE))
 
