@@ -5,6 +5,7 @@
 #   make test                        build and run every test (ctest)
 #   make demo                        the main job: the shared-model demo
 #   make bench                       benchmarks -> bench/results/latest.json
+#   make bench-python                Python benchmarks -> bench/results/python.json
 #   make build BENCHMARKS=ON         build everything, the benchmarks too (CI)
 #   make test SANITIZE=address+undefined BUILD=build-asan
 
@@ -18,7 +19,7 @@ DEPS     := cmake g++ make pkg-config libflatbuffers-dev flatbuffers-compiler \
             python3-venv python3-pip python3-setuptools python3-wheel python3-pybind11 \
             python3-joblib
 
-.PHONY: all deps configure build test demo bench fuzz clean
+.PHONY: all deps configure build test demo bench bench-python fuzz clean
 
 all: build
 
@@ -57,6 +58,10 @@ bench: build
 	@mkdir -p bench/results
 	./$(BUILD)/bench/zcstore_bench --benchmark_out=bench/results/latest.json \
 	  --benchmark_out_format=json $(BENCH_ARGS)
+
+bench-python: build
+	@mkdir -p bench/results
+	PYTHONPATH=$(BUILD)/python /usr/bin/python3 bench/python/store_bench.py $(BENCH_ARGS)
 
 # libFuzzer over each reader of untrusted bytes (the envelope, a store file,
 # the rings), with ASan+UBSan, FUZZ_SECONDS each. Inputs it finds land in
