@@ -17,6 +17,7 @@ if __name__ == "__main__":
         model = {"items": np.random.rand(100_000, 64).astype(np.float32),
                  "users": np.random.rand(1_000, 64).astype(np.float32)}
         ref = store.put(model, move=True)   # one copy into the store; model's arrays emptied
+        assert model["items"].size == 0 and model["users"].size == 0
         spawn = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(2, mp_context=spawn) as workers:
             scores = list(workers.map(score, [ref] * 8, range(8)))
