@@ -70,7 +70,20 @@ zcs_id FromId(const zcstore::ObjectId& id) { return {id.hi, id.lo}; }
 #define ZCS_REQUIRE(ptr) \
   if ((ptr) == nullptr) return Invalid(std::string(__func__) + ": " #ptr " is NULL")
 
-bool ValidBacking(uint32_t b) { return b >= ZCS_BACKING_SHM && b <= ZCS_BACKING_MEMFD; }
+// The checks every options struct gets: a size this library knows (one
+// filled by its init function) and a known backing. 0 if both pass.
+int CheckOptions(const char* func, uint32_t struct_size, size_t want, const char* init,
+                 uint32_t backing) {
+  if (struct_size != want) {
+    return Invalid(std::string(func) + ": options->struct_size is " +
+                   std::to_string(struct_size) + ", not " + std::to_string(want) +
+                   ": fill the options with " + init);
+  }
+  if (backing < ZCS_BACKING_SHM || backing > ZCS_BACKING_MEMFD) {
+    return Invalid(std::string(func) + ": unknown backing " + std::to_string(backing));
+  }
+  return ZCS_OK;
+}
 
 }  // namespace
 
@@ -146,14 +159,9 @@ int zcs_store_create(const char* name, const zcs_store_options* options, zcs_sto
   return Guard([&]() -> int {
     zcstore::StoreOptions o;
     if (options != nullptr) {
-      if (options->struct_size != sizeof(zcs_store_options)) {
-        return Invalid("zcs_store_create: options->struct_size is " +
-                       std::to_string(options->struct_size) + ", not " +
-                       std::to_string(sizeof(zcs_store_options)) +
-                       ": fill the options with zcs_store_options_init");
-      }
-      if (!ValidBacking(options->backing)) {
-        return Invalid("zcs_store_create: unknown backing " + std::to_string(options->backing));
+      if (int rc = CheckOptions(__func__, options->struct_size, sizeof(zcs_store_options),
+                                "zcs_store_options_init", options->backing)) {
+        return rc;
       }
       o.backing = static_cast<zcstore::Backing>(options->backing);
       o.capacity = options->capacity;
@@ -179,14 +187,9 @@ int zcs_store_open(const char* name, const zcs_open_options* options, zcs_store*
   return Guard([&]() -> int {
     zcstore::OpenOptions o;
     if (options != nullptr) {
-      if (options->struct_size != sizeof(zcs_open_options)) {
-        return Invalid("zcs_store_open: options->struct_size is " +
-                       std::to_string(options->struct_size) + ", not " +
-                       std::to_string(sizeof(zcs_open_options)) +
-                       ": fill the options with zcs_open_options_init");
-      }
-      if (!ValidBacking(options->backing)) {
-        return Invalid("zcs_store_open: unknown backing " + std::to_string(options->backing));
+      if (int rc = CheckOptions(__func__, options->struct_size, sizeof(zcs_open_options),
+                                "zcs_open_options_init", options->backing)) {
+        return rc;
       }
       o.backing = static_cast<zcstore::Backing>(options->backing);
       o.read_only = options->read_only != 0;

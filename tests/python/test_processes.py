@@ -38,7 +38,7 @@ def read_in_child(ref, out):
     pss0, private0 = memory()
     m, again = ref.get(), ref.get()
     pss1, _ = memory()
-    total = float(m["W"].sum(dtype=np.float64)) + float(m["b"].sum())
+    total = expected_total(m)
     _, private2 = memory()
     try:
         m["W"][0] = 1
@@ -51,6 +51,7 @@ def read_in_child(ref, out):
 
 
 def expected_total(m):
+    """What a reader computes from the model: it reads every byte."""
     return float(m["W"].sum(dtype=np.float64)) + float(m["b"].sum())
 
 
@@ -74,8 +75,7 @@ def test_spawned_reader_maps_the_model_put_by_the_parent():
 
 
 def total_of(ref):
-    m = ref.get()
-    return float(m["W"].sum(dtype=np.float64)) + float(m["b"].sum())
+    return expected_total(ref.get())
 
 
 def test_refs_through_a_process_pool_executor():
