@@ -497,7 +497,7 @@ class Store:
                 "is not a pickle stream): read it with get_raw")
         try:
             return pickle.loads(metadata, buffers=buffers)
-        except pickle.UnpicklingError as e:
+        except (pickle.UnpicklingError, EOFError) as e:
             raise Corrupt(f"object {ref.id} in store '{self._name}' does not unpickle: {e}") from e
 
     def ref(self, id):

@@ -491,3 +491,11 @@ def test_the_gil_is_released_while_waiting_for_a_lock(store):
     os.close(fd)
     t.join(30)
     assert result == {"ok": True}
+
+
+def test_a_truncated_pickle_stream_is_corrupt(store):
+    # Written raw, as a buggy writer in another runtime could: a protocol-5
+    # header and then nothing sensible.
+    for stream in (b"\x80\x05", b"\x80\x05\x95\x10\x00\x00\x00\x00\x00\x00\x00\x8c"):
+        with pytest.raises(zcstore.Corrupt, match="does not unpickle"):
+            store.get(store.put_raw(stream, []))
