@@ -67,12 +67,13 @@ Status PoolCore::Spawn(Worker& w) {
     if (pid < 0) return platform::ErrnoStatus(errno, "fork");
     w.pid = pid;
   } else {
-    std::vector<std::string> argv = {exe,
-                                     kWorkerFlag,
-                                     std::to_string(w.index),
-                                     std::to_string(parent),
-                                     std::to_string(opts.spin_us),
-                                     std::to_string(n)};
+    std::vector<std::string> argv = {exe};
+    argv.insert(argv.end(), opts.worker_args.begin(), opts.worker_args.end());
+    for (std::string a : {std::string(kWorkerFlag), std::to_string(w.index),
+                          std::to_string(parent), std::to_string(opts.spin_us),
+                          std::to_string(n)}) {
+      argv.push_back(std::move(a));
+    }
     auto pid = platform::SpawnProcess(argv,
                                       {{log[1], 1},
                                        {log[1], 2},

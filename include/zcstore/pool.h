@@ -351,6 +351,12 @@ struct PoolOptions {
   // kSpawn: the executable to start (it must call ZCSTORE_WORKER_MAIN);
   // empty: this program (/proc/self/exe).
   std::string worker_executable;
+  // kSpawn: arguments given to worker_executable before the worker's own,
+  // for an interpreter whose script runs the worker loop (Python:
+  // {"-c", "import zcstore.pool_worker as w; w.main()"}). The program must
+  // pass RunWorkerProcess the arguments from the worker's flag on, with one
+  // in front (as argv[0]). Default: none.
+  std::vector<std::string> worker_args;
   // Bytes of the pool's store (shared objects, large arguments and results).
   // Storage is reserved as objects claim it, so a large value costs nothing
   // until it is used.

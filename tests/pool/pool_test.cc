@@ -546,6 +546,20 @@ TEST(PoolTest, AWorkerOfAnotherBuildIsRefused) {
   EXPECT_EQ(Pool::Create(o).status().code(), StatusCode::kNotFound);
 }
 
+// A worker started through another program (an interpreter, a wrapper):
+// here /bin/sh, whose script execs this test binary with the worker's
+// arguments, as a Python worker's script enters the loop.
+TEST(PoolTest, WorkersCanBeStartedThroughAnInterpreter) {
+  PoolOptions o = Small(2);
+  o.worker_executable = "/bin/sh";
+  o.worker_args = {"-c", "exec \"$0\" \"$@\"", "/proc/" + std::to_string(getpid()) + "/exe"};
+  auto pool = Pool::Create(o);
+  ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+  auto squares = (*pool)->Map<int>("square", std::vector<int>{1, 2, 3, 4});
+  ASSERT_TRUE(squares.ok()) << squares.status().ToString();
+  EXPECT_EQ(*squares, (std::vector<int>{1, 4, 9, 16}));
+}
+
 TEST(PoolTest, ThreadsAndForkBackendsRunTheSameTasks) {
   for (auto backend : {PoolOptions::Backend::kThreads, PoolOptions::Backend::kFork}) {
     PoolOptions o = Small();
