@@ -27,23 +27,18 @@
 #include <utility>
 #include <vector>
 
+#include "python/src/core_internal.h"
 #include "serializer/copy_internal.h"
 #include "zcstore/store.h"
 
-namespace py = pybind11;
-
-#ifndef ZCSTORE_PY_VERSION
-#error "ZCSTORE_PY_VERSION (the project's version) is defined by the build"
-#endif
 
 namespace zcstore::python {
-namespace {
 
 // code -> exception class, from zcstore/__init__.py. Never freed: it must
 // outlive every handle, and the interpreter's own teardown.
-PyObject* error_classes = nullptr;
+static PyObject* error_classes = nullptr;
 
-[[noreturn]] void Raise(const Status& st) {
+void Raise(const Status& st) {
   PyObject* cls = PyExc_RuntimeError;
   if (error_classes != nullptr) {
     py::int_ code(static_cast<int>(st.code()));
@@ -53,23 +48,9 @@ PyObject* error_classes = nullptr;
   throw py::error_already_set();
 }
 
-template <typename T>
-T Check(Result<T> r) {
-  if (!r.ok()) Raise(r.status());
-  return std::move(r).value();
-}
-
-void Check(const Status& st) {
-  if (!st.ok()) Raise(st);
-}
-
-ObjectId Id(uint64_t hi, uint64_t lo) { return {hi, lo}; }
-py::tuple IdTuple(const ObjectId& id) { return py::make_tuple(id.hi, id.lo); }
-
 // An array filled in place: an unsealed one-buffer object, until a put
 // adopts it (then `pin` holds the object that adopted it, so its pages are
 // never reused while an array still points at them) or it dies (aborted).
-struct InPlace;
 using InPlaceRegistry = std::unordered_map<const std::byte*, InPlace*>;
 
 struct InPlace {
@@ -89,13 +70,11 @@ struct InPlace {
   }
 };
 
-struct Buffer {
-  std::shared_ptr<void> keeper;  // ObjectView or InPlace
-  std::byte* data = nullptr;
-  size_t size = 0;
-  bool readonly = true;
-  InPlace* inplace = nullptr;    // set for a Buffer from Handle.empty
-};
+
+namespace {
+
+ObjectId Id(uint64_t hi, uint64_t lo) { return {hi, lo}; }
+py::tuple IdTuple(const ObjectId& id) { return py::make_tuple(id.hi, id.lo); }
 
 // The exact types put may empty under move=True (null if numpy is absent).
 PyTypeObject* ndarray_type = nullptr;
@@ -602,6 +581,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("random_id", [] { return IdTuple(ObjectId::Random()); });
   m.attr("version") = ZCSTORE_PY_VERSION;
+  RegisterPool(m);
 }
 
 }  // namespace zcstore::python

@@ -32,7 +32,7 @@ from .errors import (AlreadyExists, Cancelled, Corrupt, Error, InvalidArgument,
                      Timeout, TypeMismatch, VersionMismatch, WorkerCrashed, BY_CODE)
 
 __all__ = [
-    "Store", "Ref", "RawObject", "StoreStats", "ObjectInfo",
+    "Store", "Ref", "Pool", "Shared", "RawObject", "StoreStats", "ObjectInfo",
     "Error", "NotFound", "AlreadyExists", "StoreFull", "Corrupt", "TypeMismatch",
     "VersionMismatch", "PermissionDenied", "WorkerCrashed", "Timeout", "Cancelled",
     "InvalidArgument", "TaskFailed",
@@ -588,3 +588,6 @@ class Store:
             self._h.verify_all()
         else:
             self._h.verify(*self._own(ref))
+
+
+from .pool import Pool, Shared  # noqa: E402  (the pool builds on the store above)

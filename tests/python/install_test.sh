@@ -15,6 +15,8 @@ assert zcstore.__file__.startswith(sys.argv[1]), zcstore.__file__
 with zcstore.Store.create(capacity=16 << 20) as s:
     m = s.get(s.put({"W": np.arange(1000.0)}))
     assert m["W"][-1] == 999.0 and not m["W"].flags.writeable
+with zcstore.Pool(1) as pool:  # its workers import this same installed module
+    assert pool.submit(abs, -3).result(60) == 3
 print("import ok:", zcstore.__file__, zcstore.__version__)
 '
 
@@ -27,7 +29,7 @@ $python -c "import sys; assert '/usr/local/$pydir' in sys.path, sys.path"
 
 # pip, offline, from a copy of the source tree (pip builds in place).
 mkdir "$tmp/src"
-(cd "$src" && cp -r setup.py pyproject.toml README.md CMakeLists.txt include store serializer python "$tmp/src/")
+(cd "$src" && cp -r setup.py pyproject.toml README.md CMakeLists.txt cmake include store serializer pool python "$tmp/src/")
 $python -m venv --system-site-packages "$tmp/venv"
 "$tmp/venv/bin/pip" install --quiet --no-build-isolation --no-index "$tmp/src"
 (cd / && "$tmp/venv/bin/python" -c "$check" "$tmp/venv")

@@ -1,0 +1,53 @@
+// What the parts of zcstore._core share: errors, the buffer exporter, and
+// the pool's registration (python/src/pool.cc).
+#ifndef ZCSTORE_PYTHON_SRC_CORE_INTERNAL_H_
+#define ZCSTORE_PYTHON_SRC_CORE_INTERNAL_H_
+
+#include <Python.h>
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <memory>
+#include <utility>
+
+#include "zcstore/status.h"
+
+namespace py = pybind11;
+
+#ifndef ZCSTORE_PY_VERSION
+#error "ZCSTORE_PY_VERSION (the project's version) is defined by the build"
+#endif
+
+namespace zcstore::python {
+
+// Raises the Python exception registered for st.code(), with its message.
+[[noreturn]] void Raise(const Status& st);
+
+template <typename T>
+T Check(Result<T> r) {
+  if (!r.ok()) Raise(r.status());
+  return std::move(r).value();
+}
+
+inline void Check(const Status& st) {
+  if (!st.ok()) Raise(st);
+}
+
+struct InPlace;
+
+// A buffer-protocol exporter (zcstore._core.Buffer) over memory that
+// `keeper` keeps valid: a pinned view, an in-place builder, a pool result.
+struct Buffer {
+  std::shared_ptr<void> keeper;
+  std::byte* data = nullptr;
+  size_t size = 0;
+  bool readonly = true;
+  InPlace* inplace = nullptr;  // set for a Buffer from Handle.empty
+};
+
+// Adds the pool's classes to the module (python/src/pool.cc).
+void RegisterPool(py::module_& m);
+
+}  // namespace zcstore::python
+
+#endif  // ZCSTORE_PYTHON_SRC_CORE_INTERNAL_H_

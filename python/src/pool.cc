@@ -1,0 +1,292 @@
+// zcstore._core.Pool: the C++ pool driving Python workers.
+//
+// Every Python call travels as one C++ task, "zcstore.python", whose
+// argument and result are a PyCall: a pickle-5 stream plus its out-of-band
+// buffers as Arrays (so large ones go through the pool's store, and a
+// result's arrays reach the caller as read-only views of it). In a worker
+// the task takes the GIL and hands the call to the Python runner that
+// run_worker was given (zcstore/pool_worker.py); in the parent a collector
+// thread (zcstore/pool.py) takes finished tasks with wait().
+#include <Python.h>
+#include <pybind11/functional.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "python/src/core_internal.h"
+#include "zcstore/zcstore.h"
+
+namespace zcstore::python {
+
+// A pickled call or result.
+struct PyCall {
+  std::string stream;
+  std::vector<Array<uint8_t>> buffers;
+  template <class Ar>
+  void Serialize(Ar& ar) {
+    ar(stream, buffers);
+  }
+};
+
+namespace {
+
+// The Python runner of this worker process: (stream, buffers) -> (stream, buffers).
+PyObject* runner = nullptr;
+
+// Buffer exporters over `call`'s arrays; each holds the call (and so its pins).
+py::list Exporters(const std::shared_ptr<PyCall>& call) {
+  py::list out;
+  for (const Array<uint8_t>& a : call->buffers) {
+    out.append(py::cast(Buffer{call, const_cast<std::byte*>(
+                                         reinterpret_cast<const std::byte*>(a.data())),
+                               a.size(), true}));
+  }
+  return out;
+}
+
+// Copies the stream and each buffer of `obj` (a (stream, [buffers]) pair)
+// into a PyCall whose arrays live in `store`.
+Result<PyCall> ToCall(Store& store, py::handle stream, py::handle buffers) {
+  PyCall call;
+  {
+    py::buffer_info s = py::reinterpret_borrow<py::buffer>(stream).request();
+    call.stream.assign(static_cast<const char*>(s.ptr), static_cast<size_t>(s.size * s.itemsize));
+  }
+  for (py::handle b : buffers) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(b.ptr(), &view, PyBUF_ANY_CONTIGUOUS) != 0) throw py::error_already_set();
+    size_t n = static_cast<size_t>(view.len);
+    auto array = Array<uint8_t>::AllocateIn(store, n);
+    if (!array.ok()) {
+      PyBuffer_Release(&view);
+      return array.status();
+    }
+    {
+      py::gil_scoped_release nogil;
+      std::memcpy(array->mutable_data(), view.buf, n);
+    }
+    PyBuffer_Release(&view);
+    call.buffers.push_back(std::move(*array));
+  }
+  return call;
+}
+
+PyCall RunPython(TaskContext& ctx, const PyCall& call) {
+  py::gil_scoped_acquire gil;
+  if (runner == nullptr) throw TaskError(InvalidArgument("no Python runner in this worker"));
+  auto shared = std::make_shared<PyCall>(call);  // shares the arrays' pins
+  py::object out;
+  try {
+    out = py::reinterpret_borrow<py::object>(runner)(py::bytes(shared->stream),
+                                                     Exporters(shared));
+    py::tuple pair = out.cast<py::tuple>();
+    auto result = ToCall(internal::WorkerStore(ctx), pair[0], pair[1]);
+    if (!result.ok()) throw TaskError(result.status());
+    return std::move(*result);
+  } catch (py::error_already_set& e) {
+    // The runner reports a task's own exceptions in its result; this is a
+    // failure of the runner itself (a result it could not hand over).
+    throw TaskError(TaskFailed(std::string("zcstore worker: ") + e.what()));
+  }
+}
+
+ZCSTORE_TASK("zcstore.python", RunPython);
+
+// The parent's side of one pool.
+class PyPool {
+ public:
+  explicit PyPool(std::unique_ptr<Pool> pool) : pool_(std::move(pool)) {}
+
+  Pool& pool() {
+    if (!pool_) Raise(InvalidArgument("the pool is shut down"));
+    return *pool_;
+  }
+
+  uint64_t Submit(py::buffer stream, py::list buffers, int64_t timeout_ms) {
+    Pool& p = pool();
+    PyCall call = Check(ToCall(p.store(), stream, buffers));
+    SubmitOptions o;
+    o.task_timeout = std::chrono::milliseconds(timeout_ms);
+    Future<PyCall> f = [&] {
+      py::gil_scoped_release nogil;
+      return p.Submit<PyCall>("zcstore.python", call, o);
+    }();
+    std::lock_guard lock(mu_);
+    uint64_t token = ++last_token_;
+    incoming_.emplace_back(token, std::move(f));
+    wake_.notify_one();
+    return token;
+  }
+
+  // Waits up to timeout_ms for tasks to finish; returns each finished one
+  // as (token, code, message, stream or None, buffers). Called by one
+  // collector thread only.
+  py::list Wait(int64_t timeout_ms) {
+    std::vector<std::pair<uint64_t, Result<PyCall>>> done;
+    {
+      py::gil_scoped_release nogil;
+      {
+        std::unique_lock lock(mu_);
+        if (pending_.empty() && incoming_.empty()) {
+          wake_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                         [&] { return !incoming_.empty() || !cancels_.empty() || stopping_; });
+        }
+        for (auto& [token, f] : incoming_) {
+          tokens_.push_back(token);
+          pending_.push_back(std::move(f));
+        }
+        incoming_.clear();
+        for (uint64_t token : cancels_) {
+          for (size_t i = 0; i < tokens_.size(); ++i) {
+            if (tokens_[i] == token) pending_[i].Cancel();
+          }
+        }
+        cancels_.clear();
+      }
+      if (!pending_.empty()) {
+        // A task submitted meanwhile is seen at the latest after this wait:
+        // keep it short while work is pending.
+        (void)WaitAny<PyCall>(pending_, std::chrono::milliseconds(std::min<int64_t>(timeout_ms, 2)));
+      }
+      for (size_t i = 0; i < pending_.size();) {
+        if (!pending_[i].Ready()) {
+          ++i;
+          continue;
+        }
+        done.emplace_back(tokens_[i], pending_[i].Get());
+        pending_[i] = std::move(pending_.back());
+        tokens_[i] = tokens_.back();
+        pending_.pop_back();
+        tokens_.pop_back();
+      }
+    }
+    py::list out;
+    for (auto& [token, r] : done) {
+      if (r.ok()) {
+        auto call = std::make_shared<PyCall>(std::move(*r));
+        out.append(py::make_tuple(token, 0, "", py::bytes(call->stream), Exporters(call)));
+      } else {
+        out.append(py::make_tuple(token, static_cast<int>(r.status().code()),
+                                  r.status().message(), py::none(), py::list()));
+      }
+    }
+    return out;
+  }
+
+  // Cancels a task not yet started (it then fails with Cancelled); applied
+  // by the collector's next wait, which owns the pending futures.
+  void Cancel(uint64_t token) {
+    std::lock_guard lock(mu_);
+    cancels_.push_back(token);
+    wake_.notify_one();
+  }
+
+  // Stops the workers. The collector must have stopped calling Wait.
+  void Shutdown() {
+    std::unique_ptr<Pool> p;
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+      wake_.notify_all();
+      incoming_.clear();
+      pending_.clear();
+      tokens_.clear();
+      p = std::move(pool_);
+    }
+    py::gil_scoped_release nogil;
+    p.reset();  // stops the workers
+  }
+
+ private:
+  std::unique_ptr<Pool> pool_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+  uint64_t last_token_ = 0;
+  std::vector<std::pair<uint64_t, Future<PyCall>>> incoming_;
+  std::vector<Future<PyCall>> pending_;  // the collector's own
+  std::vector<uint64_t> tokens_;
+  std::vector<uint64_t> cancels_;
+};
+
+}  // namespace
+
+void RegisterPool(py::module_& m) {
+  py::class_<PyPool>(m, "Pool")
+      .def_static(
+          "create",
+          [](int workers, int backend, std::string executable, std::vector<std::string> args,
+             uint64_t store_capacity, int max_retries, int64_t task_timeout_ms,
+             int64_t start_timeout_ms, py::object log_sink) {
+            PoolOptions o;
+            o.workers = workers;
+            o.backend = static_cast<PoolOptions::Backend>(backend);
+            o.worker_executable = std::move(executable);
+            o.worker_args = std::move(args);
+            o.store_capacity = store_capacity;
+            o.max_retries = max_retries;
+            o.task_timeout = std::chrono::milliseconds(task_timeout_ms);
+            o.start_timeout = std::chrono::milliseconds(start_timeout_ms);
+            o.progress_bar = false;  // the Python side draws its own
+            if (!log_sink.is_none()) {
+              // Called on the pool's thread: take the GIL for the sink.
+              auto sink = std::make_shared<py::object>(log_sink);
+              o.log_sink = [sink](int worker, std::string_view line) {
+                py::gil_scoped_acquire gil;
+                try {
+                  (*sink)(worker, py::str(line.data(), line.size()));
+                } catch (py::error_already_set& e) {
+                  e.discard_as_unraisable("zcstore pool log sink");
+                }
+              };
+            }
+            auto pool = [&] {
+              py::gil_scoped_release nogil;
+              return Pool::Create(o);
+            }();
+            return new PyPool(Check(std::move(pool)));
+          })
+      .def_property_readonly("workers", [](PyPool& p) { return p.pool().workers(); })
+      .def_property_readonly("store_fd", [](PyPool& p) { return p.pool().store().fd(); })
+      .def("submit", &PyPool::Submit)
+      .def("wait", &PyPool::Wait)
+      .def("cancel", &PyPool::Cancel)
+      .def("shutdown", &PyPool::Shutdown)
+      .def("stats", [](PyPool& p) {
+        PoolStats s = p.pool().Stats();
+        py::dict d;
+        d["workers"] = s.workers;
+        d["tasks_done"] = s.tasks_done;
+        d["tasks_failed"] = s.tasks_failed;
+        d["workers_replaced"] = s.workers_replaced;
+        d["log_lines"] = s.log_lines;
+        d["log_lines_dropped"] = s.log_lines_dropped;
+        return d;
+      });
+
+  // A worker process: runs the C++ worker loop with `run` as the Python
+  // runner, the GIL released except while a task runs. Returns its exit code.
+  m.def("run_worker", [](std::vector<std::string> argv, py::object run) {
+    Py_XDECREF(runner);
+    runner = run.release().ptr();
+    std::vector<char*> args;
+    for (std::string& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    py::gil_scoped_release nogil;
+    return RunWorkerProcess(static_cast<int>(argv.size()), args.data());
+  });
+  m.def("set_runner", [](py::object run) {  // the threads backend's runner
+    Py_XDECREF(runner);
+    runner = run.release().ptr();
+  });
+}
+
+}  // namespace zcstore::python

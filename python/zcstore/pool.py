@@ -1,0 +1,305 @@
+"""zcstore.Pool: a concurrent.futures executor over the C++ pool.
+
+Workers are spawned Python processes (``sys.executable``) that run the C++
+pool's worker loop: calls reach them through the pool's shared-memory rings,
+not pipes, and large arguments and results through its store. ``share``
+puts an object in that store once; a task that gets the handle gets the
+object itself, mapped once per worker, its arrays read-only and zero-copy.
+"""
+
+import concurrent.futures
+import io
+import multiprocessing.spawn
+import os
+import pickle
+import sys
+import threading
+import traceback
+import weakref
+
+from . import _core
+from . import Store, _Pickler, InvalidArgument, NotFound
+from .errors import BY_CODE
+
+_BACKENDS = {"spawn": 0, "threads": 2}
+_MAIN_NAME = "zcstore.python.main"  # the bound name of the workers' start-up data
+_WORKER_CODE = "from zcstore.pool_worker import main; main()"
+
+try:  # lambdas and closures, where Debian's python3-cloudpickle is installed
+    import cloudpickle as _cloudpickle
+except ImportError:  # pragma: no cover - depends on the machine
+    _cloudpickle = None
+
+
+# ------------------------------------------------------------ shared objects
+
+class Shared:
+    """A handle on an object shared with the workers (Pool.share).
+
+    Put it anywhere in a task's arguments: the task receives the object
+    itself, got from the pool's store once per worker and cached, its arrays
+    read-only views of the store.
+    """
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref):
+        self.ref = ref
+
+    def __reduce__(self):
+        return _attach, (self.ref,)
+
+    def __repr__(self):
+        return f"zcstore.Shared({self.ref.id})"
+
+
+_attached = {}
+
+
+def _attach(ref):
+    # The cache holds the object while it is shared; an unshared one is
+    # dropped and reported, never served stale.
+    obj = _attached.get(ref)
+    if obj is not None:
+        if ref in _store_of(ref):
+            return obj
+        del _attached[ref]
+    obj = ref.get()
+    _attached[ref] = obj
+    return obj
+
+
+def _store_of(ref):
+    from . import _resolve
+    return _resolve(ref)
+
+
+# ------------------------------------------------------------ pickling
+
+def dumps(obj):
+    """obj as (pickle-5 stream, out-of-band buffers); functions by reference,
+    or by value through cloudpickle when plain pickle cannot name them."""
+    buffers = []
+    stream = io.BytesIO()
+    try:
+        _Pickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        if _cloudpickle is None:
+            raise
+        buffers = []
+        stream = io.BytesIO()
+        _cloudpickle.CloudPickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
+    return stream.getbuffer(), buffers
+
+
+def loads(stream, buffers):
+    return pickle.loads(stream, buffers=[memoryview(b) for b in buffers])
+
+
+class RemoteTraceback(Exception):
+    """The worker's traceback, as the __cause__ of a task's exception."""
+
+    def __init__(self, tb):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return self.tb
+
+
+def exception_payload(e):
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    try:
+        pickle.dumps(e)
+        return e, tb
+    except Exception:
+        return RuntimeError(f"{type(e).__name__}: {e}"), tb
+
+
+def call_chunk(fn, chunk):
+    return [fn(*args) for args in chunk]
+
+
+# ------------------------------------------------------------ the executor
+
+_pools = weakref.WeakSet()
+
+
+class Pool(concurrent.futures.Executor):
+    """An executor whose workers attach shared objects without copying.
+
+    ``workers``: how many (None: the CPUs). ``backend``: "spawn" (fresh
+    Python processes, the default) or "threads" (threads of this process,
+    for comparisons). ``initializer(*initargs)`` runs once in each worker
+    before its first task (and in a replacement worker). A task whose
+    worker dies is retried ``max_retries`` times, then fails with
+    WorkerCrashed; one running longer than ``task_timeout`` seconds is
+    killed with its worker and fails with Timeout. ``store_capacity``: bytes
+    of the pool's store (shared objects, large arguments and results),
+    reserved as they are used.
+    """
+
+    def __init__(self, workers=None, backend="spawn", initializer=None, initargs=(),
+                 max_retries=0, task_timeout=None, store_capacity=1 << 30,
+                 start_timeout=20.0):
+        if backend not in _BACKENDS:
+            raise InvalidArgument(
+                f"backend must be one of {sorted(_BACKENDS)}, not {backend!r}")
+        workers = os.cpu_count() if workers is None else int(workers)
+        if workers < 1:
+            raise InvalidArgument(f"workers must be at least 1, not {workers}")
+        self._backend = backend
+        self._timeout_ms = int((task_timeout or 0) * 1000)
+        if backend == "threads":
+            from .pool_worker import Runner
+            _core.set_runner(Runner(None).run)
+        self._core = _core.Pool.create(
+            workers, _BACKENDS[backend], sys.executable, ["-c", _WORKER_CODE],
+            int(store_capacity), int(max_retries), self._timeout_ms,
+            int(start_timeout * 1000), None)
+        self._store = Store.open_fd(self._core.store_fd)
+        prepare = multiprocessing.spawn.get_preparation_data("zcstore-worker")
+        prepare.pop("authkey", None)  # multiprocessing's own secret: not ours to pass on
+        self._store.bind(_MAIN_NAME, self._store.put({
+            "prepare": prepare,
+            "initializer": initializer, "initargs": tuple(initargs)}))
+        if backend == "threads" and initializer is not None:
+            initializer(*initargs)
+        self._lock = threading.Lock()
+        self._futures = {}
+        self._shutdown = False
+        self._stop = False
+        self._collector = threading.Thread(target=self._collect, name="zcstore-pool",
+                                           daemon=True)
+        self._collector.start()
+        _pools.add(self)
+
+    @property
+    def workers(self):
+        return self._core.workers
+
+    # --- sharing
+
+    def share(self, obj, move=False):
+        """Puts ``obj`` in the pool's store once; returns its Shared handle."""
+        return Shared(self._store.put(obj, move=move))
+
+    def unshare(self, shared):
+        """Deletes a shared object; tasks that get its handle later fail
+        with NotFound (a task already holding it keeps it until it ends)."""
+        self._store.delete(shared.ref)
+
+    # --- tasks
+
+    def submit(self, fn, /, *args, **kwargs):
+        """Runs fn(*args, **kwargs) in a worker; returns its Future."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        try:
+            stream, buffers = dumps((fn, args, kwargs))
+        except Exception as e:
+            raise pickle.PicklingError(
+                f"{getattr(fn, '__qualname__', fn)!r} or its arguments cannot be sent to a "
+                f"worker: {e} (a worker imports functions by module and name: define it at "
+                "module level, or install python3-cloudpickle for lambdas and closures)") from e
+        future = concurrent.futures.Future()
+        with self._lock:
+            token = self._core.submit(stream, buffers, self._timeout_ms)
+            self._futures[token] = future
+        stream.release()
+        future.add_done_callback(lambda f, t=token: f.cancelled() and self._cancel(t, f))
+        return future
+
+    def map(self, fn, *iterables, timeout=None, chunksize=None):
+        """Like Executor.map: results in order, as they are needed. Calls
+        travel in chunks of ``chunksize`` (None: about four per worker)."""
+        items = list(zip(*iterables))
+        if chunksize is None:
+            chunksize = max(1, -(-len(items) // (4 * self.workers)))
+        chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+        futures = [self.submit(call_chunk, fn, chunk) for chunk in chunks]
+
+        def results():
+            try:
+                for f in futures:
+                    yield from f.result(timeout)
+            finally:
+                for f in futures:
+                    f.cancel()
+        return results()
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._futures.values())
+        if cancel_futures:
+            for f in pending:
+                f.cancel()
+        if wait:
+            concurrent.futures.wait(pending)
+            self._close()
+        else:
+            threading.Thread(target=lambda: (concurrent.futures.wait(pending), self._close()),
+                             daemon=True).start()
+
+    def _cancel(self, token, future):
+        # The executor's part of a cancel: mark it notified (so wait() and
+        # as_completed count it) and drop the task if it has not started.
+        future.set_running_or_notify_cancel()
+        with self._lock:
+            self._futures.pop(token, None)
+            if not self._stop:
+                self._core.cancel(token)
+
+    def _close(self):
+        with self._lock:
+            if self._stop:
+                return
+            self._stop = True
+        self._collector.join()
+        self._store.close()
+        self._core.shutdown()
+
+    # --- the collector thread: finished tasks onto their futures
+
+    def _collect(self):
+        while True:
+            with self._lock:
+                if self._stop:
+                    return
+            for token, code, message, stream, buffers in self._core.wait(50):
+                with self._lock:
+                    future = self._futures.pop(token, None)
+                if future is None or not future.set_running_or_notify_cancel():
+                    continue
+                if code:
+                    future.set_exception(BY_CODE.get(code, RuntimeError)(message))
+                    continue
+                try:
+                    ok, value = loads(stream, buffers)
+                except BaseException as e:  # a result that does not unpickle here
+                    future.set_exception(e)
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    exc, tb = value
+                    exc.__cause__ = RemoteTraceback(tb)
+                    future.set_exception(exc)
+
+
+def _shutdown_all():
+    # At exit: what was not waited for is cancelled, the workers stopped.
+    for pool in list(_pools):
+        with pool._lock:
+            pool._shutdown = True
+            pending = list(pool._futures.values())
+        for f in pending:
+            f.cancel()
+        pool._close()
+
+
+import atexit  # noqa: E402
+
+atexit.register(_shutdown_all)

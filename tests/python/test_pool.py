@@ -1,0 +1,171 @@
+"""zcstore.Pool with real worker processes: results, shared objects,
+exceptions, dead and stuck workers, functions that cannot travel."""
+import concurrent.futures
+import os
+import pickle
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import zcstore
+
+TIMEOUT = 60
+
+
+def square(x):
+    return x * x
+
+
+def total(model, i):
+    return float(model["W"].sum()) + i
+
+
+def scribble(model):
+    model["W"][0] = 1.0
+
+
+def fail(x):
+    raise KeyError(f"no item {x}")
+
+
+def pid_of(_):
+    return os.getpid()
+
+
+def die_on(x, bad):
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def sleep_for(s):
+    time.sleep(s)
+    return s
+
+
+def big_result(n):
+    return np.arange(n, dtype=np.float64)
+
+
+def unpicklable_result(_):
+    return lambda: 1
+
+
+def set_flag():
+    global FLAG
+    FLAG = "initialized"
+
+
+def read_flag(_):
+    return globals().get("FLAG")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with zcstore.Pool(2, initializer=set_flag) as p:
+        yield p
+
+
+def test_submit_and_map(pool):
+    assert pool.submit(square, 7).result(TIMEOUT) == 49
+    assert list(pool.map(square, range(100), timeout=TIMEOUT)) == [x * x for x in range(100)]
+    assert list(pool.map(square, range(10), chunksize=1)) == [x * x for x in range(10)]
+    assert len(set(pool.map(pid_of, range(40), chunksize=1))) >= 1
+    fs = [pool.submit(square, i) for i in range(20)]
+    done, _ = concurrent.futures.wait(fs, timeout=TIMEOUT)
+    assert len(done) == 20
+    assert sorted(f.result() for f in concurrent.futures.as_completed(fs)) == \
+        sorted(i * i for i in range(20))
+
+
+def test_initializer_runs_in_each_worker(pool):
+    assert set(pool.map(read_flag, range(8), chunksize=1)) == {"initialized"}
+
+
+def test_shared_objects_reach_tasks_read_only(pool):
+    shared = pool.share({"W": np.ones(1 << 20, np.float32)})
+    assert list(pool.map(total, [shared] * 4, range(4))) == [float(1 << 20) + i for i in range(4)]
+    with pytest.raises(ValueError, match="read-only"):
+        pool.submit(scribble, shared).result(TIMEOUT)
+    pool.unshare(shared)
+    with pytest.raises(zcstore.NotFound):
+        pool.submit(total, shared, 0).result(TIMEOUT)
+
+
+def test_a_task_exception_comes_back_with_its_traceback(pool):
+    f = pool.submit(fail, 3)
+    with pytest.raises(KeyError, match="no item 3") as e:
+        f.result(TIMEOUT)
+    assert "in fail" in str(e.value.__cause__) and "Traceback" in str(e.value.__cause__)
+    assert pool.submit(square, 2).result(TIMEOUT) == 4  # the pool goes on
+
+
+def test_large_results_come_back_as_read_only_views(pool):
+    r = pool.submit(big_result, 4 << 20).result(TIMEOUT)
+    assert r.shape == (4 << 20,) and r[-1] == (4 << 20) - 1 and not r.flags.writeable
+
+
+def test_an_unpicklable_result_is_an_error_on_its_future(pool):
+    with pytest.raises(TypeError, match="cannot be sent back"):
+        pool.submit(unpicklable_result, 0).result(TIMEOUT)
+
+
+def test_a_function_that_cannot_travel_fails_at_submit(pool):
+    with pytest.raises(pickle.PicklingError, match="cannot be sent to a worker"):
+        pool.submit(lambda x: x, 1) if zcstore.pool._cloudpickle is None else \
+            pool.submit(square, threading_lock())
+
+
+def threading_lock():
+    import threading
+    return threading.Lock()
+
+
+def test_a_killed_worker_fails_its_task_only_and_is_replaced():
+    with zcstore.Pool(2) as pool:
+        fs = [pool.submit(die_on, i, 3) for i in range(8)]
+        with pytest.raises(zcstore.WorkerCrashed) as e:
+            fs[3].result(TIMEOUT)
+        assert "signal 9" in str(e.value) or "SIGKILL" in str(e.value) or "killed" in str(e.value)
+        assert [f.result(TIMEOUT) for i, f in enumerate(fs) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+        assert pool.submit(square, 5).result(TIMEOUT) == 25
+
+
+def test_a_crashed_task_is_retried_when_asked():
+    with zcstore.Pool(1, max_retries=1) as pool:
+        assert pool.submit(die_on, 1, 2).result(TIMEOUT) == 1
+        with pytest.raises(zcstore.WorkerCrashed):
+            pool.submit(die_on, 2, 2).result(TIMEOUT)
+
+
+def test_a_stuck_task_times_out_and_its_worker_is_replaced():
+    with zcstore.Pool(1, task_timeout=0.5) as pool:
+        with pytest.raises(zcstore.Timeout):
+            pool.submit(sleep_for, 30).result(TIMEOUT)
+        assert pool.submit(sleep_for, 0).result(TIMEOUT) == 0
+
+
+def test_threads_backend_runs_the_same_tasks():
+    with zcstore.Pool(2, backend="threads") as pool:
+        shared = pool.share({"W": np.ones(10, np.float32)})
+        assert pool.submit(total, shared, 1).result(TIMEOUT) == 11.0
+        assert list(pool.map(square, range(5))) == [0, 1, 4, 9, 16]
+
+
+def test_bad_arguments_and_shutdown():
+    with pytest.raises(zcstore.InvalidArgument):
+        zcstore.Pool(0)
+    with pytest.raises(zcstore.InvalidArgument):
+        zcstore.Pool(1, backend="gpu")
+    pool = zcstore.Pool(1)
+    f = pool.submit(sleep_for, 0.2)
+    pool.shutdown(wait=True)
+    assert f.result() == 0.2
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(square, 1)
+    pool = zcstore.Pool(1)
+    fs = [pool.submit(sleep_for, 0.2) for _ in range(5)]
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert any(f.cancelled() for f in fs)
