@@ -8,7 +8,6 @@
 // run_worker was given (zcstore/pool_worker.py); in the parent a collector
 // thread (zcstore/pool.py) takes finished tasks with wait().
 #include <Python.h>
-#include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -101,9 +100,53 @@ PyCall RunPython(TaskContext& ctx, const PyCall& call) {
 ZCSTORE_TASK("zcstore.python", RunPython);
 
 // The parent's side of one pool.
+// Worker lines on their way to Python: the C++ pool's thread adds them
+// without the GIL (it must never wait for Python); the collector takes them.
+// Bounded: past kMaxLines queued, lines are dropped and counted.
+struct LogQueue {
+  static constexpr size_t kMaxLines = 10000;
+  std::mutex mu;
+  std::deque<std::pair<int, std::string>> lines;
+  uint64_t dropped = 0;
+  void Add(int worker, std::string_view line) {
+    std::lock_guard lock(mu);
+    if (lines.size() >= kMaxLines) {
+      ++dropped;
+      return;
+    }
+    lines.emplace_back(worker, std::string(line));
+  }
+};
+
+// (token, code, message, stream or None, buffers) of one finished task.
+py::tuple Outcome(uint64_t token, Result<PyCall>& r) {
+  if (!r.ok()) {
+    return py::make_tuple(token, static_cast<int>(r.status().code()), r.status().message(),
+                          py::none(), py::list());
+  }
+  auto call = std::make_shared<PyCall>(std::move(*r));
+  return py::make_tuple(token, 0, "", py::bytes(call->stream), Exporters(call));
+}
+
 class PyPool {
  public:
-  explicit PyPool(std::unique_ptr<Pool> pool) : pool_(std::move(pool)) {}
+  PyPool(std::unique_ptr<Pool> pool, std::shared_ptr<LogQueue> logs)
+      : pool_(std::move(pool)), logs_(std::move(logs)) {}
+
+  // The lines queued since the last call, as [(worker, line)], and how many
+  // were dropped in all.
+  py::tuple TakeLogs() {
+    std::deque<std::pair<int, std::string>> taken;
+    uint64_t dropped;
+    {
+      std::lock_guard lock(logs_->mu);
+      taken.swap(logs_->lines);
+      dropped = logs_->dropped;
+    }
+    py::list out;
+    for (auto& [w, line] : taken) out.append(py::make_tuple(w, line));
+    return py::make_tuple(out, dropped);
+  }
 
   Pool& pool() {
     if (!pool_) Raise(InvalidArgument("the pool is shut down"));
@@ -169,15 +212,20 @@ class PyPool {
       }
     }
     py::list out;
-    for (auto& [token, r] : done) {
-      if (r.ok()) {
-        auto call = std::make_shared<PyCall>(std::move(*r));
-        out.append(py::make_tuple(token, 0, "", py::bytes(call->stream), Exporters(call)));
-      } else {
-        out.append(py::make_tuple(token, static_cast<int>(r.status().code()),
-                                  r.status().message(), py::none(), py::list()));
-      }
-    }
+    for (auto& [token, r] : done) out.append(Outcome(token, r));
+    return out;
+  }
+
+  // Runs the call once on every worker; an Outcome per worker (token 0).
+  py::list Broadcast(py::buffer stream, py::list buffers) {
+    Pool& p = pool();
+    PyCall call = Check(ToCall(p.store(), stream, buffers));
+    auto results = [&] {
+      py::gil_scoped_release nogil;
+      return p.Broadcast<PyCall>("zcstore.python", call);
+    }();
+    py::list out;
+    for (Result<PyCall>& r : Check(std::move(results))) out.append(Outcome(0, r));
     return out;
   }
 
@@ -207,6 +255,7 @@ class PyPool {
 
  private:
   std::unique_ptr<Pool> pool_;
+  std::shared_ptr<LogQueue> logs_;
   std::mutex mu_;
   std::condition_variable wake_;
   bool stopping_ = false;
@@ -225,7 +274,7 @@ void RegisterPool(py::module_& m) {
           "create",
           [](int workers, int backend, std::string executable, std::vector<std::string> args,
              uint64_t store_capacity, int max_retries, int64_t task_timeout_ms,
-             int64_t start_timeout_ms, py::object log_sink) {
+             int64_t start_timeout_ms) {
             PoolOptions o;
             o.workers = workers;
             o.backend = static_cast<PoolOptions::Backend>(backend);
@@ -236,23 +285,13 @@ void RegisterPool(py::module_& m) {
             o.task_timeout = std::chrono::milliseconds(task_timeout_ms);
             o.start_timeout = std::chrono::milliseconds(start_timeout_ms);
             o.progress_bar = false;  // the Python side draws its own
-            if (!log_sink.is_none()) {
-              // Called on the pool's thread: take the GIL for the sink.
-              auto sink = std::make_shared<py::object>(log_sink);
-              o.log_sink = [sink](int worker, std::string_view line) {
-                py::gil_scoped_acquire gil;
-                try {
-                  (*sink)(worker, py::str(line.data(), line.size()));
-                } catch (py::error_already_set& e) {
-                  e.discard_as_unraisable("zcstore pool log sink");
-                }
-              };
-            }
+            auto logs = std::make_shared<LogQueue>();
+            o.log_sink = [logs](int worker, std::string_view line) { logs->Add(worker, line); };
             auto pool = [&] {
               py::gil_scoped_release nogil;
               return Pool::Create(o);
             }();
-            return new PyPool(Check(std::move(pool)));
+            return new PyPool(Check(std::move(pool)), std::move(logs));
           })
       .def_property_readonly("workers", [](PyPool& p) { return p.pool().workers(); })
       .def_property_readonly("store_fd", [](PyPool& p) { return p.pool().store().fd(); })
@@ -260,6 +299,8 @@ void RegisterPool(py::module_& m) {
       .def("wait", &PyPool::Wait)
       .def("cancel", &PyPool::Cancel)
       .def("shutdown", &PyPool::Shutdown)
+      .def("take_logs", &PyPool::TakeLogs)
+      .def("broadcast", &PyPool::Broadcast)
       .def("stats", [](PyPool& p) {
         PoolStats s = p.pool().Stats();
         py::dict d;

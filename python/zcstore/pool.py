@@ -9,11 +9,13 @@ object itself, mapped once per worker, its arrays read-only and zero-copy.
 
 import concurrent.futures
 import io
+import logging
 import multiprocessing.spawn
 import os
 import pickle
 import sys
 import threading
+import time
 import traceback
 import weakref
 
@@ -120,6 +122,86 @@ def call_chunk(fn, chunk):
     return [fn(*args) for args in chunk]
 
 
+def call_with_context(fn, param, context):
+    result = fn(param, context)
+    return result, _state_of(context)
+
+
+def _state_of(context):
+    return dict(context) if isinstance(context, dict) else vars(context)
+
+
+def _apply_state(context, state):
+    if isinstance(context, dict):
+        context.clear()
+        context.update(state)
+    else:
+        vars(context).update(state)
+
+
+# A worker's logging record travels as one line on its stderr:
+# RECORD levelno RS logger RS message, newlines in the message as US.
+RECORD = "\x1dzcstore-record\x1e"
+
+
+def record_line(record, message):
+    return (f"{RECORD}{record.levelno}\x1e{record.name}\x1e"
+            f"{message.replace(chr(10), chr(31))}")
+
+
+# ------------------------------------------------------------ progress
+
+class _Bar:
+    """done/total, rate and ETA on one stderr line (when tqdm is absent)."""
+
+    def __init__(self, total):
+        self.total, self.done, self.start, self.shown = total, 0, time.monotonic(), 0.0
+
+    def update(self, n):
+        self.done += n
+        now = time.monotonic()
+        if now - self.shown < 0.1 and self.done < self.total:
+            return
+        self.shown = now
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        sys.stderr.write(f"\r{self.done}/{self.total} tasks  {rate:,.0f}/s  ETA {eta:.1f} s ")
+        if self.done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    def close(self):
+        pass
+
+
+class _Callback:
+    def __init__(self, fn, total):
+        self.fn, self.total, self.done = fn, total, 0
+
+    def update(self, n):
+        self.done += n
+        self.fn(self.done, self.total)
+
+    def close(self):
+        pass
+
+
+def _progress(setting, total):
+    """What shows progress of `total` tasks: a callback(done, total), tqdm
+    or the built-in bar on a terminal, or nothing."""
+    if setting is False or total == 0:
+        return None
+    if callable(setting):
+        return _Callback(setting, total)
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, unit="task")
+    except ImportError:
+        return _Bar(total)
+
+
 # ------------------------------------------------------------ the executor
 
 _pools = weakref.WeakSet()
@@ -136,12 +218,17 @@ class Pool(concurrent.futures.Executor):
     WorkerCrashed; one running longer than ``task_timeout`` seconds is
     killed with its worker and fails with Timeout. ``store_capacity``: bytes
     of the pool's store (shared objects, large arguments and results),
-    reserved as they are used.
+    reserved as they are used. ``progress``: map's progress bar (tqdm if
+    importable, else a built-in one; only on a terminal), False for none,
+    or a callable(done, total). ``log``: a callable(worker, line) for the
+    workers' output lines; by default they go to stderr as "[worker N]
+    line", and their logging records to this process's logging, at their
+    level, under their logger's name.
     """
 
     def __init__(self, workers=None, backend="spawn", initializer=None, initargs=(),
                  max_retries=0, task_timeout=None, store_capacity=1 << 30,
-                 start_timeout=20.0):
+                 start_timeout=20.0, progress=True, log=None):
         if backend not in _BACKENDS:
             raise InvalidArgument(
                 f"backend must be one of {sorted(_BACKENDS)}, not {backend!r}")
@@ -149,6 +236,9 @@ class Pool(concurrent.futures.Executor):
         if workers < 1:
             raise InvalidArgument(f"workers must be at least 1, not {workers}")
         self._backend = backend
+        self._progress_setting = progress
+        self._log = log
+        self.log_lines_dropped = 0
         self._timeout_ms = int((task_timeout or 0) * 1000)
         if backend == "threads":
             from .pool_worker import Runner
@@ -156,13 +246,14 @@ class Pool(concurrent.futures.Executor):
         self._core = _core.Pool.create(
             workers, _BACKENDS[backend], sys.executable, ["-c", _WORKER_CODE],
             int(store_capacity), int(max_retries), self._timeout_ms,
-            int(start_timeout * 1000), None)
+            int(start_timeout * 1000))
         self._store = Store.open_fd(self._core.store_fd)
         prepare = multiprocessing.spawn.get_preparation_data("zcstore-worker")
         prepare.pop("authkey", None)  # multiprocessing's own secret: not ours to pass on
         self._store.bind(_MAIN_NAME, self._store.put({
             "prepare": prepare,
-            "initializer": initializer, "initargs": tuple(initargs)}))
+            "initializer": initializer, "initargs": tuple(initargs),
+            "log_level": logging.getLogger().getEffectiveLevel()}))
         if backend == "threads" and initializer is not None:
             initializer(*initargs)
         self._lock = threading.Lock()
@@ -211,23 +302,78 @@ class Pool(concurrent.futures.Executor):
         future.add_done_callback(lambda f, t=token: f.cancelled() and self._cancel(t, f))
         return future
 
-    def map(self, fn, *iterables, timeout=None, chunksize=None):
-        """Like Executor.map: results in order, as they are needed. Calls
-        travel in chunks of ``chunksize`` (None: about four per worker)."""
+    def _chunks(self, fn, iterables, chunksize, progress):
         items = list(zip(*iterables))
         if chunksize is None:
             chunksize = max(1, -(-len(items) // (4 * self.workers)))
         chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
-        futures = [self.submit(call_chunk, fn, chunk) for chunk in chunks]
+        bar = _progress(self._progress_setting if progress is None else progress, len(items))
+        futures = []
+        for chunk in chunks:
+            f = self.submit(call_chunk, fn, chunk)
+            if bar is not None:
+                f.add_done_callback(lambda _, n=len(chunk): bar.update(n))
+            futures.append(f)
+        return futures, bar
+
+    def map(self, fn, *iterables, timeout=None, chunksize=None, progress=None):
+        """Like Executor.map: results in order, as they are needed. Calls
+        travel in chunks of ``chunksize`` (None: about four per worker).
+        ``progress`` overrides the pool's setting for this call."""
+        futures, bar = self._chunks(fn, iterables, chunksize, progress)
+        deadline = None if timeout is None else time.monotonic() + timeout
 
         def results():
             try:
                 for f in futures:
-                    yield from f.result(timeout)
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    yield from f.result(left)
             finally:
                 for f in futures:
                     f.cancel()
+                if bar is not None:
+                    bar.close()
         return results()
+
+    def map_unordered(self, fn, *iterables, timeout=None, chunksize=None, progress=None):
+        """As map, but each chunk's results as soon as it is done."""
+        futures, bar = self._chunks(fn, iterables, chunksize, progress)
+
+        def results():
+            try:
+                for f in concurrent.futures.as_completed(futures, timeout):
+                    yield from f.result()
+            finally:
+                for f in futures:
+                    f.cancel()
+                if bar is not None:
+                    bar.close()
+        return results()
+
+    def broadcast(self, fn, *args):
+        """Runs fn(*args) once on every worker; their results, by worker.
+        The first failure is raised (after every worker has answered)."""
+        stream, buffers = dumps((fn, args, {}))
+        outcomes = self._core.broadcast(stream, buffers)
+        results = [self._outcome(code, message, st, bufs)
+                   for _, code, message, st, bufs in outcomes]
+        for ok, value in results:
+            if not ok:
+                raise value
+        return [value for _, value in results]
+
+    def map_with_context(self, fn, params, contexts, timeout=None):
+        """fn(param, context) for each pair, in the workers; what each task
+        changes in its context (a dict, or an object's attributes) comes
+        back and is applied to the caller's context object, in order.
+        Returns the results in order."""
+        futures = [self.submit(call_with_context, fn, p, c) for p, c in zip(params, contexts)]
+        results = []
+        for f, context in zip(futures, contexts):
+            result, state = f.result(timeout)
+            _apply_state(context, state)
+            results.append(result)
+        return results
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         with self._lock:
@@ -263,30 +409,50 @@ class Pool(concurrent.futures.Executor):
 
     # --- the collector thread: finished tasks onto their futures
 
+    def _outcome(self, code, message, stream, buffers):
+        """(True, value) or (False, exception) of one finished task."""
+        if code:
+            return False, BY_CODE.get(code, RuntimeError)(message)
+        try:
+            ok, value = loads(stream, buffers)
+        except BaseException as e:  # a result that does not unpickle here
+            return False, e
+        if ok:
+            return True, value
+        exc, tb = value
+        exc.__cause__ = RemoteTraceback(tb)
+        return False, exc
+
+    def _emit_logs(self):
+        lines, self.log_lines_dropped = self._core.take_logs()
+        for worker, line in lines:
+            if line.startswith(RECORD):
+                level, name, message = line[len(RECORD):].split("\x1e", 2)
+                logging.getLogger(name).log(int(level), "[worker %d] %s", worker,
+                                            message.replace(chr(31), chr(10)),
+                                            extra={"zcstore_worker": worker})
+            elif self._log is not None:
+                self._log(worker, line)
+            else:
+                sys.stderr.write(f"[worker {worker}] {line}\n")
+
     def _collect(self):
         while True:
             with self._lock:
                 if self._stop:
+                    self._emit_logs()
                     return
             for token, code, message, stream, buffers in self._core.wait(50):
                 with self._lock:
                     future = self._futures.pop(token, None)
                 if future is None or not future.set_running_or_notify_cancel():
                     continue
-                if code:
-                    future.set_exception(BY_CODE.get(code, RuntimeError)(message))
-                    continue
-                try:
-                    ok, value = loads(stream, buffers)
-                except BaseException as e:  # a result that does not unpickle here
-                    future.set_exception(e)
-                    continue
+                ok, value = self._outcome(code, message, stream, buffers)
                 if ok:
                     future.set_result(value)
                 else:
-                    exc, tb = value
-                    exc.__cause__ = RemoteTraceback(tb)
-                    future.set_exception(exc)
+                    future.set_exception(value)
+            self._emit_logs()
 
 
 def _shutdown_all():

@@ -4,6 +4,8 @@ import concurrent.futures
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -169,3 +171,137 @@ def test_bad_arguments_and_shutdown():
     fs = [pool.submit(sleep_for, 0.2) for _ in range(5)]
     pool.shutdown(wait=True, cancel_futures=True)
     assert any(f.cancelled() for f in fs)
+
+
+# ------------------------------------------------------------ the rest of the API
+
+def chatty(n):
+    import logging
+    for i in range(n):
+        print(f"line {i}")
+    logging.getLogger("zcstore.test").warning("warned %d", n)
+    return n
+
+
+def flood(n):
+    import sys
+    for i in range(n):
+        sys.stdout.write(f"flood {i}\n")
+    return n
+
+
+def add_to_context(param, context):
+    context["seen"] = context.get("seen", 0) + param
+    return param * 10
+
+
+def test_output_and_logging_reach_the_parent(caplog):
+    lines = []
+    with zcstore.Pool(1, log=lambda w, line: lines.append((w, line))) as pool:
+        with caplog.at_level("WARNING"):
+            assert pool.submit(chatty, 50).result(TIMEOUT) == 50
+            pool.shutdown()  # drains what the worker wrote
+    assert [line for _, line in lines] == [f"line {i}" for i in range(50)]  # in order
+    assert {w for w, _ in lines} == {0}
+    (record,) = [r for r in caplog.records if r.name == "zcstore.test"]
+    assert record.levelname == "WARNING" and record.getMessage() == "[worker 0] warned 50"
+    assert record.zcstore_worker == 0
+
+
+def test_a_flooding_worker_neither_blocks_nor_grows_memory():
+    seen = []
+
+    def slow_sink(w, line):
+        if not seen:
+            time.sleep(0.5)  # the consumer falls behind: lines must be dropped, not kept
+        seen.append(line)
+
+    with zcstore.Pool(1, log=slow_sink) as pool:
+        assert pool.submit(flood, 200_000).result(TIMEOUT) == 200_000
+        assert pool.submit(square, 3).result(TIMEOUT) == 9
+        pool.shutdown()
+        assert len(seen) < 200_000 and pool.log_lines_dropped > 0
+
+
+def test_broadcast_map_unordered_and_progress(pool):
+    pids = pool.broadcast(pid_of, None)
+    assert len(pids) == 2 and len(set(pids)) == 2
+    assert sorted(pool.map_unordered(square, range(50))) == sorted(x * x for x in range(50))
+    seen = []
+    assert list(pool.map(square, range(30), progress=lambda d, t: seen.append((d, t))))[-1] == 841
+    assert seen[-1] == (30, 30) and all(t == 30 for _, t in seen)
+    with pytest.raises(KeyError):
+        pool.broadcast(fail, 1)
+
+
+def test_map_with_context_applies_the_changes_in_order(pool):
+    contexts = [{"seen": 1}, {}, {"other": "x"}]
+    assert pool.map_with_context(add_to_context, [1, 2, 3], contexts) == [10, 20, 30]
+    assert contexts == [{"seen": 2}, {"seen": 2}, {"other": "x", "seen": 3}]
+
+
+# ------------------------------------------------------------ killing the parent
+
+PARENT = r"""
+import os, sys, time, zcstore
+def pid(_): return os.getpid()
+def nested(path):
+    inner = zcstore.Pool(1)
+    with open(path, "w") as f:
+        f.write(str(inner.broadcast(pid, None)[0]))
+    time.sleep(600)
+if __name__ == "__main__":
+    out, shape = sys.argv[1], sys.argv[2]
+    pool = zcstore.Pool(2)
+    pids = pool.broadcast(pid, None)
+    if shape == "nested":
+        pool.submit(nested, out + ".nested")
+    with open(out + ".tmp", "w") as f:
+        f.write(" ".join(map(str, pids)))
+    os.rename(out + ".tmp", out)
+    time.sleep(600)
+"""
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for_file(path, deadline):
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            with open(path) as f:
+                return [int(x) for x in f.read().split()]
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never appeared")
+
+
+@pytest.mark.parametrize("shape", ["flat", "nested"])
+def test_killing_the_parent_takes_every_worker_down(tmp_path, shape):
+    # A nested pool is a task starting a pool of its own: the processes-
+    # within-processes case daemonic multiprocessing forbids.
+    script, out = tmp_path / "parent.py", str(tmp_path / "pids")
+    script.write_text(PARENT)
+    p = subprocess.Popen([sys.executable, str(script), out, shape])
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        pids = wait_for_file(out, deadline)
+        if shape == "nested":
+            pids += wait_for_file(out + ".nested", deadline)
+        assert len(pids) == (3 if shape == "nested" else 2), pids
+        p.kill()
+        p.wait(TIMEOUT)
+        killed = time.monotonic()
+        while any(alive(x) for x in pids) and time.monotonic() - killed < 5:
+            time.sleep(0.02)
+        gone_after = time.monotonic() - killed
+        assert not any(alive(x) for x in pids)
+        assert gone_after < 1.0, gone_after
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait(TIMEOUT)
