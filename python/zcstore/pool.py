@@ -275,6 +275,11 @@ class Pool(concurrent.futures.Executor):
         """Puts ``obj`` in the pool's store once; returns its Shared handle."""
         return Shared(self._store.put(obj, move=move))
 
+    def empty(self, shape, dtype=float, order="C"):
+        """A writable array in the pool's store, to fill and then share with
+        no copy (see Store.empty)."""
+        return self._store.empty(shape, dtype, order)
+
     def unshare(self, shared):
         """Deletes a shared object; tasks that get its handle later fail
         with NotFound (a task already holding it keeps it until it ends)."""
@@ -304,8 +309,8 @@ class Pool(concurrent.futures.Executor):
 
     def _chunks(self, fn, iterables, chunksize, progress):
         items = list(zip(*iterables))
-        if chunksize is None:
-            chunksize = max(1, -(-len(items) // (4 * self.workers)))
+        if chunksize is None:  # about four per worker, small enough for a quick first result
+            chunksize = max(1, min(-(-len(items) // (4 * self.workers)), 1024))
         chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
         bar = _progress(self._progress_setting if progress is None else progress, len(items))
         futures = []
@@ -318,7 +323,8 @@ class Pool(concurrent.futures.Executor):
 
     def map(self, fn, *iterables, timeout=None, chunksize=None, progress=None):
         """Like Executor.map: results in order, as they are needed. Calls
-        travel in chunks of ``chunksize`` (None: about four per worker).
+        travel in chunks of ``chunksize`` (None: about four per worker, at
+        most 1024 calls).
         ``progress`` overrides the pool's setting for this call."""
         futures, bar = self._chunks(fn, iterables, chunksize, progress)
         deadline = None if timeout is None else time.monotonic() + timeout
