@@ -52,7 +52,8 @@ def big_result(n):
 
 
 def unpicklable_result(_):
-    return lambda: 1
+    import threading
+    return threading.Lock()  # not even cloudpickle can send a lock
 
 
 def set_flag():
@@ -116,8 +117,14 @@ def test_an_unpicklable_result_is_an_error_on_its_future(pool):
 
 def test_a_function_that_cannot_travel_fails_at_submit(pool):
     with pytest.raises(pickle.PicklingError, match="cannot be sent to a worker"):
-        pool.submit(lambda x: x, 1) if zcstore.pool._cloudpickle is None else \
-            pool.submit(square, threading_lock())
+        pool.submit(square, threading_lock())
+
+
+def test_lambdas_and_closures_travel_with_cloudpickle(pool):
+    pytest.importorskip("cloudpickle")
+    k = 3
+    assert pool.submit(lambda x: x * k, 5).result(TIMEOUT) == 15
+    assert list(pool.map(lambda x: x + k, range(3))) == [3, 4, 5]
 
 
 def threading_lock():
