@@ -204,6 +204,18 @@ def _progress(setting, total):
 
 # ------------------------------------------------------------ the executor
 
+def _results(values, futures, bar):
+    """Yields `values`; when the caller stops early (or a result raises),
+    the chunks not yet done are cancelled and the bar closed."""
+    try:
+        yield from values
+    finally:
+        for f in futures:
+            f.cancel()
+        if bar is not None:
+            bar.close()
+
+
 _pools = weakref.WeakSet()
 
 
@@ -329,32 +341,17 @@ class Pool(concurrent.futures.Executor):
         futures, bar = self._chunks(fn, iterables, chunksize, progress)
         deadline = None if timeout is None else time.monotonic() + timeout
 
-        def results():
-            try:
-                for f in futures:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    yield from f.result(left)
-            finally:
-                for f in futures:
-                    f.cancel()
-                if bar is not None:
-                    bar.close()
-        return results()
+        def in_order():
+            for f in futures:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                yield from f.result(left)
+        return _results(in_order(), futures, bar)
 
     def map_unordered(self, fn, *iterables, timeout=None, chunksize=None, progress=None):
         """As map, but each chunk's results as soon as it is done."""
         futures, bar = self._chunks(fn, iterables, chunksize, progress)
-
-        def results():
-            try:
-                for f in concurrent.futures.as_completed(futures, timeout):
-                    yield from f.result()
-            finally:
-                for f in futures:
-                    f.cancel()
-                if bar is not None:
-                    bar.close()
-        return results()
+        as_done = (r for f in concurrent.futures.as_completed(futures, timeout) for r in f.result())
+        return _results(as_done, futures, bar)
 
     def broadcast(self, fn, *args):
         """Runs fn(*args) once on every worker; their results, by worker.
