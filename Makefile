@@ -6,6 +6,7 @@
 #   make demo                        the main job: the shared-model demo
 #   make bench                       benchmarks -> bench/results/latest.json
 #   make bench-python                Python benchmarks -> bench/results/python.json
+#   make compare                     the demo's scenario through every Python way -> bench/results/compare.md
 #   make build BENCHMARKS=ON         build everything, the benchmarks too (CI)
 #   make test SANITIZE=address+undefined BUILD=build-asan
 
@@ -19,7 +20,7 @@ DEPS     := cmake g++ make pkg-config libflatbuffers-dev flatbuffers-compiler \
             python3-venv python3-pip python3-setuptools python3-wheel python3-pybind11 \
             python3-joblib python3-cloudpickle python3-tqdm
 
-.PHONY: all deps configure build test demo bench bench-python fuzz clean
+.PHONY: all deps configure build test demo bench bench-python compare fuzz clean
 
 all: build
 
@@ -62,6 +63,13 @@ bench: build
 bench-python: build
 	@mkdir -p bench/results
 	PYTHONPATH=$(BUILD)/python /usr/bin/python3 bench/python/store_bench.py $(BENCH_ARGS)
+
+# The comparison harness draws its plots with matplotlib (Debian's).
+COMPARE_DEPS := python3-matplotlib
+compare: build
+	@$(MAKE) --no-print-directory deps DEPS="$(COMPARE_DEPS)"
+	@mkdir -p bench/results
+	PYTHONPATH=$(BUILD)/python /usr/bin/python3 bench/python/compare.py $(COMPARE_ARGS)
 
 # libFuzzer over each reader of untrusted bytes (the envelope, a store file,
 # the rings), with ASan+UBSan, FUZZ_SECONDS each. Inputs it finds land in

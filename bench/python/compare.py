@@ -1,0 +1,374 @@
+"""The shared-model scenario through every way Python users run it, in one run.
+
+For each model size and worker count, each system starts its workers with
+the model, runs N tasks (each scores one user against 100 random items of
+the model), and reports:
+  first_s   from starting the pool to the first result (what a user waits)
+  copies    copies of the model in memory: the PSS of the whole process
+            tree, measured from outside (a sampler thread reading /proc),
+            above the same tree's PSS without the model, over the model size
+  tasks/s   throughput of the scoring tasks
+and, once, trivial tasks (x -> x): throughput with each system's best
+chunksize and one empty task's round trip.
+
+Systems: zcstore (spawn, threads); concurrent.futures.ProcessPoolExecutor
+with the model pickled to an initializer (spawn) and inherited (fork);
+the hand-made multiprocessing.shared_memory + pickle 5 way; joblib (loky).
+
+Run:  make compare   (writes bench/results/compare.md and compare_*.png)
+      python3 bench/python/compare.py --sizes 64,256 --workers 2 --tasks 2000
+"""
+import argparse
+import concurrent.futures
+import multiprocessing
+import os
+import pickle
+import statistics
+import sys
+import threading
+import time
+from multiprocessing import shared_memory
+
+import numpy as np
+
+import zcstore
+
+DIMS, USERS = 64, 1000
+MIB = 1 << 20
+
+
+def make_model(mib):
+    items = (mib * MIB) // (DIMS * 4)
+    rng = np.random.default_rng(1)
+    return {"items": items,
+            "item_factors": rng.random((items, DIMS), np.float32),
+            "user_factors": rng.random((USERS, DIMS), np.float32)}
+
+
+def best_item(model, user, seed):
+    items = np.random.default_rng(seed).integers(0, model["items"], 100)
+    return float((model["item_factors"][items] @ model["user_factors"][user]).max())
+
+
+def identity(x):
+    return x
+
+
+# --- the model in each system's workers
+
+_MODEL = None
+
+
+def set_model(model):       # ProcessPoolExecutor's initializer: the model pickled in
+    global _MODEL
+    _MODEL = model
+
+
+def attach_shm(name, meta, offsets):  # the hand-made way: attach the segment, unpickle views
+    global _MODEL, _SEG
+    _SEG = shared_memory.SharedMemory(name=name)
+    _MODEL = pickle.loads(meta, buffers=[_SEG.buf[o:o + n] for o, n in offsets])
+
+
+def score_global(user, seed):
+    return best_item(_MODEL, user, seed)
+
+
+# --- memory, from outside
+
+def tree_pids(root):
+    pids, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return pids
+
+
+def tree_pss(root):
+    total = 0
+    for p in tree_pids(root):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f
+                              if line.startswith("Pss:"))
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            pass
+    return total
+
+
+class Sampler:
+    """The highest PSS of this process tree while running (every 50 ms)."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_pss(os.getpid()))
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, tree_pss(os.getpid()))
+
+
+# --- one system: start with the model, run the tasks
+
+def run_tasks(executor_map, args, first_mark):
+    first = None
+    n = 0
+    for _ in executor_map(*args):
+        if first is None:
+            first = time.perf_counter() - first_mark
+        n += 1
+    return first, n
+
+
+def system_zcstore(backend):
+    def run(model, workers, users, seeds):
+        t0 = time.perf_counter()
+        with zcstore.Pool(workers, backend=backend, progress=False,
+                          store_capacity=model_bytes(model) + 256 * MIB) as pool:
+            shared = pool.share(model, move=True)  # the caller's copy goes as it is stored
+            first, _ = run_tasks(lambda *a: pool.map(best_item, *a),
+                                 ([shared] * len(users), users, seeds), t0)
+            return first
+    return run
+
+
+def system_ppe_pickled(model, workers, users, seeds):
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=set_model,
+                                                initargs=(model,)) as ex:
+        first, _ = run_tasks(lambda *a: ex.map(score_global, *a, chunksize=256),
+                             (users, seeds), t0)
+        return first
+
+
+def system_ppe_fork(model, workers, users, seeds):
+    set_model(model)  # inherited copy-on-write
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+        first, _ = run_tasks(lambda *a: ex.map(score_global, *a, chunksize=256),
+                             (users, seeds), t0)
+    set_model(None)
+    return first
+
+
+def system_shared_memory(model, workers, users, seeds):
+    t0 = time.perf_counter()
+    buffers = []
+    meta = pickle.dumps(model, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    seg = shared_memory.SharedMemory(create=True, size=sum(r.nbytes for r in raws))
+    offsets, off = [], 0
+    for r in raws:
+        seg.buf[off:off + r.nbytes] = r
+        offsets.append((off, r.nbytes))
+        off += r.nbytes
+    del raws, buffers
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=attach_shm,
+                initargs=(seg.name, meta, offsets)) as ex:
+            first, _ = run_tasks(lambda *a: ex.map(score_global, *a, chunksize=256),
+                                 (users, seeds), t0)
+    finally:
+        seg.close()
+        seg.unlink()
+    return first
+
+
+def system_joblib(model, workers, users, seeds):
+    import joblib
+    t0 = time.perf_counter()
+    with joblib.Parallel(n_jobs=workers, batch_size=256) as par:
+        # joblib memory-maps large numpy arguments for its workers by itself.
+        out = par(joblib.delayed(best_item)(model, u, s) for u, s in zip(users, seeds))
+    # joblib returns the list at the end: its first result is its last.
+    assert len(out) == len(users)
+    return time.perf_counter() - t0
+
+
+SYSTEMS = {
+    "zcstore spawn": system_zcstore("spawn"),
+    "zcstore threads": system_zcstore("threads"),
+    "ProcessPoolExecutor spawn (pickled)": system_ppe_pickled,
+    "ProcessPoolExecutor fork": system_ppe_fork,
+    "shared_memory + pickle 5": system_shared_memory,
+    "joblib (loky)": system_joblib,
+}
+
+
+def model_bytes(model):
+    return model["item_factors"].nbytes + model["user_factors"].nbytes
+
+
+def measure(name, mib, workers, tasks):
+    """Runs one system in a fresh child process, so each starts from the
+    same memory and leaves nothing behind for the next."""
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_measure_child, args=(name, mib, workers, tasks, q))
+    p.start()
+    r = q.get(timeout=1800)
+    p.join(60)
+    return r
+
+
+def _measure_child(name, mib, workers, tasks, q):
+    try:
+        users = np.arange(tasks) % USERS
+        seeds = np.arange(tasks) * 7919 + 1
+        # The tree's PSS with the system's workers but no model: the same
+        # run on a one-item model.
+        tiny = {"items": 1, "item_factors": np.zeros((1, DIMS), np.float32),
+                "user_factors": np.zeros((USERS, DIMS), np.float32)}
+        with Sampler() as base:
+            SYSTEMS[name](tiny, workers, users, seeds)
+        model = make_model(mib)
+        mb = model_bytes(model)
+        with Sampler() as s:
+            t = time.perf_counter()
+            first = SYSTEMS[name](model, workers, users, seeds)
+            wall = time.perf_counter() - t
+        q.put({"system": name, "model_mib": mib, "workers": workers, "tasks": tasks,
+               "first_s": first, "tasks_per_s": tasks / wall,
+               "copies": (s.peak - base.peak) / mb})
+    except Exception as e:  # reported in the table, not fatal to the run
+        q.put({"system": name, "model_mib": mib, "workers": workers, "error": repr(e)})
+
+
+# --- trivial tasks
+
+def trivial(workers, n):
+    """Throughput of x -> x at the best chunksize, and one round trip."""
+    out = {}
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+        list(ex.map(identity, range(100)))
+        best = 0
+        for cs in (1, 16, 256, 1024):
+            t = time.perf_counter()
+            list(ex.map(identity, range(n), chunksize=cs))
+            best = max(best, n / (time.perf_counter() - t))
+        out["ProcessPoolExecutor"] = (best, round_trip(ex))
+    with zcstore.Pool(workers, progress=False) as pool:
+        list(pool.map(identity, range(100)))
+        best = 0
+        for cs in (None, 256, 1024):
+            t = time.perf_counter()
+            list(pool.map(identity, range(n), chunksize=cs))
+            best = max(best, n / (time.perf_counter() - t))
+        out["zcstore"] = (best, round_trip(pool))
+    return out
+
+
+def round_trip(ex, reps=300):
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        ex.submit(identity, 1).result()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+# --- report
+
+def table(rows):
+    lines = ["| system | model MiB | workers | first result (s) | copies of the model | tasks/s |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['system']} | {r['model_mib']} | {r['workers']} | "
+                         f"failed: {r['error']} | | |")
+        else:
+            lines.append(f"| {r['system']} | {r['model_mib']} | {r['workers']} | "
+                         f"{r['first_s']:.3f} | {r['copies']:.2f} | {r['tasks_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def plots(rows, out_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    for metric, label in (("first_s", "time to the first result (s)"),
+                          ("copies", "copies of the model in memory")):
+        fig, axes = plt.subplots(1, len({r["workers"] for r in rows}), figsize=(12, 4.5),
+                                 squeeze=False)
+        for ax, workers in zip(axes[0], sorted({r["workers"] for r in rows})):
+            for system in SYSTEMS:
+                pts = sorted((r["model_mib"], r[metric]) for r in rows
+                             if r["system"] == system and r["workers"] == workers
+                             and "error" not in r)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=system)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("model size (MiB)")
+            ax.set_ylabel(label)
+            ax.set_title(f"{workers} workers")
+            ax.grid(True, alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"compare_{metric}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="64,256,1024", help="model sizes in MiB")
+    ap.add_argument("--workers", default="2,8")
+    ap.add_argument("--tasks", type=int, default=20000)
+    ap.add_argument("--trivial", type=int, default=20000)
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  "..", "results"))
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    rows = []
+    for workers in [int(w) for w in a.workers.split(",")]:
+        for mib in [int(s) for s in a.sizes.split(",")]:
+            for name in a.systems.split(","):
+                r = measure(name, mib, workers, a.tasks)
+                rows.append(r)
+                print(table([r]).splitlines()[-1], flush=True)
+    md = ["# The shared-model scenario, every system in one run", "",
+          f"{os.cpu_count()} CPUs; {a.tasks} tasks per run; copies = (peak PSS of the process "
+          "tree - its peak with a one-item model) / model size.", "", table(rows), ""]
+    tw = int(a.workers.split(",")[0])
+    t = trivial(tw, a.trivial)
+    md += [f"Trivial tasks (x -> x), {tw} workers, {a.trivial} tasks, best chunksize of each:", "",
+           "| system | tasks/s | one round trip (us) |", "|---|---|---|"]
+    for name, (rate, rt) in t.items():
+        md.append(f"| {name} | {rate:.0f} | {rt * 1e6:.0f} |")
+    ppe, zcs = t["ProcessPoolExecutor"], t["zcstore"]
+    md += ["", f"zcstore / ProcessPoolExecutor: throughput {zcs[0] / ppe[0]:.2f}x, "
+           f"round trip {zcs[1] / ppe[1]:.2f}x", ""]
+    for path in plots(rows, a.out):
+        md.append(f"![{os.path.basename(path)}]({os.path.basename(path)})")
+    with open(os.path.join(a.out, "compare.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
