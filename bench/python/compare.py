@@ -197,9 +197,13 @@ def system_shared_memory(model, workers, users, seeds):
 def system_joblib(model, workers, users, seeds):
     import joblib
     t0 = time.perf_counter()
-    with joblib.Parallel(n_jobs=workers, batch_size=256) as par:
-        # joblib memory-maps large numpy arguments for its workers by itself.
-        out = par(joblib.delayed(best_item)(model, u, s) for u, s in zip(users, seeds))
+    from joblib.externals.loky import get_reusable_executor
+    try:
+        with joblib.Parallel(n_jobs=workers, batch_size=256) as par:
+            # joblib memory-maps large numpy arguments for its workers by itself.
+            out = par(joblib.delayed(best_item)(model, u, s) for u, s in zip(users, seeds))
+    finally:
+        get_reusable_executor().shutdown(wait=True)  # loky keeps its workers otherwise
     # joblib returns the list at the end: its first result is its last.
     assert len(out) == len(users)
     return time.perf_counter() - t0

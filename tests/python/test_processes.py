@@ -93,8 +93,13 @@ def test_refs_through_joblib():
     with zcstore.Store.create(unique(), capacity=64 << 20) as store:
         m = make_model()
         ref = store.put(m)
-        results = joblib.Parallel(n_jobs=2, timeout=TIMEOUT)(
-            joblib.delayed(total_of)(ref) for _ in range(3))
+        try:
+            results = joblib.Parallel(n_jobs=2, timeout=TIMEOUT)(
+                joblib.delayed(total_of)(ref) for _ in range(3))
+        finally:
+            # loky keeps its workers for reuse: stop them, leave nothing behind
+            from joblib.externals.loky import get_reusable_executor
+            get_reusable_executor().shutdown(wait=True)
         assert results == [expected_total(m)] * 3
 
 
