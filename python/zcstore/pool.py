@@ -281,6 +281,11 @@ class Pool(concurrent.futures.Executor):
     def workers(self):
         return self._core.workers
 
+    def stats(self):
+        """The C++ pool's counters: workers, tasks_done, tasks_failed,
+        workers_replaced, log_lines, log_lines_dropped (a dict)."""
+        return self._core.stats()
+
     # --- sharing
 
     def share(self, obj, move=False):

@@ -140,6 +140,7 @@ def test_a_killed_worker_fails_its_task_only_and_is_replaced():
         assert "signal 9" in str(e.value) or "SIGKILL" in str(e.value) or "killed" in str(e.value)
         assert [f.result(TIMEOUT) for i, f in enumerate(fs) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
         assert pool.submit(square, 5).result(TIMEOUT) == 25
+        assert pool.stats()["workers_replaced"] >= 1
 
 
 def test_a_crashed_task_is_retried_when_asked():
