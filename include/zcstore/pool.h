@@ -168,10 +168,12 @@ inline constexpr size_t kMaxInlineItem = 16 << 10;
 // Encodes `value` into `out` (replacing what it held, reusing its capacity),
 // or puts it into `store` and sets `ref`.
 // `id`: the store object's id if the value goes through the store (nil: a
-// random one).
-template <typename T>
-Status EncodeValue(Store& store, const T& value, std::vector<std::byte>* out, ObjectId* ref,
+// random one). An rvalue is moved into the store (Store::Put): its arrays
+// allocated in that store are adopted, not copied; an lvalue is copied.
+template <typename V>
+Status EncodeValue(Store& store, V&& value, std::vector<std::byte>* out, ObjectId* ref,
                    ObjectId id = {}) {
+  using T = std::remove_cvref_t<V>;
   SaveArchive ar(SerializeOptions{}, /*move=*/false);
   ar.set_version(TypeVersion<T>());
   out->clear();
@@ -186,7 +188,7 @@ Status EncodeValue(Store& store, const T& value, std::vector<std::byte>* out, Ob
     return Status::OK();
   }
   if (id.is_nil()) id = ObjectId::Random();
-  if (Status st = store.Put(id, value); !st.ok()) return st;
+  if (Status st = store.Put(id, std::forward<V>(value)); !st.ok()) return st;
   *ref = id;
   return Status::OK();
 }
@@ -272,8 +274,9 @@ Status Invoke(R (*fn)(TaskContext&, const A&), TaskContext& ctx, std::span<const
   auto a = DecodeValue<A>(WorkerStore(ctx), arg, arg_ref);
   if (!a.ok()) return a.status();
   try {
-    R r = fn(ctx, *a);
-    return EncodeValue(WorkerStore(ctx), r, out, out_ref, ResultIdOf(ctx));
+    // The result is the task's to give away: moved, so arrays it allocated
+    // in the worker's store (Array::AllocateIn) are adopted, not copied.
+    return EncodeValue(WorkerStore(ctx), fn(ctx, *a), out, out_ref, ResultIdOf(ctx));
   } catch (const TaskError& e) {
     return e.status;
   } catch (const std::exception& e) {
