@@ -8,9 +8,9 @@
  * callers. Link with -lzcstore_c (pkg-config zcstore_c): libzcstore_c.so.1,
  * whose SONAME follows ZCS_ABI_VERSION and which exports zcs_* only.
  *
- * Errors: every function returns an int status, ZCS_OK (0) or one of the
- * ZCS_* codes below (the same closed set, with the same values, as the C++
- * zcstore::StatusCode). On failure, zcs_last_error() gives this thread's
+ * Errors: every function that can fail returns an int status, ZCS_OK (0)
+ * or one of the ZCS_* codes below (the same closed set, with the same
+ * values, as the C++ zcstore::StatusCode). On failure, zcs_last_error() gives this thread's
  * message: what went wrong and what to do. Out-parameters are written only
  * on success.
  *

@@ -143,8 +143,10 @@ struct HeldBuffer {
 bool IsOwningArray(PyObject* obj) {
   if (ndarray_type == nullptr || Py_TYPE(obj) != ndarray_type) return false;
   py::handle a(obj);
+  static PyObject* weakref_count = py::object(py::module_::import("weakref")
+                                      .attr("getweakrefcount")).release().ptr();  // kept
   return a.attr("flags").attr("owndata").cast<bool>() && a.attr("base").is_none() &&
-         py::module_::import("weakref").attr("getweakrefcount")(a).cast<int>() == 0;
+         py::handle(weakref_count)(a).cast<int>() == 0;
 }
 
 // What put does with one source buffer.
