@@ -1137,7 +1137,7 @@ Status Store::Put(ObjectId id, T&& object, const SerializeOptions& options) {
     if constexpr (kMove) {
       // What was not released buffer by buffer goes now; the source is left
       // moved-from (valid, empty), as after any C++ move.
-      if (st.ok()) Plain sink(std::move(object));
+      if (st.ok()) [[maybe_unused]] Plain sink(std::move(object));
     }
     return st;
   });
