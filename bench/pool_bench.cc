@@ -35,13 +35,11 @@
 #include <chrono>
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <optional>
-#include <set>
 #include <string>
 #include <vector>
 
+#include "tests/process_tree.h"
 #include "zcstore/zcstore.h"
 
 namespace {
@@ -242,34 +240,6 @@ int Nest(zcstore::TaskContext&, const int&) {
 }
 ZCSTORE_TASK("bench_nest", Nest);
 
-// Every live descendant of `root`, from /proc's parent links.
-std::vector<pid_t> Descendants(pid_t root) {
-  std::vector<std::pair<pid_t, pid_t>> links;  // (pid, ppid)
-  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
-    std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(e.path() / "stat");
-    std::string line;
-    if (!std::getline(in, line)) continue;
-    size_t close = line.rfind(')');
-    if (close == std::string::npos || close + 4 >= line.size()) continue;
-    pid_t ppid = static_cast<pid_t>(std::atol(line.c_str() + close + 4));
-    links.emplace_back(static_cast<pid_t>(std::atol(name.c_str())), ppid);
-  }
-  std::vector<pid_t> out;
-  std::set<pid_t> tree = {root};
-  for (bool grew = true; grew;) {
-    grew = false;
-    for (auto [pid, ppid] : links) {
-      if (tree.count(ppid) && !tree.count(pid)) {
-        tree.insert(pid);
-        out.push_back(pid);
-        grew = true;
-      }
-    }
-  }
-  return out;
-}
 
 // A process tree like nested pools: two children, one grandchild each,
 // every one with PR_SET_PDEATHSIG = SIGKILL, all paused.
@@ -323,7 +293,7 @@ void BM_ParentDeath(benchmark::State& state) {
     std::vector<pid_t> tree;
     for (int tries = 0; tries < 20000 && tree.size() < 4; ++tries) {
       usleep(1000);
-      tree = Descendants(top);
+      tree = zcstore::testing::DescendantsOf(top);
     }
     if (tree.size() < 4) {
       kill(top, SIGKILL);

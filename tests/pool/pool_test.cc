@@ -14,13 +14,13 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
 
+#include "tests/process_tree.h"
 #include "tests/serializer/test_types.h"
 #include "tests/test_util.h"
 #include "zcstore/zcstore.h"
@@ -28,6 +28,7 @@
 namespace zcstore {
 namespace {
 
+using testing::DescendantsOf;
 using testing::Model;
 
 // ------------------------------------------------------------ tasks
@@ -938,35 +939,6 @@ TEST(PoolFaultTest, AnUnshareNeverGetsLostWhenAWorkersRingIsFull) {
 }
 
 
-// Every descendant of `root` that has not exited (from /proc's parent links;
-// zombies, which have, are left out).
-std::vector<pid_t> DescendantsOf(pid_t root) {
-  std::vector<std::pair<pid_t, pid_t>> links;
-  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
-    std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(e.path() / "stat");
-    std::string line;
-    if (!std::getline(in, line)) continue;
-    size_t close = line.rfind(')');
-    if (close == std::string::npos || close + 4 >= line.size()) continue;
-    if (line[close + 2] == 'Z') continue;
-    links.emplace_back(std::atoi(name.c_str()), std::atoi(line.c_str() + close + 4));
-  }
-  std::set<pid_t> tree = {root};
-  std::vector<pid_t> out;
-  for (bool grew = true; grew;) {
-    grew = false;
-    for (auto [pid, ppid] : links) {
-      if (tree.count(ppid) && !tree.count(pid)) {
-        tree.insert(pid);
-        out.push_back(pid);
-        grew = true;
-      }
-    }
-  }
-  return out;
-}
 
 TEST(PoolFaultTest, AForgottenWorkerMainFailsAtOnceAndStartsNoProcessStorm) {
   // This process adopts every orphan, so that whatever the program leaves
