@@ -43,11 +43,20 @@ Status PoolCore::Spawn(Worker& w) {
   if (Status st = platform::MakeLogPipe(log); !st.ok()) return st;
   pid_t parent = getpid();
   if (opts.backend == PoolOptions::Backend::kFork) {
+    const PoolOptions::ForkHooks& hooks = opts.fork_hooks;
+    if (hooks.prepare) {
+      if (Status st = hooks.prepare(); !st.ok()) {
+        ::close(log[0]);
+        ::close(log[1]);
+        return st;
+      }
+    }
     pid_t pid = fork();
     if (pid == 0) {
       dup2(log[1], 1);
       dup2(log[1], 2);
       if (!platform::DieWithParent(parent)) _exit(0);
+      if (hooks.child) hooks.child(store->fd());
       WorkerState ws;
       ws.index = w.index;
       ws.parent = parent;
@@ -64,7 +73,13 @@ Status PoolCore::Spawn(Worker& w) {
       std::fflush(stderr);
       _exit(rc);  // no destructors of the parent's objects in the child
     }
-    if (pid < 0) return platform::ErrnoStatus(errno, "fork");
+    int fork_errno = errno;
+    if (hooks.parent) hooks.parent();
+    if (pid < 0) {
+      ::close(log[0]);
+      ::close(log[1]);
+      return platform::ErrnoStatus(fork_errno, "fork");
+    }
     w.pid = pid;
   } else {
     std::vector<std::string> argv = {exe};

@@ -360,6 +360,22 @@ struct PoolOptions {
   // pass RunWorkerProcess the arguments from the worker's flag on, with one
   // in front (as argv[0]). Default: none.
   std::vector<std::string> worker_args;
+  // kFork: called on the pool thread around each fork() of a worker, for a
+  // runtime that must get ready for it (an interpreter's locks, its
+  // buffered output). `prepare` runs in the parent before fork(); a non-OK
+  // status fails that worker's start with it (and nothing is forked).
+  // `parent` runs in the parent after fork(), whether it succeeded, and only
+  // after a `prepare` that returned OK. `child(store_fd)` runs in the new
+  // worker before its loop, its stdout and stderr already the pool's log
+  // pipe; `store_fd` is the pool's store there (Store::OpenFd opens it).
+  // Each may be empty. The pool's mutex is held meanwhile: a hook must not
+  // wait for a thread that may be calling into the pool.
+  struct ForkHooks {
+    std::function<Status()> prepare;
+    std::function<void()> parent;
+    std::function<void(int store_fd)> child;
+  };
+  ForkHooks fork_hooks;
   // Bytes of the pool's store (shared objects, large arguments and results).
   // Storage is reserved as objects claim it, so a large value costs nothing
   // until it is used.

@@ -11,7 +11,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <unistd.h>
+
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -39,6 +42,60 @@ namespace {
 
 // The Python runner of this worker process: (stream, buffers) -> (stream, buffers).
 PyObject* runner = nullptr;
+
+// The fork backend forks from the pool thread, as CPython's os.fork would
+// from any thread: that thread holds the GIL across fork() (so no other
+// thread is inside the interpreter), the interpreter's own fork hooks run
+// (import lock, threading, os.register_at_fork), and the child, whose only
+// thread is this one, lets the GIL go before its loop. The pool thread
+// waits for the GIL here; so every call into the pool that can take its
+// mutex is made without the GIL (see PyPool).
+thread_local PyGILState_STATE fork_gil;
+
+Status BeforeFork() {
+#if PY_VERSION_HEX >= 0x030D0000
+  bool finalizing = Py_IsFinalizing();
+#else
+  bool finalizing = _Py_IsFinalizing();
+#endif
+  if (finalizing) return Cancelled("the Python interpreter is shutting down");
+  fork_gil = PyGILState_Ensure();
+  // What is buffered in this process's sys.stdout and sys.stderr would
+  // otherwise be written again by each child.
+  for (const char* name : {"stdout", "stderr"}) {
+    PyObject* f = PySys_GetObject(name);  // borrowed
+    if (f == nullptr || f == Py_None) continue;
+    PyObject* r = PyObject_CallMethod(f, "flush", nullptr);
+    if (r == nullptr) PyErr_Clear();
+    Py_XDECREF(r);
+  }
+  PyOS_BeforeFork();
+  return Status::OK();
+}
+
+void AfterForkParent() {
+  PyOS_AfterFork_Parent();
+  PyGILState_Release(fork_gil);
+}
+
+// `run` becomes this worker's runner; `init(store_fd)` (zcstore/pool_worker.py)
+// is called first. Both are the pool's (PyPool keeps them).
+void AfterForkChild(PyObject* run, PyObject* init, int store_fd) {
+  PyOS_AfterFork_Child();
+  Py_XDECREF(runner);
+  Py_INCREF(run);
+  runner = run;
+  PyObject* r = PyObject_CallFunction(init, "i", store_fd);
+  if (r == nullptr) {
+    PyErr_Print();
+    std::fflush(stderr);
+    _exit(3);  // a worker that cannot start: the pool reports its death
+  }
+  Py_DECREF(r);
+  // The worker loop runs without the GIL; each task takes it (RunPython)
+  // with this thread's state, which stays.
+  (void)PyEval_SaveThread();
+}
 
 // Buffer exporters over `call`'s arrays; each holds the call (and so its pins).
 py::list Exporters(const std::shared_ptr<PyCall>& call) {
@@ -130,8 +187,22 @@ py::tuple Outcome(uint64_t token, Result<PyCall>& r) {
 
 class PyPool {
  public:
-  PyPool(std::unique_ptr<Pool> pool, std::shared_ptr<LogQueue> logs)
-      : pool_(std::move(pool)), logs_(std::move(logs)) {}
+  PyPool(std::unique_ptr<Pool> pool, std::shared_ptr<LogQueue> logs, py::object keep)
+      : keep_(std::move(keep)), pool_(std::move(pool)), logs_(std::move(logs)) {}
+  // Without the GIL, as every call that can take the pool's mutex: the
+  // fork backend's pool thread may be waiting for the GIL while it holds it.
+  ~PyPool() {
+    py::gil_scoped_release nogil;
+    incoming_.clear();
+    pending_.clear();
+    pool_.reset();
+  }
+
+  PoolStats Stats() {
+    Pool& p = pool();
+    py::gil_scoped_release nogil;
+    return p.Stats();
+  }
 
   // The lines queued since the last call, as [(worker, line)], and how many
   // were dropped in all.
@@ -158,11 +229,9 @@ class PyPool {
     PyCall call = Check(ToCall(p.store(), stream, buffers));
     SubmitOptions o;
     o.task_timeout = std::chrono::milliseconds(timeout_ms);
-    Future<PyCall> f = [&] {
-      py::gil_scoped_release nogil;
-      return p.Submit<PyCall>("zcstore.python", call, o);
-    }();
-    std::lock_guard lock(mu_);
+    py::gil_scoped_release nogil;
+    Future<PyCall> f = p.Submit<PyCall>("zcstore.python", call, o);
+    std::lock_guard lock(mu_);  // the collector holds it while it cancels
     uint64_t token = ++last_token_;
     incoming_.emplace_back(token, std::move(f));
     wake_.notify_one();
@@ -232,6 +301,7 @@ class PyPool {
   // Cancels a task not yet started (it then fails with Cancelled); applied
   // by the collector's next wait, which owns the pending futures.
   void Cancel(uint64_t token) {
+    py::gil_scoped_release nogil;
     std::lock_guard lock(mu_);
     cancels_.push_back(token);
     wake_.notify_one();
@@ -239,21 +309,26 @@ class PyPool {
 
   // Stops the workers. The collector must have stopped calling Wait.
   void Shutdown() {
+    py::gil_scoped_release nogil;
     std::unique_ptr<Pool> p;
+    std::vector<std::pair<uint64_t, Future<PyCall>>> incoming;
+    std::vector<Future<PyCall>> pending;
     {
       std::lock_guard lock(mu_);
       stopping_ = true;
       wake_.notify_all();
-      incoming_.clear();
-      pending_.clear();
+      incoming.swap(incoming_);
+      pending.swap(pending_);
       tokens_.clear();
       p = std::move(pool_);
     }
-    py::gil_scoped_release nogil;
+    incoming.clear();  // dropping a future takes the pool's mutex
+    pending.clear();
     p.reset();  // stops the workers
   }
 
  private:
+  py::object keep_;  // what the fork hooks call, alive as long as the pool
   std::unique_ptr<Pool> pool_;
   std::shared_ptr<LogQueue> logs_;
   std::mutex mu_;
@@ -274,7 +349,7 @@ void RegisterPool(py::module_& m) {
           "create",
           [](int workers, int backend, std::string executable, std::vector<std::string> args,
              uint64_t store_capacity, int max_retries, int64_t task_timeout_ms,
-             int64_t start_timeout_ms) {
+             int64_t start_timeout_ms, py::object fork_runner, py::object fork_init) {
             PoolOptions o;
             o.workers = workers;
             o.backend = static_cast<PoolOptions::Backend>(backend);
@@ -285,13 +360,20 @@ void RegisterPool(py::module_& m) {
             o.task_timeout = std::chrono::milliseconds(task_timeout_ms);
             o.start_timeout = std::chrono::milliseconds(start_timeout_ms);
             o.progress_bar = false;  // the Python side draws its own
+            if (o.backend == PoolOptions::Backend::kFork) {
+              PyObject* run = fork_runner.ptr();
+              PyObject* init = fork_init.ptr();
+              o.fork_hooks = {BeforeFork, AfterForkParent,
+                              [run, init](int store_fd) { AfterForkChild(run, init, store_fd); }};
+            }
             auto logs = std::make_shared<LogQueue>();
             o.log_sink = [logs](int worker, std::string_view line) { logs->Add(worker, line); };
             auto pool = [&] {
               py::gil_scoped_release nogil;
               return Pool::Create(o);
             }();
-            return new PyPool(Check(std::move(pool)), std::move(logs));
+            return new PyPool(Check(std::move(pool)), std::move(logs),
+                              py::make_tuple(fork_runner, fork_init));
           })
       .def_property_readonly("workers", [](PyPool& p) { return p.pool().workers(); })
       .def_property_readonly("store_fd", [](PyPool& p) { return p.pool().store().fd(); })
@@ -302,7 +384,7 @@ void RegisterPool(py::module_& m) {
       .def("take_logs", &PyPool::TakeLogs)
       .def("broadcast", &PyPool::Broadcast)
       .def("stats", [](PyPool& p) {
-        PoolStats s = p.pool().Stats();
+        PoolStats s = p.Stats();
         py::dict d;
         d["workers"] = s.workers;
         d["tasks_done"] = s.tasks_done;

@@ -23,7 +23,7 @@ from . import _core
 from . import Store, _Pickler, InvalidArgument, NotFound
 from .errors import BY_CODE
 
-_BACKENDS = {"spawn": 0, "threads": 2}
+_BACKENDS = {"spawn": 0, "fork": 1, "threads": 2}
 _MAIN_NAME = "zcstore.python.main"  # the bound name of the workers' start-up data
 _WORKER_CODE = "from zcstore.pool_worker import main; main()"
 
@@ -223,8 +223,12 @@ class Pool(concurrent.futures.Executor):
     """An executor whose workers attach shared objects without copying.
 
     ``workers``: how many (None: the CPUs). ``backend``: "spawn" (fresh
-    Python processes, the default) or "threads" (threads of this process,
-    for comparisons). ``initializer(*initargs)`` runs once in each worker
+    Python processes, the default), "fork" (children forked from this
+    process: they start in milliseconds and inherit its memory copy-on-write,
+    its modules and globals as they are when each worker is forked; the
+    same caveats as os.fork in a process with threads) or "threads"
+    (threads of this process, for comparisons). ``initializer(*initargs)``
+    runs once in each worker
     before its first task (and in a replacement worker). A task whose
     worker dies is retried ``max_retries`` times, then fails with
     WorkerCrashed; one running longer than ``task_timeout`` seconds is
@@ -252,13 +256,14 @@ class Pool(concurrent.futures.Executor):
         self._log = log
         self.log_lines_dropped = 0
         self._timeout_ms = int((task_timeout or 0) * 1000)
+        from .pool_worker import Runner, fork_child_init
         if backend == "threads":
-            from .pool_worker import Runner
-            _core.set_runner(Runner(None).run)
+            _core.set_runner(Runner().run)
+        fork_runner = Runner(None, initializer, tuple(initargs)).run if backend == "fork" else None
         self._core = _core.Pool.create(
             workers, _BACKENDS[backend], sys.executable, ["-c", _WORKER_CODE],
             int(store_capacity), int(max_retries), self._timeout_ms,
-            int(start_timeout * 1000))
+            int(start_timeout * 1000), fork_runner, fork_child_init)
         self._store = Store.open_fd(self._core.store_fd)
         prepare = multiprocessing.spawn.get_preparation_data("zcstore-worker")
         prepare.pop("authkey", None)  # multiprocessing's own secret: not ours to pass on

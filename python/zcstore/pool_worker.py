@@ -3,7 +3,9 @@
 A spawned worker is ``python3 -c "from zcstore.pool_worker import main;
 main()" --zcstore-worker ...``: main() opens the pool's store (the
 descriptor the pool passed down) and enters the C++ worker loop, which calls
-Runner.run for each task with the GIL held.
+Runner.run for each task with the GIL held. A forked worker (the fork
+backend) starts in fork_child_init, run by the C++ pool in the new child
+before its loop, and runs the Runner its parent made.
 """
 import logging
 import multiprocessing.spawn
@@ -13,24 +15,31 @@ from . import Store, _core
 from .pool import _MAIN_NAME, dumps, exception_payload, loads, record_line
 
 STORE_FD = 4  # where the pool puts its store's descriptor (pool/pool_internal.h)
+_store = None  # a forked worker's handle on the pool's store
 
 
 class Runner:
     """Runs pickled calls: (fn, args, kwargs) in, (ok, value) out."""
 
-    def __init__(self, store):
-        self._store = store        # None in the threads backend: nothing to prepare
-        self._ready = store is None
+    def __init__(self, store=None, initializer=None, initargs=()):
+        # A spawned worker reads its start-up data from the pool's store;
+        # a forked one (or a thread) has its parent's everything already
+        # and runs just the initializer (a forked one: once in each worker).
+        self._store = store
+        self._initializer, self._initargs = initializer, initargs
+        self._ready = store is None and initializer is None
 
     def _prepare(self):
-        # What multiprocessing's spawn does for its children: the parent's
-        # sys.path and its __main__ (as __mp_main__), so functions defined in
-        # the script resolve; then the pool's initializer.
-        start = self._store.get(self._store.lookup(_MAIN_NAME))
-        logging.getLogger().setLevel(start["log_level"])
-        multiprocessing.spawn.prepare(start["prepare"])
-        if start["initializer"] is not None:
-            start["initializer"](*start["initargs"])
+        if self._store is not None:
+            # What multiprocessing's spawn does for its children: the parent's
+            # sys.path and its __main__ (as __mp_main__), so functions defined in
+            # the script resolve; then the pool's initializer.
+            start = self._store.get(self._store.lookup(_MAIN_NAME))
+            logging.getLogger().setLevel(start["log_level"])
+            multiprocessing.spawn.prepare(start["prepare"])
+            self._initializer, self._initargs = start["initializer"], start["initargs"]
+        if self._initializer is not None:
+            self._initializer(*self._initargs)
         self._ready = True
 
     def run(self, stream, buffers):
@@ -58,12 +67,33 @@ class _RecordHandler(logging.Handler):
             self.handleError(record)
 
 
-def main():
-    # Lines reach the parent as they are written, not when a buffer fills.
-    sys.stdout.reconfigure(line_buffering=True)
-    sys.stderr.reconfigure(line_buffering=True)
+def _worker_output():
+    # Lines reach the parent as they are written, not when a buffer fills;
+    # logging records travel whole, to be handled by the parent's logging.
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     handler = _RecordHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logging.getLogger().addHandler(handler)
+    logging.getLogger().handlers[:] = [handler]
+
+
+def fork_child_init(store_fd):
+    """A forked worker's start: its stdout and stderr are the pool's log
+    pipe now, and its root logger's handlers (the parent's, inherited)
+    give way to the one that sends records to the parent (sys.stdout and
+    sys.stderr are made anew on those descriptors). It opens the
+    pool's store (``store_fd``), so that handles of shared objects resolve."""
+    # sys.stdout and sys.stderr may be other files in the parent (a test
+    # runner's capture, a redirection): a worker's go to the log pipe.
+    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    _worker_output()
+    global _store
+    _store = Store.open_fd(store_fd, read_only=True)
+
+
+def main():
+    _worker_output()
     store = Store.open_fd(STORE_FD, read_only=True)
     sys.exit(_core.run_worker(sys.argv, Runner(store).run))

@@ -9,12 +9,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -123,6 +125,11 @@ ZCSTORE_TASK("write_shared", WriteShared);
 
 int Pid(TaskContext&, const int&) { return getpid(); }
 ZCSTORE_TASK("pid", Pid);
+
+// Set by the fork hooks' child hook, in the worker only.
+int fork_child_mark = 0;
+int ForkChildMark(TaskContext&, const int&) { return fork_child_mark; }
+ZCSTORE_TASK("fork_child_mark", ForkChildMark);
 
 int LogLines(TaskContext& ctx, const int& n) {
   for (int i = 0; i < n; ++i) ctx.Log("line " + std::to_string(i));
@@ -574,6 +581,50 @@ TEST(PoolTest, ThreadsAndForkBackendsRunTheSameTasks) {
     EXPECT_EQ(*r, (std::vector<int>{1, 4, 9}));
     EXPECT_EQ(*pool->Submit<double>("sum_shared", SumArgs{*model, 0, 1000}).Get(), 1000.0);
   }
+}
+
+TEST(PoolTest, ForkHooksRunAroundEachForkOfAWorker) {
+  std::atomic<int> prepared{0}, parented{0};
+  std::mutex mu;
+  std::vector<std::string> lines;
+  PoolOptions o = Small(2);
+  o.backend = PoolOptions::Backend::kFork;
+  o.fork_hooks.prepare = [&] {
+    ++prepared;
+    return Status::OK();
+  };
+  o.fork_hooks.parent = [&] { ++parented; };
+  o.fork_hooks.child = [](int store_fd) {
+    auto store = Store::OpenFd(store_fd);  // the pool's store, open in the child
+    fork_child_mark = store.ok() ? 7 : 1;
+    std::printf("child hook ran\n");  // stdout is already the log pipe
+    std::fflush(stdout);
+  };
+  o.log_sink = [&](int, std::string_view line) {
+    std::lock_guard<std::mutex> lock(mu);
+    lines.emplace_back(line);
+  };
+  {
+    auto pool = MakePool(o);
+    ASSERT_TRUE(pool);
+    auto marks = pool->Broadcast<int>("fork_child_mark", 0);
+    ASSERT_TRUE(marks.ok()) << marks.status().ToString();
+    for (auto& m : *marks) EXPECT_EQ(*m, 7);
+    EXPECT_EQ(fork_child_mark, 0);  // the parent's own is untouched
+    EXPECT_EQ(prepared.load(), 2);
+    EXPECT_EQ(parented.load(), 2);
+  }
+  EXPECT_EQ(std::count(lines.begin(), lines.end(), "child hook ran"), 2);
+
+  // A prepare hook that refuses: no worker is forked, Create says why.
+  o.fork_hooks.prepare = [] { return Cancelled("the runtime is shutting down"); };
+  parented = 0;
+  auto refused = Pool::Create(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kCancelled);
+  EXPECT_NE(refused.status().message().find("shutting down"), std::string::npos);
+  EXPECT_EQ(parented.load(), 0);
+  EXPECT_TRUE(DescendantsOf(getpid()).empty());
 }
 
 TEST(PoolTest, MapWithContextMergesUpdatesInOrder) {

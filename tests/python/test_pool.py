@@ -1,8 +1,10 @@
 """zcstore.Pool with real worker processes: results, shared objects,
-exceptions, dead and stuck workers, functions that cannot travel."""
+exceptions, dead and stuck workers, functions that cannot travel; each
+with spawned and with forked workers."""
 import concurrent.futures
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 import zcstore
 
 TIMEOUT = 60
+PROCESSES = ["spawn", "fork"]
 
 
 def square(x):
@@ -65,9 +68,9 @@ def read_flag(_):
     return globals().get("FLAG")
 
 
-@pytest.fixture(scope="module")
-def pool():
-    with zcstore.Pool(2, initializer=set_flag) as p:
+@pytest.fixture(scope="module", params=PROCESSES)
+def pool(request):
+    with zcstore.Pool(2, backend=request.param, initializer=set_flag) as p:
         yield p
 
 
@@ -132,8 +135,9 @@ def threading_lock():
     return threading.Lock()
 
 
-def test_a_killed_worker_fails_its_task_only_and_is_replaced():
-    with zcstore.Pool(2) as pool:
+@pytest.mark.parametrize("backend", PROCESSES)
+def test_a_killed_worker_fails_its_task_only_and_is_replaced(backend):
+    with zcstore.Pool(2, backend=backend) as pool:
         fs = [pool.submit(die_on, i, 3) for i in range(8)]
         with pytest.raises(zcstore.WorkerCrashed) as e:
             fs[3].result(TIMEOUT)
@@ -143,15 +147,17 @@ def test_a_killed_worker_fails_its_task_only_and_is_replaced():
         assert pool.stats()["workers_replaced"] >= 1
 
 
-def test_a_crashed_task_is_retried_when_asked():
-    with zcstore.Pool(1, max_retries=1) as pool:
+@pytest.mark.parametrize("backend", PROCESSES)
+def test_a_crashed_task_is_retried_when_asked(backend):
+    with zcstore.Pool(1, backend=backend, max_retries=1) as pool:
         assert pool.submit(die_on, 1, 2).result(TIMEOUT) == 1
         with pytest.raises(zcstore.WorkerCrashed):
             pool.submit(die_on, 2, 2).result(TIMEOUT)
 
 
-def test_a_stuck_task_times_out_and_its_worker_is_replaced():
-    with zcstore.Pool(1, task_timeout=0.5) as pool:
+@pytest.mark.parametrize("backend", PROCESSES)
+def test_a_stuck_task_times_out_and_its_worker_is_replaced(backend):
+    with zcstore.Pool(1, backend=backend, task_timeout=0.5) as pool:
         with pytest.raises(zcstore.Timeout):
             pool.submit(sleep_for, 30).result(TIMEOUT)
         assert pool.submit(sleep_for, 0).result(TIMEOUT) == 0
@@ -203,9 +209,10 @@ def add_to_context(param, context):
     return param * 10
 
 
-def test_output_and_logging_reach_the_parent(caplog):
+@pytest.mark.parametrize("backend", PROCESSES)
+def test_output_and_logging_reach_the_parent(caplog, backend):
     lines = []
-    with zcstore.Pool(1, log=lambda w, line: lines.append((w, line))) as pool:
+    with zcstore.Pool(1, backend=backend, log=lambda w, line: lines.append((w, line))) as pool:
         with caplog.at_level("WARNING"):
             assert pool.submit(chatty, 50).result(TIMEOUT) == 50
             pool.shutdown()  # drains what the worker wrote
@@ -216,7 +223,8 @@ def test_output_and_logging_reach_the_parent(caplog):
     assert record.zcstore_worker == 0
 
 
-def test_a_flooding_worker_neither_blocks_nor_grows_memory():
+@pytest.mark.parametrize("backend", PROCESSES)
+def test_a_flooding_worker_neither_blocks_nor_grows_memory(backend):
     seen = []
 
     def slow_sink(w, line):
@@ -224,7 +232,7 @@ def test_a_flooding_worker_neither_blocks_nor_grows_memory():
             time.sleep(0.5)  # the consumer falls behind: lines must be dropped, not kept
         seen.append(line)
 
-    with zcstore.Pool(1, log=slow_sink) as pool:
+    with zcstore.Pool(1, backend=backend, log=slow_sink) as pool:
         assert pool.submit(flood, 200_000).result(TIMEOUT) == 200_000
         assert pool.submit(square, 3).result(TIMEOUT) == 9
         pool.shutdown()
@@ -253,17 +261,17 @@ def test_map_with_context_applies_the_changes_in_order(pool):
 PARENT = r"""
 import os, sys, time, zcstore
 def pid(_): return os.getpid()
-def nested(path):
-    inner = zcstore.Pool(1)
+def nested(path, backend):
+    inner = zcstore.Pool(1, backend=backend)
     with open(path, "w") as f:
         f.write(str(inner.broadcast(pid, None)[0]))
     time.sleep(600)
 if __name__ == "__main__":
-    out, shape = sys.argv[1], sys.argv[2]
-    pool = zcstore.Pool(2)
+    out, shape, backend = sys.argv[1], sys.argv[2], sys.argv[3]
+    pool = zcstore.Pool(2, backend=backend)
     pids = pool.broadcast(pid, None)
     if shape == "nested":
-        pool.submit(nested, out + ".nested")
+        pool.submit(nested, out + ".nested", backend)
     with open(out + ".tmp", "w") as f:
         f.write(" ".join(map(str, pids)))
     os.rename(out + ".tmp", out)
@@ -288,13 +296,14 @@ def wait_for_file(path, deadline):
     raise AssertionError(f"{path} never appeared")
 
 
+@pytest.mark.parametrize("backend", PROCESSES)
 @pytest.mark.parametrize("shape", ["flat", "nested"])
-def test_killing_the_parent_takes_every_worker_down(tmp_path, shape):
+def test_killing_the_parent_takes_every_worker_down(tmp_path, shape, backend):
     # A nested pool is a task starting a pool of its own: the processes-
     # within-processes case daemonic multiprocessing forbids.
     script, out = tmp_path / "parent.py", str(tmp_path / "pids")
     script.write_text(PARENT)
-    p = subprocess.Popen([sys.executable, str(script), out, shape])
+    p = subprocess.Popen([sys.executable, str(script), out, shape, backend])
     try:
         deadline = time.monotonic() + TIMEOUT
         pids = wait_for_file(out, deadline)
@@ -313,3 +322,58 @@ def test_killing_the_parent_takes_every_worker_down(tmp_path, shape):
         if p.poll() is None:
             p.kill()
         p.wait(TIMEOUT)
+
+
+# ------------------------------------------------------------ the fork backend
+
+INHERITED = None
+
+
+def read_inherited(_):
+    return INHERITED
+
+
+def test_forked_workers_inherit_the_parent_and_a_replacement_is_initialized_again():
+    global INHERITED
+    INHERITED = "from the parent"
+    try:
+        with zcstore.Pool(1, backend="fork", initializer=set_flag) as pool:
+            INHERITED = "changed after the fork"
+            assert pool.submit(read_inherited, 0).result(TIMEOUT) == "from the parent"
+            assert pool.submit(read_flag, 0).result(TIMEOUT) == "initialized"
+            with pytest.raises(zcstore.WorkerCrashed):
+                pool.submit(die_on, 3, 3).result(TIMEOUT)
+            # The replacement is forked now, from the parent as it is now.
+            assert pool.submit(read_inherited, 0).result(TIMEOUT) == "changed after the fork"
+            assert pool.submit(read_flag, 0).result(TIMEOUT) == "initialized"
+        assert globals().get("FLAG") is None  # the initializer ran in the workers only
+    finally:
+        INHERITED = None
+
+
+FORK_OUTPUT = r"""
+import logging, sys, zcstore
+def work(x):
+    logging.getLogger("child").warning("record %d", x)
+    return x
+if __name__ == "__main__":
+    logging.basicConfig(stream=sys.stdout, format="parent-handler %(message)s")
+    sys.stdout.write("buffered before the pool\n")  # a pipe: block-buffered, not yet written
+    with zcstore.Pool(2, backend="fork") as pool:
+        assert list(pool.map(work, range(4), chunksize=1)) == [0, 1, 2, 3]
+"""
+
+
+def test_forked_workers_neither_repeat_the_parents_buffered_output_nor_its_handlers(tmp_path):
+    script = tmp_path / "fork_output.py"
+    script.write_text(FORK_OUTPUT)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=TIMEOUT, env=dict(os.environ, PYTHONUNBUFFERED=""))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("buffered before the pool") == 1, r.stdout
+    assert "buffered before the pool" not in r.stderr, r.stderr  # nor as a worker's line
+    # Each record is handled once, by the parent's handler, tagged with its worker.
+    records = [re.fullmatch(r"parent-handler \[worker [01]\] record (\d)", line)
+               for line in r.stdout.splitlines() if line.startswith("parent-handler")]
+    assert all(records) and sorted(int(m[1]) for m in records) == [0, 1, 2, 3], r.stdout
+    assert "parent-handler" not in r.stderr, r.stderr  # the workers' inherited handler is gone
