@@ -182,15 +182,16 @@ void PoolCore::WakeWorkers(const std::vector<Ring>& rings) {
 
 template <typename Ready>
 bool PoolCore::WaitFor(std::span<Job* const> jobs, std::unique_lock<std::mutex>& lock, Ready ready,
-                       Clock::time_point deadline) {
+                       Clock::time_point deadline, int spin_us) {
   if (ready()) return true;
   ControlHeader* c = Header(control);
-  if (opts.spin_us > 0) {
+  spin_us = std::max(spin_us, opts.spin_us);
+  if (spin_us > 0) {
     // Poll the rings without the lock, and take it only when an answer is
     // there, or every 64 rounds (another caller may have done our work; the
     // clock is read then too).
     Enter(c->callers_spinning, 1);
-    auto until = std::min(deadline, Clock::now() + std::chrono::microseconds(opts.spin_us));
+    auto until = std::min(deadline, Clock::now() + std::chrono::microseconds(spin_us));
     lock.unlock();
     for (uint32_t round = 1;; ++round) {
       bool answers = AnswersWaiting();
@@ -210,7 +211,7 @@ bool PoolCore::WaitFor(std::span<Job* const> jobs, std::unique_lock<std::mutex>&
     }
   }
   Enter(c->callers_sleeping, 1);
-  if (opts.spin_us > 0) Enter(c->callers_spinning, -1);
+  if (spin_us > 0) Enter(c->callers_spinning, -1);
   while (true) {
     uint32_t seen = c->answer_seq.load(std::memory_order_acquire);
     DrainLocked();
@@ -237,10 +238,12 @@ bool PoolCore::WaitFor(std::span<Job* const> jobs, std::unique_lock<std::mutex>&
   return ready();
 }
 
-bool WaitJobUntil(PoolCore* core, Job& job, std::chrono::steady_clock::time_point deadline) {
+bool WaitJobUntil(PoolCore* core, Job& job, std::chrono::steady_clock::time_point deadline,
+                  int spin_us) {
   std::unique_lock<std::mutex> lock(core->mu);
   Job* one[] = {&job};
-  return core->WaitFor(std::span<Job* const>(one), lock, [&] { return job.done == job.n; }, deadline);
+  return core->WaitFor(std::span<Job* const>(one), lock, [&] { return job.done == job.n; }, deadline,
+                       spin_us);
 }
 
 size_t WaitAnyJob(PoolCore* core, std::span<Job* const> jobs,

@@ -113,11 +113,11 @@ class PoolCore {
   // Wakes the workers that Dispatch(&rings) sent work to. Does not hold `mu`.
   void WakeWorkers(const std::vector<Ring>& rings);
   // Waits until `ready()` or `deadline`, holding `lock` (on `mu`) except
-  // while asleep; each of `jobs` wakes the caller when it moves. Returns
-  // ready().
+  // while asleep or spinning (the larger of `spin_us` and opts.spin_us
+  // first); each of `jobs` wakes the caller when it moves. Returns ready().
   template <typename Ready>
   bool WaitFor(std::span<Job* const> jobs, std::unique_lock<std::mutex>& lock, Ready ready,
-               Clock::time_point deadline);
+               Clock::time_point deadline, int spin_us = 0);
   Status Spawn(Worker& w);
   void ReadLogs(Worker& w);  // what the pipe holds now; never waits for more
   void DeliverLogs();

@@ -13,11 +13,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -185,6 +187,24 @@ py::tuple Outcome(uint64_t token, Result<PyCall>& r) {
   return py::make_tuple(token, 0, "", py::bytes(call->stream), Exporters(call));
 }
 
+using Clock = std::chrono::steady_clock;
+
+// How long a submitted task waits for a thread to wait for it (WaitOne)
+// before the collector watches it. A round trip (submit, then result())
+// asks within microseconds; a task nobody waits for on its own thread
+// (as_completed, callbacks) is seen at most this much later than it could be.
+constexpr std::chrono::microseconds kWaiterFirst{1000};
+
+// A thread that waits for its task (WaitOne) spins this long first: an
+// answer within it costs no wake-up (tens of microseconds on a VM).
+constexpr std::chrono::microseconds kWaiterSpin{50};
+
+struct Incoming {
+  uint64_t token;
+  Future<PyCall> future;
+  Clock::time_point queued;
+};
+
 class PyPool {
  public:
   PyPool(std::unique_ptr<Pool> pool, std::shared_ptr<LogQueue> logs, py::object keep)
@@ -233,8 +253,8 @@ class PyPool {
     Future<PyCall> f = p.Submit<PyCall>("zcstore.python", call, o);
     std::lock_guard lock(mu_);  // the collector holds it while it cancels
     uint64_t token = ++last_token_;
-    incoming_.emplace_back(token, std::move(f));
-    wake_.notify_one();
+    incoming_.push_back({token, std::move(f), Clock::now()});
+    if (collector_idle_) wake_.notify_one();  // else it wakes for the oldest anyway
     return token;
   }
 
@@ -247,18 +267,30 @@ class PyPool {
       py::gil_scoped_release nogil;
       {
         std::unique_lock lock(mu_);
-        if (pending_.empty() && incoming_.empty()) {
-          wake_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                         [&] { return !incoming_.empty() || !cancels_.empty() || stopping_; });
+        if (pending_.empty()) {
+          // Until a queued task is due to be watched, or one is queued.
+          auto until = Clock::now() + std::chrono::milliseconds(timeout_ms);
+          if (!incoming_.empty()) until = std::min(until, incoming_.front().queued + kWaiterFirst);
+          collector_idle_ = incoming_.empty();
+          wake_.wait_until(lock, until, [&] {
+            return !cancels_.empty() || stopping_ || (collector_idle_ && !incoming_.empty());
+          });
+          collector_idle_ = false;
         }
-        for (auto& [token, f] : incoming_) {
-          tokens_.push_back(token);
-          pending_.push_back(std::move(f));
+        auto due = Clock::now() - kWaiterFirst;
+        size_t taken = 0;
+        while (taken < incoming_.size() && (stopping_ || incoming_[taken].queued <= due)) {
+          tokens_.push_back(incoming_[taken].token);
+          pending_.push_back(std::move(incoming_[taken].future));
+          ++taken;
         }
-        incoming_.clear();
+        incoming_.erase(incoming_.begin(), incoming_.begin() + static_cast<ptrdiff_t>(taken));
         for (uint64_t token : cancels_) {
           for (size_t i = 0; i < tokens_.size(); ++i) {
             if (tokens_[i] == token) pending_[i].Cancel();
+          }
+          for (Incoming& in : incoming_) {
+            if (in.token == token) in.future.Cancel();
           }
         }
         cancels_.clear();
@@ -283,6 +315,55 @@ class PyPool {
     py::list out;
     for (auto& [token, r] : done) out.append(Outcome(token, r));
     return out;
+  }
+
+  // Waits for task `token` on this thread, so that its answer wakes this
+  // thread directly, not the collector and then this one: takes the task
+  // from the collector's queue if it is still there. Returns its Outcome;
+  // None if the collector has it already (or it is done), or it did not
+  // finish within timeout_ms (< 0: no limit; it is then handed back).
+  py::object WaitOne(uint64_t token, int64_t timeout_ms) {
+    std::optional<Future<PyCall>> f;
+    Result<PyCall> r = Cancelled("");
+    {
+      py::gil_scoped_release nogil;
+      {
+        std::lock_guard lock(mu_);
+        for (size_t i = 0; i < incoming_.size(); ++i) {
+          if (incoming_[i].token != token) continue;
+          f.emplace(std::move(incoming_[i].future));
+          incoming_.erase(incoming_.begin() + static_cast<ptrdiff_t>(i));
+          break;
+        }
+      }
+      auto deadline = timeout_ms < 0 ? std::chrono::steady_clock::time_point::max()
+                                     : std::chrono::steady_clock::now() +
+                                           std::chrono::milliseconds(timeout_ms);
+      // In slices, so that a cancel meanwhile (which the collector would
+      // otherwise apply) reaches the task.
+      while (f && !f->WaitFor(std::chrono::milliseconds(std::clamp<int64_t>(
+                                  std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      deadline - std::chrono::steady_clock::now())
+                                      .count(),
+                                  0, 50)),
+                              kWaiterSpin)) {
+        std::lock_guard lock(mu_);
+        if (auto c = std::find(cancels_.begin(), cancels_.end(), token); c != cancels_.end()) {
+          cancels_.erase(c);
+          f->Cancel();
+        }
+        if (std::chrono::steady_clock::now() >= deadline) {
+          // Back to the collector, to be watched at once (queued long ago).
+          incoming_.insert(incoming_.begin(), {token, std::move(*f), Clock::time_point::min()});
+          wake_.notify_one();
+          f.reset();
+          break;
+        }
+      }
+      if (f) r = f->Get();
+    }
+    if (!f) return py::none();
+    return Outcome(token, r);
   }
 
   // Runs the call once on every worker; an Outcome per worker (token 0).
@@ -311,7 +392,7 @@ class PyPool {
   void Shutdown() {
     py::gil_scoped_release nogil;
     std::unique_ptr<Pool> p;
-    std::vector<std::pair<uint64_t, Future<PyCall>>> incoming;
+    std::deque<Incoming> incoming;
     std::vector<Future<PyCall>> pending;
     {
       std::lock_guard lock(mu_);
@@ -335,7 +416,11 @@ class PyPool {
   std::condition_variable wake_;
   bool stopping_ = false;
   uint64_t last_token_ = 0;
-  std::vector<std::pair<uint64_t, Future<PyCall>>> incoming_;
+  // Submitted tasks, oldest first, not yet watched by the collector: for
+  // kWaiterFirst a thread that waits for one (WaitOne) takes it from here
+  // and is woken by its answer directly; then the collector watches it.
+  std::deque<Incoming> incoming_;
+  bool collector_idle_ = false;  // the collector waits for a task to be queued
   std::vector<Future<PyCall>> pending_;  // the collector's own
   std::vector<uint64_t> tokens_;
   std::vector<uint64_t> cancels_;
@@ -379,6 +464,7 @@ void RegisterPool(py::module_& m) {
       .def_property_readonly("store_fd", [](PyPool& p) { return p.pool().store().fd(); })
       .def("submit", &PyPool::Submit)
       .def("wait", &PyPool::Wait)
+      .def("wait_one", &PyPool::WaitOne)
       .def("cancel", &PyPool::Cancel)
       .def("shutdown", &PyPool::Shutdown)
       .def("take_logs", &PyPool::TakeLogs)

@@ -118,8 +118,9 @@ def exception_payload(e):
         return RuntimeError(f"{type(e).__name__}: {e}"), tb
 
 
-def call_chunk(fn, chunk):
-    return [fn(*args) for args in chunk]
+def call_chunk(fn, columns):
+    """fn over a chunk of map's calls, given as one list per iterable."""
+    return list(map(fn, *columns))
 
 
 def call_with_context(fn, param, context):
@@ -214,6 +215,29 @@ def _results(values, futures, bar):
             f.cancel()
         if bar is not None:
             bar.close()
+
+
+class _Future(concurrent.futures.Future):
+    """A concurrent.futures.Future whose result() and exception() wait for
+    the task on the calling thread: the worker's answer wakes that thread
+    directly rather than the pool's collector first."""
+
+    def __init__(self, pool, token):
+        super().__init__()
+        self._pool, self._token = pool, token
+
+    def _wait_here(self, timeout):
+        if self.done():
+            return timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._pool._wait_one(self, timeout)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def result(self, timeout=None):
+        return super().result(self._wait_here(timeout))
+
+    def exception(self, timeout=None):
+        return super().exception(self._wait_here(timeout))
 
 
 _pools = weakref.WeakSet()
@@ -321,25 +345,30 @@ class Pool(concurrent.futures.Executor):
                 f"{getattr(fn, '__qualname__', fn)!r} or its arguments cannot be sent to a "
                 f"worker: {e} (a worker imports functions by module and name: define it at "
                 "module level, or install python3-cloudpickle for lambdas and closures)") from e
-        future = concurrent.futures.Future()
         with self._lock:
             token = self._core.submit(stream, buffers, self._timeout_ms)
-            self._futures[token] = future
+            future = self._futures[token] = _Future(self, token)
         stream.release()
         future.add_done_callback(lambda f, t=token: f.cancelled() and self._cancel(t, f))
         return future
 
     def _chunks(self, fn, iterables, chunksize, progress):
-        items = list(zip(*iterables))
+        # A chunk travels as one list per iterable (cheaper to pickle than
+        # a tuple per call), cut to the shortest, as zip and map do.
+        columns = [list(it) for it in iterables]
+        n = min(map(len, columns), default=0)
         if chunksize is None:  # about four per worker, small enough for a quick first result
-            chunksize = max(1, min(-(-len(items) // (4 * self.workers)), 1024))
-        chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
-        bar = _progress(self._progress_setting if progress is None else progress, len(items))
+            chunksize = max(1, min(-(-n // (4 * self.workers)), 1024))
+        chunksize = int(chunksize)
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        bar = _progress(self._progress_setting if progress is None else progress, n)
         futures = []
-        for chunk in chunks:
-            f = self.submit(call_chunk, fn, chunk)
+        for i in range(0, n, chunksize):
+            k = min(chunksize, n - i)
+            f = self.submit(call_chunk, fn, [c[i:i + k] for c in columns])
             if bar is not None:
-                f.add_done_callback(lambda _, n=len(chunk): bar.update(n))
+                f.add_done_callback(lambda _, k=k: bar.update(k))
             futures.append(f)
         return futures, bar
 
@@ -411,6 +440,11 @@ class Pool(concurrent.futures.Executor):
             if not self._stop:
                 self._core.cancel(token)
 
+    def _wait_one(self, future, timeout):
+        outcome = self._core.wait_one(future._token, -1 if timeout is None else int(timeout * 1000))
+        if outcome is not None:
+            self._settle(*outcome)
+
     def _close(self):
         with self._lock:
             if self._stop:
@@ -455,17 +489,22 @@ class Pool(concurrent.futures.Executor):
                 if self._stop:
                     self._emit_logs()
                     return
-            for token, code, message, stream, buffers in self._core.wait(50):
-                with self._lock:
-                    future = self._futures.pop(token, None)
-                if future is None or not future.set_running_or_notify_cancel():
-                    continue
-                ok, value = self._outcome(code, message, stream, buffers)
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+            for outcome in self._core.wait(50):
+                self._settle(*outcome)
             self._emit_logs()
+
+    def _settle(self, token, code, message, stream, buffers):
+        # A finished task onto its future (by the collector, or the thread
+        # that waited for it), unless it was cancelled meanwhile.
+        with self._lock:
+            future = self._futures.pop(token, None)
+        if future is None or not future.set_running_or_notify_cancel():
+            return
+        ok, value = self._outcome(code, message, stream, buffers)
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _shutdown_all():

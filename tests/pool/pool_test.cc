@@ -627,6 +627,19 @@ TEST(PoolTest, ForkHooksRunAroundEachForkOfAWorker) {
   EXPECT_TRUE(DescendantsOf(getpid()).empty());
 }
 
+TEST(PoolTest, AWaitThatSpinsFirstGetsTheAnswerOrTimesOut) {
+  auto pool = MakePool();
+  ASSERT_TRUE(pool);
+  auto quick = pool->Submit<int>("square", 7);
+  EXPECT_TRUE(quick.WaitFor(std::chrono::milliseconds(20000), std::chrono::microseconds(200)));
+  EXPECT_EQ(*quick.Get(), 49);
+  auto slow = pool->Submit<int>("sleep_ms", 300);
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(slow.WaitFor(std::chrono::milliseconds(20), std::chrono::microseconds(5000)));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(250));
+  EXPECT_EQ(*slow.Get(), 300);
+}
+
 TEST(PoolTest, MapWithContextMergesUpdatesInOrder) {
   auto pool = MakePool();
   ASSERT_TRUE(pool);

@@ -86,6 +86,46 @@ def test_submit_and_map(pool):
         sorted(i * i for i in range(20))
 
 
+def test_map_takes_the_shortest_iterable_and_checks_chunksize(pool):
+    assert list(pool.map(pow, [2, 3, 4], [1, 2])) == [2, 9]
+    assert list(pool.map(square, [])) == []
+    with pytest.raises(ValueError, match="chunksize"):
+        pool.map(square, range(3), chunksize=0)
+
+
+def test_a_result_that_times_out_is_still_delivered(pool):
+    # result(timeout) waits on the calling thread; on timeout the task goes
+    # back to the pool's collector, which completes it for everyone else.
+    f = pool.submit(sleep_for, 0.3)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        f.result(timeout=0.05)
+    assert f.result(TIMEOUT) == 0.3
+    g = pool.submit(sleep_for, 0.2)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        g.exception(0.01)
+    done, _ = concurrent.futures.wait([g], timeout=TIMEOUT)
+    assert g in done and g.result() == 0.2
+
+
+def test_cancelling_a_future_another_thread_waits_for():
+    import threading
+    with zcstore.Pool(1) as pool:
+        busy = pool.submit(sleep_for, 0.5)
+        in_flight = pool.submit(pid_of, 0)  # already in the worker's queue: it will run
+        queued = pool.submit(pid_of, 0)
+        seen = []
+        waiter = threading.Thread(target=lambda: seen.append(
+            pytest.raises(concurrent.futures.CancelledError, queued.result, TIMEOUT)))
+        waiter.start()
+        time.sleep(0.1)
+        assert queued.cancel()
+        waiter.join(TIMEOUT)
+        assert seen and not waiter.is_alive()
+        assert busy.result(TIMEOUT) == 0.5 and in_flight.result(TIMEOUT) > 0
+        assert pool.submit(square, 4).result(TIMEOUT) == 16
+        assert pool.stats()["tasks_done"] == 3  # the cancelled task never ran
+
+
 def test_initializer_runs_in_each_worker(pool):
     assert set(pool.map(read_flag, range(8), chunksize=1)) == {"initialized"}
 
