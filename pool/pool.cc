@@ -42,13 +42,33 @@ PoolCore::~PoolCore() {
 
 Status PoolCore::Init() {
   n = opts.workers > 0 ? opts.workers : std::max(1u, std::thread::hardware_concurrency());
-  StoreOptions so;
-  so.backing = Backing::kMemfd;
-  so.capacity = opts.store_capacity;
-  so.max_clients = static_cast<uint32_t>(4 * n + 16);
-  auto s = Store::Create("pool", so);
-  if (!s.ok()) return s.status();
-  store = std::make_unique<Store>(std::move(*s));
+  if (opts.store_fd >= 0) {
+    auto s = Store::OpenFd(opts.store_fd);
+    if (!s.ok()) {
+      return Status(s.status().code(),
+                    "PoolOptions::store_fd: not a store this process can open (" +
+                        s.status().message() + ")");
+    }
+    auto st = s->Stats();
+    if (!st.ok()) return st.status();
+    // This handle holds one slot already; each worker takes another (a
+    // replacement reuses its predecessor's once it is reaped).
+    if (st->max_clients - st->clients < static_cast<uint32_t>(n)) {
+      return InvalidArgument("the store of PoolOptions::store_fd has " +
+                             std::to_string(st->max_clients - st->clients) +
+                             " free client slots; " + std::to_string(n) +
+                             " workers need one each (StoreOptions::max_clients)");
+    }
+    store = std::make_unique<Store>(std::move(*s));
+  } else {
+    StoreOptions so;
+    so.backing = Backing::kMemfd;
+    so.capacity = opts.store_capacity;
+    so.max_clients = static_cast<uint32_t>(4 * n + 16);
+    auto s = Store::Create("pool", so);
+    if (!s.ok()) return s.status();
+    store = std::make_unique<Store>(std::move(*s));
+  }
   auto fd = platform::CreateMemoryFile("pool-control");
   if (!fd.ok()) return fd.status();
   control_fd = *fd;

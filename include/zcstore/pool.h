@@ -380,6 +380,14 @@ struct PoolOptions {
   // Storage is reserved as objects claim it, so a large value costs nothing
   // until it is used.
   uint64_t store_capacity = uint64_t{1} << 30;
+  // A store this process has open (Store::fd(), typically of a kMemfd
+  // store) to be the pool's store instead of a new one of store_capacity:
+  // what was built or put in it beforehand is shared with the workers as it
+  // is, no copy. The pool opens a handle of its own (the caller's stays the
+  // caller's), writable, and each worker takes a client slot: the errors of
+  // Store::OpenFd, or InvalidArgument if the store has fewer free slots than
+  // workers. -1: a new store.
+  int store_fd = -1;
   // A task running longer (timed from when its worker starts it, not from
   // when it was queued) is killed with its worker and fails with Timeout;
   // tasks its chunk had finished but not reported run again. 0: no limit.

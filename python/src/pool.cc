@@ -285,15 +285,18 @@ class PyPool {
           ++taken;
         }
         incoming_.erase(incoming_.begin(), incoming_.begin() + static_cast<ptrdiff_t>(taken));
-        for (uint64_t token : cancels_) {
+        // A cancel of a task a thread waits for itself is that thread's to apply.
+        auto kept = std::remove_if(cancels_.begin(), cancels_.end(), [&](uint64_t token) {
+          if (std::find(held_.begin(), held_.end(), token) != held_.end()) return false;
           for (size_t i = 0; i < tokens_.size(); ++i) {
             if (tokens_[i] == token) pending_[i].Cancel();
           }
           for (Incoming& in : incoming_) {
             if (in.token == token) in.future.Cancel();
           }
-        }
-        cancels_.clear();
+          return true;
+        });
+        cancels_.erase(kept, cancels_.end());
       }
       if (!pending_.empty()) {
         // A task submitted meanwhile is seen at the latest after this wait:
@@ -333,6 +336,7 @@ class PyPool {
           if (incoming_[i].token != token) continue;
           f.emplace(std::move(incoming_[i].future));
           incoming_.erase(incoming_.begin() + static_cast<ptrdiff_t>(i));
+          held_.push_back(token);
           break;
         }
       }
@@ -353,6 +357,7 @@ class PyPool {
           f->Cancel();
         }
         if (std::chrono::steady_clock::now() >= deadline) {
+          held_.erase(std::find(held_.begin(), held_.end(), token));
           // Back to the collector, to be watched at once (queued long ago).
           incoming_.insert(incoming_.begin(), {token, std::move(*f), Clock::time_point::min()});
           wake_.notify_one();
@@ -360,7 +365,13 @@ class PyPool {
           break;
         }
       }
-      if (f) r = f->Get();
+      if (f) {
+        r = f->Get();
+        std::lock_guard lock(mu_);
+        held_.erase(std::find(held_.begin(), held_.end(), token));
+        // A cancel that came too late for the task is dropped with it.
+        cancels_.erase(std::remove(cancels_.begin(), cancels_.end(), token), cancels_.end());
+      }
     }
     if (!f) return py::none();
     return Outcome(token, r);
@@ -421,6 +432,7 @@ class PyPool {
   // and is woken by its answer directly; then the collector watches it.
   std::deque<Incoming> incoming_;
   bool collector_idle_ = false;  // the collector waits for a task to be queued
+  std::vector<uint64_t> held_;   // tasks threads wait for themselves (WaitOne)
   std::vector<Future<PyCall>> pending_;  // the collector's own
   std::vector<uint64_t> tokens_;
   std::vector<uint64_t> cancels_;
@@ -433,7 +445,7 @@ void RegisterPool(py::module_& m) {
       .def_static(
           "create",
           [](int workers, int backend, std::string executable, std::vector<std::string> args,
-             uint64_t store_capacity, int max_retries, int64_t task_timeout_ms,
+             uint64_t store_capacity, int store_fd, int max_retries, int64_t task_timeout_ms,
              int64_t start_timeout_ms, py::object fork_runner, py::object fork_init) {
             PoolOptions o;
             o.workers = workers;
@@ -441,6 +453,7 @@ void RegisterPool(py::module_& m) {
             o.worker_executable = std::move(executable);
             o.worker_args = std::move(args);
             o.store_capacity = store_capacity;
+            o.store_fd = store_fd;
             o.max_retries = max_retries;
             o.task_timeout = std::chrono::milliseconds(task_timeout_ms);
             o.start_timeout = std::chrono::milliseconds(start_timeout_ms);

@@ -24,8 +24,10 @@ from . import Store, _Pickler, InvalidArgument, NotFound
 from .errors import BY_CODE
 
 _BACKENDS = {"spawn": 0, "fork": 1, "threads": 2}
-_MAIN_NAME = "zcstore.python.main"  # the bound name of the workers' start-up data
-_WORKER_CODE = "from zcstore.pool_worker import main; main()"
+# A spawned worker runs _WORKER_CODE with the bound name of its pool's
+# start-up data (unique: a pool may work in a store that others use too).
+_MAIN_NAME = "zcstore.python.main."
+_WORKER_CODE = "from zcstore.pool_worker import main; main({!r})"
 
 try:  # lambdas and closures, where Debian's python3-cloudpickle is installed
     import cloudpickle as _cloudpickle
@@ -258,7 +260,11 @@ class Pool(concurrent.futures.Executor):
     WorkerCrashed; one running longer than ``task_timeout`` seconds is
     killed with its worker and fails with Timeout. ``store_capacity``: bytes
     of the pool's store (shared objects, large arguments and results),
-    reserved as they are used. ``progress``: map's progress bar (tqdm if
+    reserved as they are used. ``store``: a memfd Store of the caller's to
+    work in instead (store_capacity is then unused): arrays built in it
+    with ``store.empty`` before the pool starts are shared by ``share``
+    without a copy; it stays open, and the caller's, after the pool
+    (keep it open while the pool runs). ``progress``: map's progress bar (tqdm if
     importable, else a built-in one; only on a terminal), False for none,
     or a callable(done, total). ``log``: a callable(worker, line) for the
     workers' output lines; by default they go to stderr as "[worker N]
@@ -268,7 +274,7 @@ class Pool(concurrent.futures.Executor):
 
     def __init__(self, workers=None, backend="spawn", initializer=None, initargs=(),
                  max_retries=0, task_timeout=None, store_capacity=1 << 30,
-                 start_timeout=20.0, progress=True, log=None):
+                 store=None, start_timeout=20.0, progress=True, log=None):
         if backend not in _BACKENDS:
             raise InvalidArgument(
                 f"backend must be one of {sorted(_BACKENDS)}, not {backend!r}")
@@ -283,15 +289,22 @@ class Pool(concurrent.futures.Executor):
         from .pool_worker import Runner, fork_child_init
         if backend == "threads":
             _core.set_runner(Runner().run)
+        if store is not None and (not isinstance(store, Store) or store.closed):
+            raise InvalidArgument(f"store must be an open zcstore.Store, not {store!r}")
+        main_name = _MAIN_NAME + os.urandom(8).hex()
         fork_runner = Runner(None, initializer, tuple(initargs)).run if backend == "fork" else None
         self._core = _core.Pool.create(
-            workers, _BACKENDS[backend], sys.executable, ["-c", _WORKER_CODE],
-            int(store_capacity), int(max_retries), self._timeout_ms,
-            int(start_timeout * 1000), fork_runner, fork_child_init)
-        self._store = Store.open_fd(self._core.store_fd)
+            workers, _BACKENDS[backend], sys.executable, ["-c", _WORKER_CODE.format(main_name)],
+            int(store_capacity), -1 if store is None else store.fd, int(max_retries),
+            self._timeout_ms, int(start_timeout * 1000), fork_runner, fork_child_init)
+        # Put through the caller's handle, arrays it made with empty() are
+        # adopted, not copied.
+        self._own_store = store is None
+        self._store = Store.open_fd(self._core.store_fd) if store is None else store
         prepare = multiprocessing.spawn.get_preparation_data("zcstore-worker")
         prepare.pop("authkey", None)  # multiprocessing's own secret: not ours to pass on
-        self._store.bind(_MAIN_NAME, self._store.put({
+        self._main_name = main_name
+        self._store.bind(main_name, self._store.put({
             "prepare": prepare,
             "initializer": initializer, "initargs": tuple(initargs),
             "log_level": logging.getLogger().getEffectiveLevel()}))
@@ -451,8 +464,15 @@ class Pool(concurrent.futures.Executor):
                 return
             self._stop = True
         self._collector.join()
-        self._store.close()
         self._core.shutdown()
+        if self._own_store:
+            self._store.close()
+        elif not self._store.closed:  # the caller's store: take back what the pool put there
+            try:
+                self._store.delete(self._store.lookup(self._main_name))
+                self._store.unbind(self._main_name)
+            except NotFound:
+                pass
 
     # --- the collector thread: finished tasks onto their futures
 

@@ -12,7 +12,7 @@ import multiprocessing.spawn
 import sys
 
 from . import Store, _core
-from .pool import _MAIN_NAME, dumps, exception_payload, loads, record_line
+from .pool import dumps, exception_payload, loads, record_line
 
 STORE_FD = 4  # where the pool puts its store's descriptor (pool/pool_internal.h)
 _store = None  # a forked worker's handle on the pool's store
@@ -21,11 +21,11 @@ _store = None  # a forked worker's handle on the pool's store
 class Runner:
     """Runs pickled calls: (fn, args, kwargs) in, (ok, value) out."""
 
-    def __init__(self, store=None, initializer=None, initargs=()):
+    def __init__(self, store=None, initializer=None, initargs=(), main_name=None):
         # A spawned worker reads its start-up data from the pool's store;
         # a forked one (or a thread) has its parent's everything already
         # and runs just the initializer (a forked one: once in each worker).
-        self._store = store
+        self._store, self._main_name = store, main_name
         self._initializer, self._initargs = initializer, initargs
         self._ready = store is None and initializer is None
 
@@ -34,7 +34,7 @@ class Runner:
             # What multiprocessing's spawn does for its children: the parent's
             # sys.path and its __main__ (as __mp_main__), so functions defined in
             # the script resolve; then the pool's initializer.
-            start = self._store.get(self._store.lookup(_MAIN_NAME))
+            start = self._store.get(self._store.lookup(self._main_name))
             logging.getLogger().setLevel(start["log_level"])
             multiprocessing.spawn.prepare(start["prepare"])
             self._initializer, self._initargs = start["initializer"], start["initargs"]
@@ -93,7 +93,8 @@ def fork_child_init(store_fd):
     _store = Store.open_fd(store_fd, read_only=True)
 
 
-def main():
+def main(main_name):
+    """A spawned worker; ``main_name``: where its pool bound its start-up data."""
     _worker_output()
     store = Store.open_fd(STORE_FD, read_only=True)
-    sys.exit(_core.run_worker(sys.argv, Runner(store).run))
+    sys.exit(_core.run_worker(sys.argv, Runner(store, main_name=main_name).run))

@@ -640,6 +640,49 @@ TEST(PoolTest, AWaitThatSpinsFirstGetsTheAnswerOrTimesOut) {
   EXPECT_EQ(*slow.Get(), 300);
 }
 
+// A model put in a store of the caller's before the pool starts is shared
+// with the workers as it is: the pool works in that store.
+TEST(PoolTest, APoolCanWorkInAStoreItIsGiven) {
+  StoreOptions so;
+  so.backing = Backing::kMemfd;
+  so.capacity = 64 << 20;
+  auto store = Store::Create("", so);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  auto id = store->Put(SharedModel(1000));
+  ASSERT_TRUE(id.ok());
+  uint64_t used = store->Stats()->used;
+  {
+    PoolOptions o = Small(2);
+    o.store_fd = store->fd();
+    auto pool = MakePool(o);
+    ASSERT_TRUE(pool);
+    EXPECT_EQ(*pool->Submit<double>("sum_shared", SumArgs{Shared<Model>{*id}, 0, 1000}).Get(),
+              1000.0);
+    EXPECT_EQ(pool->store().Stats()->used, used);  // nothing was copied in
+  }
+  EXPECT_TRUE(store->Contains(*id));  // the caller's store and object outlive the pool
+
+  PoolOptions bad = Small(2);
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  bad.store_fd = pipe_fds[0];
+  auto refused = Pool::Create(bad);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("store_fd"), std::string::npos)
+      << refused.status().message();
+  close(pipe_fds[0]);
+  close(pipe_fds[1]);
+
+  so.max_clients = 2;  // the caller's handle and the pool's: no room for workers
+  auto cramped = Store::Create("", so);
+  ASSERT_TRUE(cramped.ok());
+  bad.store_fd = cramped->fd();
+  auto full = Pool::Create(bad);
+  EXPECT_EQ(full.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(full.status().message().find("free client slots"), std::string::npos)
+      << full.status().message();
+}
+
 TEST(PoolTest, MapWithContextMergesUpdatesInOrder) {
   auto pool = MakePool();
   ASSERT_TRUE(pool);

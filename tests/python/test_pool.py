@@ -203,6 +203,22 @@ def test_a_stuck_task_times_out_and_its_worker_is_replaced(backend):
         assert pool.submit(sleep_for, 0).result(TIMEOUT) == 0
 
 
+@pytest.mark.parametrize("backend", PROCESSES)
+def test_a_pool_works_in_a_store_it_is_given(backend):
+    with zcstore.Store.create(backing="memfd", capacity=64 << 20) as store:
+        w = store.empty((1 << 20,), np.float32)
+        w[:] = 1
+        used = store.stats().used
+        with zcstore.Pool(2, backend=backend, store=store) as pool:
+            shared = pool.share({"W": w})  # built in the pool's store: adopted, not copied
+            assert store.stats().used - used < (64 << 10)
+            assert pool.submit(total, shared, 1).result(TIMEOUT) == float(1 << 20) + 1
+        assert not store.closed and not store.names()  # the pool's start-up data is gone
+        assert store.get(shared.ref)["W"][0] == 1  # the shared object stays the caller's
+    with pytest.raises(zcstore.InvalidArgument):
+        zcstore.Pool(1, store="not a store")
+
+
 def test_threads_backend_runs_the_same_tasks():
     with zcstore.Pool(2, backend="threads") as pool:
         shared = pool.share({"W": np.ones(10, np.float32)})
