@@ -3,17 +3,26 @@
 For each model size and worker count, each system starts its workers with
 the model, runs N tasks (each scores one user against 100 random items of
 the model), and reports:
-  first_s   from starting the pool to the first result (what a user waits)
+  first_s   from starting the pool to the answer of one task (what a user
+            waits before anything comes back)
   copies    copies of the model in memory: the PSS of the whole process
             tree, measured from outside (a sampler thread reading /proc),
             above the same tree's PSS without the model, over the model size
-  tasks/s   throughput of the scoring tasks
+  tasks/s   throughput of a map over the scoring tasks (chunks of 256)
 and, once, trivial tasks (x -> x): throughput with each system's best
 chunksize and one empty task's round trip.
 
-Systems: zcstore (spawn, threads); concurrent.futures.ProcessPoolExecutor
-with the model pickled to an initializer (spawn) and inherited (fork);
-the hand-made multiprocessing.shared_memory + pickle 5 way; joblib (loky).
+Systems: zcstore (spawn, fork, threads), each with the model built in a
+memfd store and the pool started over that store (Pool(store=...)), so
+share() adopts it; concurrent.futures.ProcessPoolExecutor with the model
+pickled to an initializer (spawn) and inherited (fork); the hand-made
+multiprocessing.shared_memory + pickle 5 way; joblib (loky). Every system
+builds its model the same way (the same generator, the same values) before
+its clock starts, each in the memory it is used from.
+
+A system is skipped at a model size where its expected peak memory (its
+copies of the model, from the table's figures) would not fit in this
+machine's available memory; its row says so.
 
 Run:  make compare   (writes bench/results/compare.md and compare_*.png)
       python3 bench/python/compare.py --sizes 64,256 --workers 2 --tasks 2000
@@ -37,12 +46,19 @@ DIMS, USERS = 64, 1000
 MIB = 1 << 20
 
 
-def make_model(mib):
-    items = (mib * MIB) // (DIMS * 4)
+def make_model(mib, store=None):
+    """The model: on the heap, or (store) built in place in a zcstore store."""
+    items = max(1, (mib * MIB) // (DIMS * 4))  # 0 MiB: the one-item baseline model
     rng = np.random.default_rng(1)
-    return {"items": items,
-            "item_factors": rng.random((items, DIMS), np.float32),
-            "user_factors": rng.random((USERS, DIMS), np.float32)}
+
+    def array(shape):
+        if store is None:
+            return rng.random(shape, np.float32)
+        a = store.empty(shape, np.float32)
+        rng.random(shape, np.float32, out=a)
+        return a
+    return {"items": items, "item_factors": array((items, DIMS)),
+            "user_factors": array((USERS, DIMS))}
 
 
 def best_item(model, user, seed):
@@ -102,6 +118,22 @@ def tree_pss(root):
     return total
 
 
+def steady_tree_pss(root, tries=5):
+    """tree_pss, read twice in a row until the readings agree within 2%.
+
+    The processes are read one after another, so a page that gains a mapper
+    between two reads is counted whole in the first process and again in
+    part in the next: while workers are mapping the model (at their start)
+    one reading can overstate the tree by a tenth or more. Readings that
+    agree were not taken in such a moment; when none agree, the smaller."""
+    for _ in range(tries):
+        a, b = tree_pss(root), tree_pss(root)
+        if abs(a - b) <= 0.02 * max(a, b):
+            return max(a, b)
+        time.sleep(0.005)
+    return min(a, b)
+
+
 class Sampler:
     """The highest PSS of this process tree while running (every 50 ms)."""
 
@@ -111,7 +143,7 @@ class Sampler:
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_pss(os.getpid()))
+            self.peak = max(self.peak, steady_tree_pss(os.getpid()))
             self._stop.wait(0.05)
 
     def __enter__(self):
@@ -121,30 +153,46 @@ class Sampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, tree_pss(os.getpid()))
+        self.peak = max(self.peak, steady_tree_pss(os.getpid()))
 
 
 # --- one system: start with the model, run the tasks
+#
+# Each returns (first, seconds): first is the time from starting its pool to
+# the answer of one scoring task (what a user waits before anything comes
+# back), seconds the time of the map over every task after it, with the
+# same chunksize for all.
 
-def run_tasks(executor_map, args, first_mark):
-    first = None
-    n = 0
-    for _ in executor_map(*args):
-        if first is None:
-            first = time.perf_counter() - first_mark
-        n += 1
-    return first, n
+CHUNK = 256
+
+
+def run_tasks(t0, submit, map_all, args):
+    submit(*[a[0] for a in args]).result()
+    first = time.perf_counter() - t0
+    t = time.perf_counter()
+    n = sum(1 for _ in map_all(*args))
+    assert n == len(args[0])
+    return first, time.perf_counter() - t
+
+
+class InStore:
+    """A zcstore system's model: built in a memfd store of its own."""
+
+    def __init__(self, mib):
+        self.store = zcstore.Store.create(backing="memfd",
+                                          capacity=mib * MIB + USERS * DIMS * 4 + 256 * MIB)
+        self.model = make_model(mib, self.store)
 
 
 def system_zcstore(backend):
-    def run(model, workers, users, seeds):
+    def run(built, workers, users, seeds):
         t0 = time.perf_counter()
-        with zcstore.Pool(workers, backend=backend, progress=False,
-                          store_capacity=model_bytes(model) + 256 * MIB) as pool:
-            shared = pool.share(model, move=True)  # the caller's copy goes as it is stored
-            first, _ = run_tasks(lambda *a: pool.map(best_item, *a),
-                                 ([shared] * len(users), users, seeds), t0)
-            return first
+        with zcstore.Pool(workers, backend=backend, progress=False, store=built.store) as pool:
+            shared = pool.share(built.model)  # built in the pool's store: adopted, not copied
+            return run_tasks(t0, lambda *a: pool.submit(best_item, *a),
+                             lambda *a: pool.map(best_item, *a, chunksize=CHUNK),
+                             ([shared] * len(users), users, seeds))
+    run.in_store = True
     return run
 
 
@@ -153,20 +201,20 @@ def system_ppe_pickled(model, workers, users, seeds):
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=set_model,
                                                 initargs=(model,)) as ex:
-        first, _ = run_tasks(lambda *a: ex.map(score_global, *a, chunksize=256),
-                             (users, seeds), t0)
-        return first
+        return run_tasks(t0, lambda *a: ex.submit(score_global, *a),
+                         lambda *a: ex.map(score_global, *a, chunksize=CHUNK), (users, seeds))
 
 
 def system_ppe_fork(model, workers, users, seeds):
     set_model(model)  # inherited copy-on-write
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-        first, _ = run_tasks(lambda *a: ex.map(score_global, *a, chunksize=256),
-                             (users, seeds), t0)
-    set_model(None)
-    return first
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+            return run_tasks(t0, lambda *a: ex.submit(score_global, *a),
+                             lambda *a: ex.map(score_global, *a, chunksize=CHUNK), (users, seeds))
+    finally:
+        set_model(None)
 
 
 def system_shared_memory(model, workers, users, seeds):
@@ -186,12 +234,11 @@ def system_shared_memory(model, workers, users, seeds):
         with concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=ctx, initializer=attach_shm,
                 initargs=(seg.name, meta, offsets)) as ex:
-            first, _ = run_tasks(lambda *a: ex.map(score_global, *a, chunksize=256),
-                                 (users, seeds), t0)
+            return run_tasks(t0, lambda *a: ex.submit(score_global, *a),
+                             lambda *a: ex.map(score_global, *a, chunksize=CHUNK), (users, seeds))
     finally:
         seg.close()
         seg.unlink()
-    return first
 
 
 def system_joblib(model, workers, users, seeds):
@@ -199,24 +246,43 @@ def system_joblib(model, workers, users, seeds):
     t0 = time.perf_counter()
     from joblib.externals.loky import get_reusable_executor
     try:
-        with joblib.Parallel(n_jobs=workers, batch_size=256) as par:
+        with joblib.Parallel(n_jobs=workers, batch_size=CHUNK) as par:
             # joblib memory-maps large numpy arguments for its workers by itself.
             out = par(joblib.delayed(best_item)(model, u, s) for u, s in zip(users, seeds))
     finally:
         get_reusable_executor().shutdown(wait=True)  # loky keeps its workers otherwise
     # joblib returns the list at the end: its first result is its last.
     assert len(out) == len(users)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    return wall, wall
 
 
 SYSTEMS = {
     "zcstore spawn": system_zcstore("spawn"),
+    "zcstore fork": system_zcstore("fork"),
     "zcstore threads": system_zcstore("threads"),
     "ProcessPoolExecutor spawn (pickled)": system_ppe_pickled,
     "ProcessPoolExecutor fork": system_ppe_fork,
     "shared_memory + pickle 5": system_shared_memory,
     "joblib (loky)": system_joblib,
 }
+
+
+# Copies of the model each system holds at its peak, for the memory check
+# (from the table's figures, rounded up): the pickling executor one per
+# worker plus the parent's and the pickle's; the hand-made way the caller's
+# and the segment's; joblib the caller's and its memory map's, and more.
+def expected_copies(name, workers):
+    if name.startswith("zcstore") or name == "ProcessPoolExecutor fork":
+        return 1.2
+    if name == "ProcessPoolExecutor spawn (pickled)":
+        return workers + 3
+    return 3.0
+
+
+def available_bytes():
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
 
 
 def model_bytes(model):
@@ -226,6 +292,11 @@ def model_bytes(model):
 def measure(name, mib, workers, tasks):
     """Runs one system in a fresh child process, so each starts from the
     same memory and leaves nothing behind for the next."""
+    need = expected_copies(name, workers) * mib * MIB + (2 << 30)
+    if need > available_bytes():
+        return {"system": name, "model_mib": mib, "workers": workers,
+                "error": f"skipped: needs about {need / 2**30:.0f} GiB, "
+                         f"{available_bytes() / 2**30:.0f} GiB available"}
     ctx = multiprocessing.get_context("fork")
     q = ctx.Queue()
     p = ctx.Process(target=_measure_child, args=(name, mib, workers, tasks, q))
@@ -241,18 +312,16 @@ def _measure_child(name, mib, workers, tasks, q):
         seeds = np.arange(tasks) * 7919 + 1
         # The tree's PSS with the system's workers but no model: the same
         # run on a one-item model.
-        tiny = {"items": 1, "item_factors": np.zeros((1, DIMS), np.float32),
-                "user_factors": np.zeros((USERS, DIMS), np.float32)}
+        system = SYSTEMS[name]
+        in_store = getattr(system, "in_store", False)
         with Sampler() as base:
-            SYSTEMS[name](tiny, workers, users, seeds)
-        model = make_model(mib)
-        mb = model_bytes(model)
+            system(InStore(0) if in_store else make_model(0), workers, users, seeds)
+        model = InStore(mib) if in_store else make_model(mib)
+        mb = model_bytes(model.model if in_store else model)
         with Sampler() as s:
-            t = time.perf_counter()
-            first = SYSTEMS[name](model, workers, users, seeds)
-            wall = time.perf_counter() - t
+            first, seconds = system(model, workers, users, seeds)
         q.put({"system": name, "model_mib": mib, "workers": workers, "tasks": tasks,
-               "first_s": first, "tasks_per_s": tasks / wall,
+               "first_s": first, "tasks_per_s": tasks / seconds,
                "copies": (s.peak - base.peak) / mb})
     except Exception as e:  # reported in the table, not fatal to the run
         q.put({"system": name, "model_mib": mib, "workers": workers, "error": repr(e)})
@@ -267,7 +336,7 @@ def trivial(workers, n):
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
         list(ex.map(identity, range(100)))
         best = 0
-        for cs in (1, 16, 256, 1024):
+        for cs in (1, 16, 256, 1024, 4096):
             t = time.perf_counter()
             list(ex.map(identity, range(n), chunksize=cs))
             best = max(best, n / (time.perf_counter() - t))
@@ -275,7 +344,7 @@ def trivial(workers, n):
     with zcstore.Pool(workers, progress=False) as pool:
         list(pool.map(identity, range(100)))
         best = 0
-        for cs in (None, 256, 1024):
+        for cs in (None, 256, 1024, 4096):
             t = time.perf_counter()
             list(pool.map(identity, range(n), chunksize=cs))
             best = max(best, n / (time.perf_counter() - t))
@@ -339,7 +408,7 @@ def plots(rows, out_dir):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="64,256,1024", help="model sizes in MiB")
+    ap.add_argument("--sizes", default="64,256,1024,4096", help="model sizes in MiB")
     ap.add_argument("--workers", default="2,8")
     ap.add_argument("--tasks", type=int, default=20000)
     ap.add_argument("--trivial", type=int, default=20000)
