@@ -118,9 +118,11 @@ Result<std::unique_ptr<Pool>> Pool::Create(const PoolOptions& options) {
   c.thread = std::thread([&c] { c.Run(); });
   std::unique_lock<std::mutex> lock(c.mu);
   bool in_time = c.started_cv.wait_for(lock, options.start_timeout, [&] {
-    return c.hellos == c.n || !c.start_status.ok() || c.finished;
+    return c.hellos == c.n || (!options.wait_for_all_workers && c.hellos > 0) ||
+           !c.start_status.ok() || c.finished;
   });
   Status st = c.start_status;
+  if (st.ok() && in_time) c.created = true;
   if (st.ok() && !in_time) {
     st = Timeout("only " + std::to_string(c.hellos) + " of " + std::to_string(c.n) +
                  " workers reported in within " + std::to_string(options.start_timeout.count()) +

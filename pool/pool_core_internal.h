@@ -62,6 +62,7 @@ struct Worker {
   bool retired = false;                // died too often too fast: not replaced
   int quick_deaths = 0;                // deaths without an answer, each within restart_window of the last
   Clock::time_point last_death;
+  Clock::time_point spawned;           // when it was last started
   std::vector<ObjectId> pending_detaches;  // Detach messages the ring had no room for
   std::thread thread;                  // kThreads
   std::unique_ptr<WorkerState> state;  // kThreads
@@ -143,6 +144,7 @@ class PoolCore {
   bool stop = false;
   bool finished = false;
   int hellos = 0;
+  bool created = false;  // Create has returned the pool
   Status start_status;
   PoolStats stats;
   std::deque<std::pair<int, std::string>> log_lines;

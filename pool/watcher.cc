@@ -23,6 +23,7 @@ Status PoolCore::Spawn(Worker& w) {
   w.ready = false;
   w.timed_out = false;
   w.partial_line.clear();
+  w.spawned = Clock::now();
   if (opts.backend == PoolOptions::Backend::kThreads) {
     w.state = std::make_unique<WorkerState>();
     auto s = Store::OpenFd(store->fd());
@@ -180,7 +181,7 @@ void PoolCore::HandleDeath(Worker& w) {
   platform::CloseFile(w.log_fd);
   w.pidfd = w.log_fd = -1;
   w.alive = false;
-  bool starting = hellos < n && start_status.ok();
+  bool starting = hellos < n && !created && start_status.ok();
   if (starting && !w.ready) {
     start_status = WorkerCrashed(
         how + " before it reported in (see its log above; does '" + exe +
@@ -383,7 +384,15 @@ void PoolCore::Run() {
                   std::all_of(workers.begin(), workers.end(),
                               [](const Worker& w) { return w.in_flight.empty(); });
       if (stop && idle) break;
-      if (!start_status.ok() && hellos < n) break;
+      if (!start_status.ok() && !created) break;
+      // A worker that never reports in (after Create: a late or a
+      // replacement one) is killed; its death is handled as any other.
+      for (Worker& w : workers) {
+        if (created && w.alive && !w.ready && opts.backend != PoolOptions::Backend::kThreads &&
+            now - w.spawned > opts.start_timeout) {
+          platform::KillProcess(w.pid, SIGKILL);
+        }
+      }
     }
     for (Worker& w : workers) ReadLogs(w);
     DeliverLogs();

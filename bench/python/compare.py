@@ -4,7 +4,8 @@ For each model size and worker count, each system starts its workers with
 the model, runs N tasks (each scores one user against 100 random items of
 the model), and reports:
   first_s   from starting the pool to the answer of one task (what a user
-            waits before anything comes back)
+            waits before anything comes back), in a run of its own, not
+            sampled
   copies    copies of the model in memory: the PSS of the whole process
             tree, measured from outside (a sampler thread reading /proc),
             above the same tree's PSS without the model, over the model size
@@ -135,7 +136,12 @@ def steady_tree_pss(root, tries=5):
 
 
 class Sampler:
-    """The highest PSS of this process tree while running (every 50 ms)."""
+    """The highest PSS of this process tree while running: every 50 ms, or
+    rarer where a reading is slow. The kernel walks every page table of a
+    process to sum its PSS (tens of ms for a few GiB mapped), holding its
+    mmap lock meanwhile: the sampler waits ten times its last reading's
+    time, so that it neither takes a CPU from the system it measures nor
+    stalls it much."""
 
     def __init__(self):
         self.peak, self._stop = 0, threading.Event()
@@ -143,8 +149,9 @@ class Sampler:
 
     def _run(self):
         while not self._stop.is_set():
+            t = time.perf_counter()
             self.peak = max(self.peak, steady_tree_pss(os.getpid()))
-            self._stop.wait(0.05)
+            self._stop.wait(max(0.05, 10 * (time.perf_counter() - t)))
 
     def __enter__(self):
         self._t.start()
@@ -182,13 +189,16 @@ class InStore:
         self.store = zcstore.Store.create(backing="memfd",
                                           capacity=mib * MIB + USERS * DIMS * 4 + 256 * MIB)
         self.model = make_model(mib, self.store)
+        self.ref = None  # once shared: the object, shared again by its ref
 
 
 def system_zcstore(backend):
     def run(built, workers, users, seeds):
         t0 = time.perf_counter()
         with zcstore.Pool(workers, backend=backend, progress=False, store=built.store) as pool:
-            shared = pool.share(built.model)  # built in the pool's store: adopted, not copied
+            # Built in the pool's store: adopted, not copied (then shared by its ref).
+            shared = pool.share(built.ref or built.model)
+            built.ref = shared.ref
             return run_tasks(t0, lambda *a: pool.submit(best_item, *a),
                              lambda *a: pool.map(best_item, *a, chunksize=CHUNK),
                              ([shared] * len(users), users, seeds))
@@ -318,8 +328,11 @@ def _measure_child(name, mib, workers, tasks, q):
             system(InStore(0) if in_store else make_model(0), workers, users, seeds)
         model = InStore(mib) if in_store else make_model(mib)
         mb = model_bytes(model.model if in_store else model)
+        # Timed without the sampler (its readings hold each process's mmap
+        # lock, which a fork waits for), then sampled.
+        first, seconds = system(model, workers, users, seeds)
         with Sampler() as s:
-            first, seconds = system(model, workers, users, seeds)
+            system(model, workers, users, seeds)
         q.put({"system": name, "model_mib": mib, "workers": workers, "tasks": tasks,
                "first_s": first, "tasks_per_s": tasks / seconds,
                "copies": (s.peak - base.peak) / mb})

@@ -40,7 +40,7 @@ def main():
     ap.add_argument("--model-mib", type=int, default=256)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--tasks", type=int, default=100_000)
-    ap.add_argument("--backend", default="spawn", choices=["spawn", "threads"])
+    ap.add_argument("--backend", default="spawn", choices=["spawn", "fork", "threads"])
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args()
     items = (a.model_mib << 20) // (DIMS * 4)

@@ -421,8 +421,16 @@ struct PoolOptions {
   std::function<void(int worker, std::string_view line)> log_sink;
   // Lines held for the sink at most; more are dropped and counted.
   size_t max_log_lines = 10000;
-  // Workers must report in within this time at start.
+  // Workers must report in within this time at start; one that has not (a
+  // replacement too) is killed, and counts as a death without an answer.
   std::chrono::milliseconds start_timeout{20000};
+  // Create returns once every worker has reported in (true), or as soon as
+  // one has (false): the others go on starting, tasks run on the ready ones
+  // meanwhile, and a start that fails later is a death like any other (see
+  // max_quick_deaths). False gives a first result sooner when workers are
+  // slow to start (interpreters); Create's start errors then come from the
+  // first worker to report in or die.
+  bool wait_for_all_workers = true;
 };
 
 struct MapOptions {

@@ -458,6 +458,8 @@ void RegisterPool(py::module_& m) {
             o.task_timeout = std::chrono::milliseconds(task_timeout_ms);
             o.start_timeout = std::chrono::milliseconds(start_timeout_ms);
             o.progress_bar = false;  // the Python side draws its own
+            // Interpreters are slow to start: work begins on the first one up.
+            o.wait_for_all_workers = false;
             if (o.backend == PoolOptions::Backend::kFork) {
               PyObject* run = fork_runner.ptr();
               PyObject* init = fork_init.ptr();

@@ -20,7 +20,7 @@ import traceback
 import weakref
 
 from . import _core
-from . import Store, _Pickler, InvalidArgument, NotFound
+from . import Ref, Store, _Pickler, InvalidArgument, NotFound
 from .errors import BY_CODE
 
 _BACKENDS = {"spawn": 0, "fork": 1, "threads": 2}
@@ -331,7 +331,15 @@ class Pool(concurrent.futures.Executor):
     # --- sharing
 
     def share(self, obj, move=False):
-        """Puts ``obj`` in the pool's store once; returns its Shared handle."""
+        """Puts ``obj`` in the pool's store once; returns its Shared handle.
+
+        ``obj`` may also be a Ref of an object already in the pool's store
+        (put there through the store given as ``store=``, say): its handle,
+        with nothing put."""
+        if isinstance(obj, Ref):
+            if obj not in self._store:
+                raise NotFound(f"{obj!r} is not an object of this pool's store")
+            return Shared(obj)
         return Shared(self._store.put(obj, move=move))
 
     def empty(self, shape, dtype=float, order="C"):

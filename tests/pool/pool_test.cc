@@ -568,6 +568,50 @@ TEST(PoolTest, WorkersCanBeStartedThroughAnInterpreter) {
   EXPECT_EQ(*squares, (std::vector<int>{1, 4, 9, 16}));
 }
 
+// Worker 1 is slow to start, or never does: /bin/sh runs `first` for it
+// before it execs this binary as a worker (the script's $2 is the worker's
+// index).
+PoolOptions SlowSecondWorker(const std::string& first) {
+  PoolOptions o = Small(2);
+  o.worker_executable = "/bin/sh";
+  o.worker_args = {"-c", "[ \"$2\" = 1 ] && " + first + "; exec \"$0\" \"$@\"",
+                   "/proc/" + std::to_string(getpid()) + "/exe"};
+  o.wait_for_all_workers = false;
+  return o;
+}
+
+TEST(PoolTest, CreateCanReturnOnceOneWorkerIsReady) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto pool = MakePool(SlowSecondWorker("sleep 1.5"));
+  ASSERT_TRUE(pool);
+  EXPECT_EQ(*pool->Submit<int>("square", 6).Get(), 36);  // on the worker that is up
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1200));
+  auto pids = pool->Broadcast<int>("pid", 0);  // waits for the late one
+  ASSERT_TRUE(pids.ok()) << pids.status().ToString();
+  ASSERT_EQ(pids->size(), 2u);
+  EXPECT_NE(*(*pids)[0], *(*pids)[1]);
+  EXPECT_EQ(pool->Stats().workers_replaced, 0u);
+}
+
+TEST(PoolTest, AWorkerThatNeverReportsInIsKilledAndInTheEndRetired) {
+  PoolOptions o = SlowSecondWorker("exec sleep 600");  // the killed process is sleep
+  o.start_timeout = std::chrono::milliseconds(300);
+  o.restart_window = std::chrono::milliseconds(5000);
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  auto squares = pool->Map<int>("square", std::vector<int>{1, 2, 3});
+  ASSERT_TRUE(squares.ok()) << squares.status().ToString();
+  EXPECT_EQ(*squares, (std::vector<int>{1, 4, 9}));
+  // Killed after 300 ms each time, replaced, retired after its third death:
+  // a broadcast then fails for it instead of waiting for ever.
+  auto pids = pool->Broadcast<int>("pid", 0);
+  ASSERT_TRUE(pids.ok()) << pids.status().ToString();
+  EXPECT_TRUE((*pids)[0].ok());
+  EXPECT_EQ((*pids)[1].status().code(), StatusCode::kWorkerCrashed) << (*pids)[1].status().ToString();
+  EXPECT_EQ(pool->Stats().workers_replaced, 2u);
+  EXPECT_EQ(*pool->Submit<int>("square", 5).Get(), 25);
+}
+
 TEST(PoolTest, ThreadsAndForkBackendsRunTheSameTasks) {
   for (auto backend : {PoolOptions::Backend::kThreads, PoolOptions::Backend::kFork}) {
     PoolOptions o = Small();

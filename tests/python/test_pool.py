@@ -215,6 +215,12 @@ def test_a_pool_works_in_a_store_it_is_given(backend):
             assert pool.submit(total, shared, 1).result(TIMEOUT) == float(1 << 20) + 1
         assert not store.closed and not store.names()  # the pool's start-up data is gone
         assert store.get(shared.ref)["W"][0] == 1  # the shared object stays the caller's
+        with zcstore.Pool(1, backend=backend, store=store) as pool:  # shared again, by its ref
+            again = pool.share(shared.ref)
+            assert pool.submit(total, again, 2).result(TIMEOUT) == float(1 << 20) + 2
+            with zcstore.Store.create(backing="memfd", capacity=1 << 20) as other:
+                with pytest.raises(zcstore.NotFound, match="not an object of this pool"):
+                    pool.share(other.put(1))
     with pytest.raises(zcstore.InvalidArgument):
         zcstore.Pool(1, store="not a store")
 

@@ -1,0 +1,21 @@
+"""The zcstore.Pool example of README.md, run by the tests so it stays true."""
+import numpy as np
+
+import zcstore
+
+
+def score(model, user):
+    # `model` is the shared object itself: mapped once per worker, read-only, no copy.
+    return float((model["items"] @ model["users"][user]).max())
+
+
+if __name__ == "__main__":
+    with zcstore.Pool(2) as pool:                            # spawned Python workers
+        items = pool.empty((100_000, 64), np.float32)        # built in place in the pool's store
+        items[:] = np.random.default_rng(1).random(items.shape, np.float32)
+        users = np.random.default_rng(2).random((1_000, 64), np.float32)
+        model = pool.share({"items": items, "users": users})  # items adopted; users copied once
+        scores = list(pool.map(score, [model] * 1_000, range(1_000)))
+        first = pool.submit(score, model, 0)
+        assert first.result() == scores[0]
+        print(f"{len(scores)} scores from {pool.workers} workers; best {max(scores):.2f}")
