@@ -7,6 +7,8 @@
 #   make bench                       benchmarks -> bench/results/latest.json
 #   make bench-python                Python benchmarks -> bench/results/python.json
 #   make compare                     the demo's scenario through every Python way -> bench/results/compare.md
+#   make demo-mpi                    the demo over MPI: 4 ranks as 2 simulated nodes of 2
+#   make bench-mpi                   Share over MPI beside MPI_Bcast to every rank -> bench/results/mpi.json
 #   make build BENCHMARKS=ON         build everything, the benchmarks too (CI)
 #   make test SANITIZE=address+undefined BUILD=build-asan
 
@@ -18,9 +20,10 @@ DEPS     := cmake g++ make pkg-config libflatbuffers-dev flatbuffers-compiler \
             libxxhash-dev libgtest-dev libgmock-dev libbenchmark-dev \
             python3-dev pybind11-dev python3-numpy python3-pytest \
             python3-venv python3-pip python3-setuptools python3-wheel python3-pybind11 \
-            python3-joblib python3-cloudpickle python3-tqdm
+            python3-joblib python3-cloudpickle python3-tqdm \
+            libopenmpi-dev openmpi-bin
 
-.PHONY: all deps configure build test demo bench bench-python compare fuzz clean
+.PHONY: all deps configure build test demo demo-mpi bench bench-python bench-mpi compare fuzz clean
 
 all: build
 
@@ -40,7 +43,7 @@ deps:
 
 # The benchmarks are built by `make bench` (and CI), not by `make test`.
 BENCHMARKS ?= OFF
-bench: BENCHMARKS = ON
+bench bench-mpi: BENCHMARKS = ON
 
 configure: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZCSTORE_SANITIZE=$(SANITIZE) \
@@ -59,6 +62,18 @@ bench: build
 	@mkdir -p bench/results
 	./$(BUILD)/bench/zcstore_bench --benchmark_out=bench/results/latest.json \
 	  --benchmark_out_format=json $(BENCH_ARGS)
+
+# 4 ranks on this machine as 2 simulated nodes of 2 (Open MPI wants the
+# OMPI_ALLOW_RUN_AS_ROOT pair when run as root, and --oversubscribe for more
+# ranks than CPUs).
+MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ZCSTORE_MPI_RANKS_PER_NODE=2 \
+          mpirun --oversubscribe -np 4
+demo-mpi: build
+	$(MPIRUN) ./$(BUILD)/examples/mpi_shared_model $(DEMO_ARGS)
+
+bench-mpi: build
+	@mkdir -p bench/results
+	$(MPIRUN) ./$(BUILD)/bench/mpi_bench $(BENCH_ARGS)
 
 bench-python: build
 	@mkdir -p bench/results

@@ -158,7 +158,13 @@ Status Pool::Shutdown() {
 
 Result<uint32_t> Pool::TaskIndex(std::string_view name, const std::string& arg_type,
                                  const std::string& result_type) {
-  const auto& r = internal::Registry();
+  return internal::FindTask(name, arg_type, result_type);
+}
+
+namespace internal {
+Result<uint32_t> FindTask(std::string_view name, const std::string& arg_type,
+                          const std::string& result_type) {
+  const auto& r = Registry();
   for (uint32_t i = 0; i < r.size(); ++i) {
     if (r[i].name != name) continue;
     if (r[i].arg_type != arg_type || r[i].result_type != result_type) {
@@ -174,6 +180,7 @@ Result<uint32_t> Pool::TaskIndex(std::string_view name, const std::string& arg_t
       "task '" + std::string(name) +
       "' is not registered (ZCSTORE_TASK); registered: " + (known.empty() ? "none" : known));
 }
+}  // namespace internal
 
 std::shared_ptr<internal::Job> Pool::StartMap(
     uint32_t task, size_t n, size_t chunk, bool keep_order, bool track,

@@ -144,6 +144,10 @@ ZCSTORE_EXPORT bool RegisterTaskInfo(TaskInfo info);
 // The registry, sorted by name, and its hash.
 ZCSTORE_EXPORT const std::vector<TaskInfo>& Registry();
 ZCSTORE_EXPORT uint64_t RegistryHash();
+// The registry index of task `name`; NotFound if it is not registered,
+// TypeMismatch if it takes or returns other types than those named.
+ZCSTORE_EXPORT Result<uint32_t> FindTask(std::string_view name, const std::string& arg_type,
+                                         const std::string& result_type);
 
 class PoolCore;
 struct WorkerState;

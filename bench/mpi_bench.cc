@@ -1,0 +1,183 @@
+// mpi_bench: zcstore::mpi's Share beside the naive way, in one run
+// (`make bench-mpi`): the naive way is MPI_Bcast of the model's bytes to
+// every rank, each holding a copy of its own. For each model size, both
+// report the time (rank 0's view, from before to after a barrier), the bytes
+// received over MPI (all ranks together), and the memory per node (its ranks' PSS of
+// the model's pages, over the model's size). Writes a Markdown table to
+// stdout and bench/results/mpi.json (rank 0).
+//
+//   ZCSTORE_MPI_RANKS_PER_NODE=2 mpirun -np 4 mpi_bench [--sizes 64,256] [--out FILE]
+#include <mpi.h>
+#include <sys/mman.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "zcstore/mpi.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Blob {
+  static constexpr std::string_view kZcstoreTypeName = "zcstore.bench.Blob";
+  zcstore::Array<float> data;
+  template <class Archive>
+  void Serialize(Archive& ar) {
+    ar(data);
+  }
+};
+
+// PSS of this process's mappings whose line in smaps satisfies `pick`.
+template <typename F>
+uint64_t Pss(F pick) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool ours = false;
+  uint64_t kib = 0;
+  while (std::getline(smaps, line)) {
+    std::string first = line.substr(0, line.find(' '));
+    if (first.find('-') != std::string::npos &&
+        first.find_first_not_of("0123456789abcdef-") == std::string::npos) {
+      ours = pick(line, first);
+    } else if (ours && line.rfind("Pss:", 0) == 0) {
+      kib += std::stoull(line.substr(4));
+    }
+  }
+  return kib * 1024;
+}
+
+uint64_t NodeSum(MPI_Comm node, uint64_t mine) {
+  uint64_t total = 0;
+  MPI_Allreduce(&mine, &total, 1, MPI_UINT64_T, MPI_SUM, node);
+  return total;
+}
+
+struct Row {
+  std::string way;
+  uint64_t mib = 0, bytes_received = 0;
+  double seconds = 0, copies_per_node = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  std::vector<uint64_t> sizes = {64, 256};
+  std::string out = "bench/results/mpi.json";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--sizes") == 0) {
+      sizes.clear();
+      std::stringstream ss(argv[i + 1]);
+      for (std::string s; std::getline(ss, s, ',');) sizes.push_back(std::stoull(s));
+    } else if (std::strcmp(argv[i], "--out") == 0) {
+      out = argv[i + 1];
+    }
+  }
+  uint64_t largest = 0;
+  for (uint64_t s : sizes) largest = std::max(largest, s);
+  zcstore::mpi::Options o;
+  o.store_capacity = (largest << 20) * 2 + (64 << 20);
+  auto created = zcstore::mpi::Context::Create(MPI_COMM_WORLD, o);
+  if (!created.ok()) {
+    std::fprintf(stderr, "mpi_bench: %s\n", created.status().ToString().c_str());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  zcstore::mpi::Context& ctx = **created;
+  MPI_Comm node;
+  MPI_Comm_split(MPI_COMM_WORLD, ctx.node(), ctx.rank(), &node);
+  std::vector<Row> rows;
+  for (uint64_t mib : sizes) {
+    size_t floats = (mib << 20) / sizeof(float);
+    // zcstore: the root builds it in its node store; Share; each rank maps it.
+    {
+      Blob blob;
+      if (ctx.rank() == 0) {
+        auto a = zcstore::Array<float>::AllocateIn(ctx.store(), floats);
+        if (!a.ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+        for (size_t i = 0; i < floats; ++i) a->mutable_data()[i] = static_cast<float>(i & 1023);
+        blob.data = std::move(*a);
+      }
+      uint64_t received_before = ctx.stats().share_bytes_received;
+      uint64_t pss_before = Pss([](const std::string& l, const std::string&) {
+        return l.find("memfd:zcstore") != std::string::npos;
+      });
+      MPI_Barrier(MPI_COMM_WORLD);
+      auto t0 = Clock::now();
+      auto shared = ctx.ShareMoved(0, ctx.rank() == 0 ? &blob : nullptr);
+      if (!shared.ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+      {
+        auto p = ctx.Get(*shared);  // every rank maps it and reads every page
+        volatile float sink = 0;
+        for (size_t i = 0; i < floats; i += 1024) sink = sink + p->value().data[i];
+      }
+      MPI_Barrier(MPI_COMM_WORLD);
+      double s = std::chrono::duration<double>(Clock::now() - t0).count();
+      uint64_t pss = Pss([](const std::string& l, const std::string&) {
+        return l.find("memfd:zcstore") != std::string::npos;
+      });
+      uint64_t node_pss = NodeSum(node, pss - std::min(pss, pss_before));
+      uint64_t moved = 0, mine = ctx.stats().share_bytes_received - received_before;
+      MPI_Reduce(&mine, &moved, 1, MPI_UINT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
+      double copies = static_cast<double>(node_pss) / (floats * sizeof(float)), worst = 0;
+      MPI_Reduce(&copies, &worst, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+      rows.push_back({"zcstore::mpi Share", mib, moved, s, worst});
+      (void)ctx.Unshare(*shared);
+    }
+    // Naive: every rank receives its own copy (MPI_Bcast over all ranks).
+    {
+      size_t bytes = floats * sizeof(float);
+      void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (mem == MAP_FAILED) MPI_Abort(MPI_COMM_WORLD, 1);
+      auto* f = static_cast<float*>(mem);
+      if (ctx.rank() == 0) {
+        for (size_t i = 0; i < floats; ++i) f[i] = static_cast<float>(i & 1023);
+      }
+      char where[32];
+      std::snprintf(where, sizeof where, "%lx-", reinterpret_cast<unsigned long>(mem));
+      MPI_Barrier(MPI_COMM_WORLD);
+      auto t0 = Clock::now();
+      for (size_t off = 0; off < bytes; off += size_t{256} << 20) {
+        int n = static_cast<int>(std::min(size_t{256} << 20, bytes - off));
+        MPI_Bcast(static_cast<char*>(mem) + off, n, MPI_BYTE, 0, MPI_COMM_WORLD);
+      }
+      MPI_Barrier(MPI_COMM_WORLD);
+      double s = std::chrono::duration<double>(Clock::now() - t0).count();
+      uint64_t pss = Pss([&](const std::string&, const std::string& range) {
+        return range.rfind(where, 0) == 0;
+      });
+      double copies = static_cast<double>(NodeSum(node, pss)) / bytes, worst = 0;
+      MPI_Reduce(&copies, &worst, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+      // Every rank but the root receives every byte.
+      uint64_t received = uint64_t(bytes) * static_cast<uint64_t>(ctx.size() - 1);
+      rows.push_back({"MPI_Bcast to every rank", mib, received, s, worst});
+      munmap(mem, bytes);
+    }
+  }
+  if (ctx.rank() == 0) {
+    std::printf("%d ranks, %d nodes of %d\n\n", ctx.size(), ctx.nodes(), ctx.node_size());
+    std::printf("| way | model MiB | time (s) | bytes received over MPI | copies per node |\n");
+    std::printf("|---|---|---|---|---|\n");
+    std::ofstream json(out);
+    json << "{\"ranks\": " << ctx.size() << ", \"nodes\": " << ctx.nodes() << ", \"rows\": [";
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const Row& r = rows[i];
+      std::printf("| %s | %llu | %.3f | %llu | %.2f |\n", r.way.c_str(),
+                  static_cast<unsigned long long>(r.mib), r.seconds,
+                  static_cast<unsigned long long>(r.bytes_received), r.copies_per_node);
+      json << (i ? ", " : "") << "{\"way\": \"" << r.way << "\", \"model_mib\": " << r.mib
+           << ", \"seconds\": " << r.seconds << ", \"bytes_received\": "
+           << r.bytes_received << ", \"copies_per_node\": " << r.copies_per_node << "}";
+    }
+    json << "]}\n";
+  }
+  MPI_Comm_free(&node);
+  created->reset();
+  MPI_Finalize();
+  return 0;
+}
