@@ -107,9 +107,9 @@ def tree_pids(root):
     return pids
 
 
-def tree_pss(root):
+def pss_of(pids):
     total = 0
-    for p in tree_pids(root):
+    for p in pids:
         try:
             with open(f"/proc/{p}/smaps_rollup") as f:
                 total += next(int(line.split()[1]) * 1024 for line in f
@@ -119,29 +119,23 @@ def tree_pss(root):
     return total
 
 
-def steady_tree_pss(root, tries=5):
-    """tree_pss, read twice in a row until the readings agree within 2%.
+def tree_pss(root):
+    """The PSS of a process tree, never overstated.
 
-    The processes are read one after another, so a page that gains a mapper
-    between two reads is counted whole in the first process and again in
-    part in the next: while workers are mapping the model (at their start)
-    one reading can overstate the tree by a tenth or more. Readings that
-    agree were not taken in such a moment; when none agree, the smaller."""
-    for _ in range(tries):
-        a, b = tree_pss(root), tree_pss(root)
-        if abs(a - b) <= 0.02 * max(a, b):
-            return max(a, b)
-        time.sleep(0.005)
-    return min(a, b)
+    The kernel reads one process at a time, so a page that gains a mapper
+    between the readings of two processes is counted whole in the first and
+    in part in the next: read parent first while workers map the model, a
+    tree can seem a tenth larger than it is. Read children first, the error
+    goes the other way. The smaller of the two orders is the reading (private
+    memory, such as unpickled copies, counts the same in both)."""
+    pids = tree_pids(root)
+    return min(pss_of(pids), pss_of(pids[::-1]))
 
 
 class Sampler:
     """The highest PSS of this process tree while running: every 50 ms, or
-    rarer where a reading is slow. The kernel walks every page table of a
-    process to sum its PSS (tens of ms for a few GiB mapped), holding its
-    mmap lock meanwhile: the sampler waits ten times its last reading's
-    time, so that it neither takes a CPU from the system it measures nor
-    stalls it much."""
+    rarer where a reading is slow (the kernel walks every page table to sum
+    a process's PSS, tens of ms for a few GiB): at most a third of a CPU."""
 
     def __init__(self):
         self.peak, self._stop = 0, threading.Event()
@@ -150,8 +144,8 @@ class Sampler:
     def _run(self):
         while not self._stop.is_set():
             t = time.perf_counter()
-            self.peak = max(self.peak, steady_tree_pss(os.getpid()))
-            self._stop.wait(max(0.05, 10 * (time.perf_counter() - t)))
+            self.peak = max(self.peak, tree_pss(os.getpid()))
+            self._stop.wait(max(0.05, 2 * (time.perf_counter() - t)))
 
     def __enter__(self):
         self._t.start()
@@ -160,7 +154,7 @@ class Sampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, steady_tree_pss(os.getpid()))
+        self.peak = max(self.peak, tree_pss(os.getpid()))
 
 
 # --- one system: start with the model, run the tasks
