@@ -119,17 +119,37 @@ def pss_of(pids):
     return total
 
 
+def exiting(pids):
+    """True if one of `pids` has exited or is exiting (gone, or a zombie)."""
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in "ZXx":
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+    return False
+
+
 def tree_pss(root):
-    """The PSS of a process tree, never overstated.
+    """The PSS of a process tree, never overstated; 0 when it cannot be read.
 
     The kernel reads one process at a time, so a page that gains a mapper
     between the readings of two processes is counted whole in the first and
     in part in the next: read parent first while workers map the model, a
     tree can seem a tenth larger than it is. Read children first, the error
-    goes the other way. The smaller of the two orders is the reading (private
-    memory, such as unpickled copies, counts the same in both)."""
+    goes the other way: the smaller of the two orders is kept (private
+    memory, such as unpickled copies, counts the same in both). A page that
+    loses a mapper (a worker exiting) is overstated in either order: a
+    reading during which the tree lost a process, or held a dying one, is
+    dropped."""
     pids = tree_pids(root)
-    return min(pss_of(pids), pss_of(pids[::-1]))
+    if exiting(pids):
+        return 0
+    reading = min(pss_of(pids), pss_of(pids[::-1]))
+    if exiting(pids) or sorted(tree_pids(root)) != sorted(pids):
+        return 0
+    return reading
 
 
 class Sampler:
