@@ -119,16 +119,17 @@ def pss_of(pids):
     return total
 
 
-def exiting(pids):
-    """True if one of `pids` has exited or is exiting (gone, or a zombie)."""
+def live(pids):
+    """Those of `pids` that still have their memory (not gone, not zombies)."""
+    out = set()
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in "ZXx":
-                    return True
+                if f.read().rsplit(")", 1)[1].split()[0] not in "ZXx":
+                    out.add(p)
         except (FileNotFoundError, ProcessLookupError):
-            return True
-    return False
+            pass
+    return out
 
 
 def tree_pss(root):
@@ -141,21 +142,22 @@ def tree_pss(root):
     goes the other way: the smaller of the two orders is kept (private
     memory, such as unpickled copies, counts the same in both). A page that
     loses a mapper (a worker exiting) is overstated in either order: a
-    reading during which the tree lost a process, or held a dying one, is
-    dropped."""
+    reading during which a process of the tree started or ended (its
+    memory gone: exited, a zombie) is dropped."""
     pids = tree_pids(root)
-    if exiting(pids):
-        return 0
+    before = live(pids)
     reading = min(pss_of(pids), pss_of(pids[::-1]))
-    if exiting(pids) or sorted(tree_pids(root)) != sorted(pids):
+    if live(tree_pids(root)) != before:
         return 0
     return reading
 
 
 class Sampler:
-    """The highest PSS of this process tree while running: every 50 ms, or
-    rarer where a reading is slow (the kernel walks every page table to sum
-    a process's PSS, tens of ms for a few GiB): at most a third of a CPU."""
+    """The highest PSS of this process tree while running, read as often as
+    it can be (every 10 ms, or as soon as the last reading is done: the
+    kernel walks every page table to sum a process's PSS, tens of ms for a
+    few GiB). It slows the run it samples, which is why the times come from
+    a run of their own."""
 
     def __init__(self):
         self.peak, self._stop = 0, threading.Event()
@@ -163,9 +165,8 @@ class Sampler:
 
     def _run(self):
         while not self._stop.is_set():
-            t = time.perf_counter()
             self.peak = max(self.peak, tree_pss(os.getpid()))
-            self._stop.wait(max(0.05, 2 * (time.perf_counter() - t)))
+            self._stop.wait(0.01)
 
     def __enter__(self):
         self._t.start()
