@@ -79,21 +79,23 @@ int main(int argc, char** argv) {
       out = argv[i + 1];
     }
   }
-  uint64_t largest = 0;
-  for (uint64_t s : sizes) largest = std::max(largest, s);
-  zcstore::mpi::Options o;
-  o.store_capacity = (largest << 20) * 2 + (64 << 20);
-  auto created = zcstore::mpi::Context::Create(MPI_COMM_WORLD, o);
-  if (!created.ok()) {
-    std::fprintf(stderr, "mpi_bench: %s\n", created.status().ToString().c_str());
-    MPI_Abort(MPI_COMM_WORLD, 1);
-  }
-  zcstore::mpi::Context& ctx = **created;
-  MPI_Comm node;
-  MPI_Comm_split(MPI_COMM_WORLD, ctx.node(), ctx.rank(), &node);
   std::vector<Row> rows;
+  int ranks = 0, nodes = 0, node_size = 0;
   for (uint64_t mib : sizes) {
     size_t floats = (mib << 20) / sizeof(float);
+    // A fresh context (fresh node stores) per size: pages of an earlier
+    // size's object would be counted as already there.
+    zcstore::mpi::Options o;
+    o.store_capacity = (mib << 20) + (64 << 20);
+    auto created = zcstore::mpi::Context::Create(MPI_COMM_WORLD, o);
+    if (!created.ok()) {
+      std::fprintf(stderr, "mpi_bench: %s\n", created.status().ToString().c_str());
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    zcstore::mpi::Context& ctx = **created;
+    ranks = ctx.size(), nodes = ctx.nodes(), node_size = ctx.node_size();
+    MPI_Comm node;
+    MPI_Comm_split(MPI_COMM_WORLD, ctx.node(), ctx.rank(), &node);
     // zcstore: the root builds it in its node store; Share; each rank maps it.
     {
       Blob blob;
@@ -158,13 +160,16 @@ int main(int argc, char** argv) {
       rows.push_back({"MPI_Bcast to every rank", mib, received, s, worst});
       munmap(mem, bytes);
     }
+    MPI_Comm_free(&node);
   }
-  if (ctx.rank() == 0) {
-    std::printf("%d ranks, %d nodes of %d\n\n", ctx.size(), ctx.nodes(), ctx.node_size());
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank == 0) {
+    std::printf("%d ranks, %d nodes of %d\n\n", ranks, nodes, node_size);
     std::printf("| way | model MiB | time (s) | bytes received over MPI | copies per node |\n");
     std::printf("|---|---|---|---|---|\n");
     std::ofstream json(out);
-    json << "{\"ranks\": " << ctx.size() << ", \"nodes\": " << ctx.nodes() << ", \"rows\": [";
+    json << "{\"ranks\": " << ranks << ", \"nodes\": " << nodes << ", \"rows\": [";
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       std::printf("| %s | %llu | %.3f | %llu | %.2f |\n", r.way.c_str(),
@@ -176,8 +181,6 @@ int main(int argc, char** argv) {
     }
     json << "]}\n";
   }
-  MPI_Comm_free(&node);
-  created->reset();
   MPI_Finalize();
   return 0;
 }

@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <string>
 
 #include "zcstore/mpi.h"
@@ -76,23 +75,6 @@ float ScoreUser(zcstore::TaskContext& ctx, const ScoreArgs& a) {
 }
 ZCSTORE_TASK("mpi_demo.score_user", ScoreUser);
 
-// This process's PSS of zcstore memfd mappings (its node's store), bytes.
-uint64_t StorePss() {
-  std::ifstream smaps("/proc/self/smaps");
-  std::string line;
-  bool ours = false;
-  uint64_t kib = 0;
-  while (std::getline(smaps, line)) {
-    std::string first = line.substr(0, line.find(' '));
-    if (first.find('-') != std::string::npos &&
-        first.find_first_not_of("0123456789abcdef-") == std::string::npos) {
-      ours = line.find("memfd:zcstore") != std::string::npos;
-    } else if (ours && line.rfind("Pss:", 0) == 0) {
-      kib += std::stoull(line.substr(4));
-    }
-  }
-  return kib * 1024;
-}
 
 int Fail(const zcstore::Status& st) {
   std::fprintf(stderr, "mpi_shared_model: %s\n", st.ToString().c_str());
@@ -129,7 +111,7 @@ int main(int argc, char** argv) {
   auto created = zcstore::mpi::Context::Create(MPI_COMM_WORLD, o);
   if (!created.ok()) return Fail(created.status());
   zcstore::mpi::Context& ctx = **created;
-  uint64_t pss_empty = StorePss();  // the store's own pages, before the model
+  uint64_t pss_empty = ctx.StorePss();  // the store's own pages, before the model
 
   // The model, built in place in rank 0's node store, then shared.
   RecModel model;
@@ -184,8 +166,9 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < f.size(); i += 1024) sink = sink + f[i];
   }
   MPI_Barrier(MPI_COMM_WORLD);  // all pages touched before any rank reads its PSS
-  uint64_t pss = StorePss() - std::min(StorePss(), pss_empty), node_pss = 0, received = ctx.stats().share_bytes_received,
-           bytes_sent = 0;
+  uint64_t now_pss = ctx.StorePss();
+  uint64_t pss = now_pss - std::min(now_pss, pss_empty), node_pss = 0,
+           received = ctx.stats().share_bytes_received, bytes_sent = 0;
   MPI_Comm node;
   MPI_Comm_split(MPI_COMM_WORLD, ctx.node(), ctx.rank(), &node);
   MPI_Reduce(&pss, &node_pss, 1, MPI_UINT64_T, MPI_SUM, 0, node);

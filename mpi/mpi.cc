@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <string>
 
 #include "pool/pool_internal.h"
@@ -143,6 +144,22 @@ Status UnpackValue(Store& store, MessageReader& in, std::vector<std::byte>* byte
   bytes->clear();
   *ref = *id;
   return Status::OK();
+}
+
+// Steps over one packed value (PackValue) without reading it into a store.
+bool SkipValue(MessageReader& in) {
+  uint8_t kind = 0;
+  std::span<const std::byte> b;
+  uint64_t len = 0;
+  if (!in.U8(&kind)) return false;
+  if (kind == kInline) return in.U64(&len) && in.Bytes(len, &b);
+  ObjectId id;
+  uint32_t nbuf = 0;
+  if (!in.Id(&id) || !in.U64(&len) || !in.Bytes(len, &b) || !in.U32(&nbuf)) return false;
+  for (uint32_t i = 0; i < nbuf; ++i) {
+    if (!in.U64(&len) || !in.Bytes(len, &b)) return false;
+  }
+  return true;
 }
 
 // Receives the next message from `source` (or any) with `tag` (or any).
@@ -295,6 +312,25 @@ Context::~Context() {
   for (MPI_Comm* comm : {&leaders_, &node_comm_, &world_}) {
     if (*comm != MPI_COMM_NULL) MPI_Comm_free(comm);
   }
+}
+
+uint64_t Context::StorePss() const {
+  // smaps: a header line per mapping ("start-end perms offset dev inode
+  // path"), then its fields; a node store's mappings are of its memfd.
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool ours = false;
+  uint64_t kib = 0;
+  while (std::getline(smaps, line)) {
+    std::string first = line.substr(0, line.find(' '));
+    if (first.find('-') != std::string::npos &&
+        first.find_first_not_of("0123456789abcdef-") == std::string::npos) {
+      ours = line.find("memfd:zcstore") != std::string::npos;
+    } else if (ours && line.rfind("Pss:", 0) == 0) {
+      kib += std::stoull(line.substr(4));
+    }
+  }
+  return kib * 1024;
 }
 
 // ------------------------------------------------------------ sharing
@@ -492,6 +528,18 @@ Status Context::RunMap(
         deliver(i, failed);
         bar.Update(++done);
       }
+      if (packed != 0 && m.size() > size_t{INT_MAX}) {
+        // One MPI message carries a chunk: its count is an int.
+        for (size_t i = first; i < first + count; ++i) {
+          ItemResult failed;
+          failed.code = StatusCode::kInvalidArgument;
+          failed.error = "mpi: a chunk of this map needs a message over 2 GiB (" +
+                         std::to_string(m.size()) + " bytes): lower MapOptions::chunk_size";
+          deliver(i, failed);
+          bar.Update(++done);
+        }
+        packed = 0;
+      }
       if (packed == 0) {
         sending.pop_back();
         continue;
@@ -601,6 +649,32 @@ Status Context::Serve() {
       }
       worker_->Run(task, arg, ref, out);
       ++stats_.tasks_run;
+    }
+    if (out.size() > size_t{INT_MAX}) {  // one message per chunk: its count is an int
+      out.Clear();
+      out.U32(0);
+      MessageReader again(msg);
+      std::string why = "mpi: the results of a chunk need a message over 2 GiB: lower "
+                        "MapOptions::chunk_size";
+      uint32_t k = 0;
+      MessageWriter errors;
+      // Each item of the chunk fails with that error (their indices are
+      // read again from the request).
+      uint32_t t = 0, n_items = 0;
+      uint64_t f = 0;
+      again.U32(&t);
+      again.U64(&f);
+      again.U32(&n_items);
+      for (; k < n_items; ++k) {
+        uint64_t i = 0;
+        if (!again.U64(&i) || !SkipValue(again)) break;
+        errors.U64(i);
+        errors.U32(static_cast<uint32_t>(StatusCode::kInvalidArgument));
+        errors.U64(why.size());
+        errors.Raw(why.data(), why.size());
+      }
+      out.Patch32(0, k);
+      out.Raw(errors.bytes().data(), errors.size());
     }
     MPI_Send(out.bytes().data(), static_cast<int>(out.size()), MPI_BYTE, 0, kTagResults, world_);
   }

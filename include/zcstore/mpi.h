@@ -108,6 +108,11 @@ class ZCSTORE_EXPORT Context {
   Store& store() { return *store_; }
   int store_fd() const { return store_->fd(); }
   const Stats& stats() const { return stats_; }
+  // This process's PSS of its node store's mappings, in bytes (from
+  // /proc/self/smaps): what a node holds is its ranks' figures added up.
+  // Read it on every rank of a node after a barrier: PSS is shared out
+  // among the mappers at the moment each process is read.
+  uint64_t StorePss() const;
 
   // Collective over every rank (or, on rank 0 between its first map and
   // Finish, announced to the serving ranks, which join it). `root` passes
@@ -173,6 +178,9 @@ class ZCSTORE_EXPORT Context {
 
  private:
   Context() = default;
+  // Share's common part: `put()` (on the root) puts the object into its node store.
+  template <typename T, typename Put>
+  Result<Shared<T>> ShareWith(int root, bool has_object, Put put);
   Result<ObjectId> ShareStored(int root, ObjectId id, Status root_status);
   Status UnshareId(ObjectId id);
   // The type-erased map: `encode(i, bytes, ref)` gives item i's argument,
@@ -195,17 +203,17 @@ class ZCSTORE_EXPORT Context {
 
 // ------------------------------------------------------------ templates
 
-template <typename T>
-Result<Shared<T>> Context::Share(int root, const T* object) {
+template <typename T, typename Put>
+Result<Shared<T>> Context::ShareWith(int root, bool has_object, Put put) {
   ObjectId id;
   Status st;
   if (rank_ == root) {
-    if (object == nullptr) {
+    if (!has_object) {
       st = InvalidArgument("Share: the root must pass the object");
+    } else if (auto r = put(); r.ok()) {  // serialized once, into the root's node store
+      id = *r;
     } else {
-      auto put = store_->Put(*object);  // serialized once, into the root's node store
-      if (put.ok()) id = *put;
-      else st = put.status();
+      st = r.status();
     }
   }
   auto shared = ShareStored(root, id, st);
@@ -214,21 +222,13 @@ Result<Shared<T>> Context::Share(int root, const T* object) {
 }
 
 template <typename T>
+Result<Shared<T>> Context::Share(int root, const T* object) {
+  return ShareWith<T>(root, object != nullptr, [&] { return store_->Put(*object); });
+}
+
+template <typename T>
 Result<Shared<T>> Context::ShareMoved(int root, T* object) {
-  ObjectId id;
-  Status st;
-  if (rank_ == root) {
-    if (object == nullptr) {
-      st = InvalidArgument("Share: the root must pass the object");
-    } else {
-      auto put = store_->Put(std::move(*object));
-      if (put.ok()) id = *put;
-      else st = put.status();
-    }
-  }
-  auto shared = ShareStored(root, id, st);
-  if (!shared.ok()) return shared.status();
-  return Shared<T>{*shared};
+  return ShareWith<T>(root, object != nullptr, [&] { return store_->Put(std::move(*object)); });
 }
 
 template <typename R, typename A>

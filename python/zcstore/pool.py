@@ -301,13 +301,14 @@ class Pool(concurrent.futures.Executor):
         # adopted, not copied.
         self._own_store = store is None
         self._store = Store.open_fd(self._core.store_fd) if store is None else store
-        prepare = multiprocessing.spawn.get_preparation_data("zcstore-worker")
-        prepare.pop("authkey", None)  # multiprocessing's own secret: not ours to pass on
         self._main_name = main_name
-        self._store.bind(main_name, self._store.put({
-            "prepare": prepare,
-            "initializer": initializer, "initargs": tuple(initargs),
-            "log_level": logging.getLogger().getEffectiveLevel()}))
+        if backend == "spawn":  # what a fresh interpreter needs first (pool_worker.main)
+            prepare = multiprocessing.spawn.get_preparation_data("zcstore-worker")
+            prepare.pop("authkey", None)  # multiprocessing's own secret: not ours to pass on
+            self._store.bind(main_name, self._store.put({
+                "prepare": prepare,
+                "initializer": initializer, "initargs": tuple(initargs),
+                "log_level": logging.getLogger().getEffectiveLevel()}))
         if backend == "threads" and initializer is not None:
             initializer(*initargs)
         self._lock = threading.Lock()

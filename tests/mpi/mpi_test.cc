@@ -15,7 +15,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <numeric>
 #include <set>
@@ -114,21 +113,6 @@ Model MakeModel(size_t n) {
   return m;
 }
 
-// The PSS of this process's mappings of zcstore memfds (its node store).
-uint64_t StorePss() {
-  std::ifstream smaps("/proc/self/smaps");
-  std::string line;
-  bool ours = false;
-  uint64_t kib = 0;
-  while (std::getline(smaps, line)) {
-    std::string first = line.substr(0, line.find(' '));
-    bool header = first.find('-') != std::string::npos &&
-                  first.find_first_not_of("0123456789abcdef-") == std::string::npos;
-    if (header) ours = line.find("memfd:zcstore") != std::string::npos;
-    else if (ours && line.rfind("Pss:", 0) == 0) kib += std::stoull(line.substr(4));
-  }
-  return kib * 1024;
-}
 
 std::unique_ptr<mpi::Context> MakeContext(mpi::Options o = {}) {
   o.store_capacity = 64 << 20;
@@ -176,12 +160,14 @@ TEST(MpiTest, RanksAreGroupedIntoSimulatedNodes) {
 }
 
 TEST(MpiTest, ShareSendsTheModelOnceToEachOtherLeaderAndEveryRankMapsItsNodesCopy) {
-  auto ctx = MakeContext();
+  mpi::Options o;
+  o.max_message_bytes = 1 << 20;  // the 16 MiB buffer goes in 16 pieces
+  auto ctx = MakeContext(o);
   ASSERT_TRUE(ctx);
   constexpr size_t kFloats = 4 << 20;  // 16 MiB
   Model m;
   if (ctx->rank() == 0) m = MakeModel(kFloats);
-  uint64_t pss_before = StorePss();
+  uint64_t pss_before = ctx->StorePss();
   auto shared = ctx->Share<Model>(0, ctx->rank() == 0 ? &m : nullptr);
   ASSERT_TRUE(shared.ok()) << shared.status().ToString();
   // The object's bytes (metadata and buffers), as rank 0's store holds them.
@@ -209,7 +195,7 @@ TEST(MpiTest, ShareSendsTheModelOnceToEachOtherLeaderAndEveryRankMapsItsNodesCop
   // ... and each node holds it once: its ranks' PSS of the store adds up to
   // one model (every page was read by both).
   MPI_Barrier(MPI_COMM_WORLD);  // every rank has read every page: PSS is read sequentially
-  uint64_t now = StorePss();
+  uint64_t now = ctx->StorePss();
   uint64_t mine = now - std::min(pss_before, now), node_total = 0;
   MPI_Comm node;
   MPI_Comm_split(MPI_COMM_WORLD, ctx->node(), ctx->rank(), &node);
@@ -325,6 +311,38 @@ TEST(MpiTest, ARanksLocalPoolAttachesItsNodesCopy) {
     for (auto& s : *sums) EXPECT_EQ(*s, expected);
   }
   EXPECT_TRUE(ctx->Unshare(*shared).ok());
+}
+
+// A context of one rank (each rank makes its own over MPI_COMM_SELF): rank 0
+// runs the tasks itself, through the same encoding.
+TEST(MpiTest, ASingleRankRunsTheTasksItself) {
+  mpi::Options o;
+  o.store_capacity = 16 << 20;
+  o.progress_bar = false;
+  auto ctx = mpi::Context::Create(MPI_COMM_SELF, o);
+  ASSERT_TRUE(ctx.ok()) << ctx.status().ToString();
+  EXPECT_EQ((*ctx)->size(), 1);
+  EXPECT_EQ((*ctx)->nodes(), 1);
+  Model m = MakeModel(10000);
+  auto shared = (*ctx)->Share<Model>(0, &m);
+  ASSERT_TRUE(shared.ok());
+  EXPECT_EQ((*ctx)->stats().share_bytes_received, 0u);
+  std::vector<RangeArgs> args = {{*shared, 0, 5000}, {*shared, 5000, 10000}};
+  auto sums = (*ctx)->Map<double>("mpi.sum_range", args);
+  ASSERT_TRUE(sums.ok()) << sums.status().ToString();
+  double serial = 0;
+  for (uint32_t k = 0; k < 5000; ++k) serial += m.factors[k];
+  EXPECT_EQ((*sums)[0], serial);
+  auto big = Array<float>::Uninitialized(1 << 16);
+  for (size_t i = 0; i < big.size(); ++i) big.mutable_data()[i] = 1.0f;
+  auto scaled = (*ctx)->Map<Array<float>>("mpi.scaled", std::vector<Array<float>>{big});
+  ASSERT_TRUE(scaled.ok()) << scaled.status().ToString();
+  EXPECT_EQ((*scaled)[0][100], 2.0f);
+  auto some = (*ctx)->MapResults<int>("mpi.fail_on_7", std::vector<int>{6, 7});
+  ASSERT_TRUE(some.ok());
+  EXPECT_EQ(*(*some)[0], 12);
+  EXPECT_EQ((*some)[1].status().code(), StatusCode::kTaskFailed);
+  EXPECT_TRUE((*ctx)->Finish().ok());
 }
 
 TEST(MpiTest, ErrorsAreTheSameOnEveryRankAndLeaveNothingBehind) {
