@@ -322,15 +322,27 @@ void PoolCore::Progress(bool final) {
 }
 
 void PoolCore::Run() {
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    for (Worker& w : workers) {
-      if (Status st = Spawn(w); !st.ok()) {
+  // Without wait_for_all_workers, the first worker starts alone and the
+  // others once it has reported in: the first result then waits for one
+  // start, not for every start sharing the CPUs (interpreters), nor for
+  // every fork.
+  size_t launched = opts.wait_for_all_workers ? workers.size() : 1;
+  auto launch = [&](size_t from, size_t to) {
+    for (size_t i = from; i < to; ++i) {
+      Status st = Spawn(workers[i]);
+      if (st.ok()) continue;
+      if (!created) {  // Create fails with it
         start_status = st;
         started_cv.notify_all();
-        break;
+        return;
       }
+      std::fprintf(stderr, "zcstore pool: cannot start worker %zu: %s\n", i, st.ToString().c_str());
+      Retire(workers[i], "it could not be started (" + st.ToString() + ")");
     }
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    launch(0, launched);
   }
   std::vector<pollfd> fds;
   std::vector<int> owner;  // worker index per fd, -1 for the doorbell
@@ -385,6 +397,10 @@ void PoolCore::Run() {
                               [](const Worker& w) { return w.in_flight.empty(); });
       if (stop && idle) break;
       if (!start_status.ok() && !created) break;
+      if (launched < workers.size() && hellos > 0 && start_status.ok()) {
+        launch(launched, workers.size());  // the first one is up: now the others
+        launched = workers.size();
+      }
       // A worker that never reports in (after Create: a late or a
       // replacement one) is killed; its death is handled as any other.
       for (Worker& w : workers) {
