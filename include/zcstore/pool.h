@@ -429,9 +429,10 @@ struct PoolOptions {
   // replacement too) is killed, and counts as a death without an answer.
   std::chrono::milliseconds start_timeout{20000};
   // Create returns once every worker has reported in (true), or as soon as
-  // one has (false): the others go on starting, tasks run on the ready ones
+  // one has (false): then as many workers start at first as there are CPUs
+  // and the others once one has reported in, tasks run on the ready ones
   // meanwhile, and a start that fails later is a death like any other (see
-  // max_quick_deaths). False gives a first result sooner when workers are
+  // max_quick_deaths), or retires the worker if it cannot even be started. False gives a first result sooner when workers are
   // slow to start (interpreters); Create's start errors then come from the
   // first worker to report in or die.
   bool wait_for_all_workers = true;
