@@ -64,10 +64,10 @@ bench: build
 	  --benchmark_out_format=json $(BENCH_ARGS)
 
 # 4 ranks on this machine as 2 simulated nodes of 2 (Open MPI wants the
-# OMPI_ALLOW_RUN_AS_ROOT pair when run as root, and --oversubscribe for more
-# ranks than CPUs).
-MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ZCSTORE_MPI_RANKS_PER_NODE=2 \
-          mpirun --oversubscribe -np 4
+# OMPI_ALLOW_RUN_AS_ROOT pair when run as root, --oversubscribe for more
+# ranks than CPUs, and plm=isolated to start ranks here without ssh).
+MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm=isolated \
+          ZCSTORE_MPI_RANKS_PER_NODE=2 mpirun --oversubscribe -np 4
 demo-mpi: build
 	$(MPIRUN) ./$(BUILD)/examples/mpi_shared_model $(DEMO_ARGS)
 

@@ -4,7 +4,8 @@
 # Usage: killed_rank.sh MPIRUN MPI_TEST_BINARY
 set -u
 mpirun=$1 bin=$2
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ZCSTORE_MPI_RANKS_PER_NODE=2
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm=isolated \
+  ZCSTORE_MPI_RANKS_PER_NODE=2
 segments() { ls /dev/shm | grep -c '^zcstore' || true; }
 before=$(segments)
 out=$(timeout 120 "$mpirun" --oversubscribe -np 4 "$bin" --kill-a-rank 2>&1)
