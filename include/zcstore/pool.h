@@ -432,9 +432,10 @@ struct PoolOptions {
   // one has (false): then as many workers start at first as there are CPUs
   // and the others once one has reported in, tasks run on the ready ones
   // meanwhile, and a start that fails later is a death like any other (see
-  // max_quick_deaths), or retires the worker if it cannot even be started. False gives a first result sooner when workers are
-  // slow to start (interpreters); Create's start errors then come from the
-  // first worker to report in or die.
+  // max_quick_deaths), or retires the worker if it cannot even be started.
+  // False gives a first result sooner when workers are slow to start
+  // (interpreters); Create's start errors then come from the first worker
+  // to report in or die.
   bool wait_for_all_workers = true;
 };
 
@@ -546,9 +547,12 @@ class ZCSTORE_EXPORT Pool {
   // Runs task `name` on `arg` (`options`: its timeout). A task not
   // registered, or registered with other argument or result types, fails
   // the future with NotFound/TypeMismatch; with no worker left, with
-  // WorkerCrashed at once.
+  // WorkerCrashed at once. `arg` is encoded before Submit returns; one with
+  // out-of-band buffers goes into the pool's store: copied from an lvalue,
+  // moved from an rvalue (arrays it allocated in store() are then adopted,
+  // not copied: Submit(name, std::move(arg))).
   template <typename R, typename A>
-  Future<R> Submit(std::string_view name, const A& arg, const SubmitOptions& options = {});
+  Future<R> Submit(std::string_view name, A&& arg, const SubmitOptions& options = {});
 
   // Runs task `name` on each argument; the results in order. Items are sent in
   // chunks; at most max_in_flight_per_worker chunks per worker are
@@ -626,7 +630,7 @@ class ZCSTORE_EXPORT Pool {
       std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
   // A job of one item for `task`, its argument encoded now, not started.
   template <typename A>
-  std::shared_ptr<internal::Job> SingleJob(uint32_t task, const A& arg);
+  std::shared_ptr<internal::Job> SingleJob(uint32_t task, A&& arg);
   // Waits until the job is done (Map) or a result is ready (unordered).
   void WaitDone(internal::Job& job);
   bool WaitNext(internal::Job& job, size_t* index, internal::ItemResult* result);
@@ -698,12 +702,13 @@ const std::string& CachedTypeName() {
 }  // namespace internal
 
 template <typename A>
-std::shared_ptr<internal::Job> Pool::SingleJob(uint32_t task, const A& arg) {
+std::shared_ptr<internal::Job> Pool::SingleJob(uint32_t task, A&& arg) {
   auto job = std::make_shared<internal::Job>();
   job->task = task;
   job->n = 1;
   job->results.resize(1);
-  if (Status st = internal::EncodeValue(store(), arg, &job->arg, &job->arg_ref); !st.ok()) {
+  if (Status st = internal::EncodeValue(store(), std::forward<A>(arg), &job->arg, &job->arg_ref);
+      !st.ok()) {
     job->done = 1;
     job->results[0].code = st.code();
     job->results[0].error = st.message();
@@ -712,8 +717,9 @@ std::shared_ptr<internal::Job> Pool::SingleJob(uint32_t task, const A& arg) {
 }
 
 template <typename R, typename A>
-Future<R> Pool::Submit(std::string_view name, const A& arg, const SubmitOptions& options) {
-  auto task = TaskIndex(name, internal::CachedTypeName<A>(), internal::CachedTypeName<R>());
+Future<R> Pool::Submit(std::string_view name, A&& arg, const SubmitOptions& options) {
+  using T = std::remove_cvref_t<A>;
+  auto task = TaskIndex(name, internal::CachedTypeName<T>(), internal::CachedTypeName<R>());
   std::shared_ptr<internal::Job> job;
   if (!task.ok()) {
     job = std::make_shared<internal::Job>();
@@ -724,7 +730,7 @@ Future<R> Pool::Submit(std::string_view name, const A& arg, const SubmitOptions&
     job->results[0].error = task.status().message();
   } else {
     // Encode now: the caller's argument may be gone by the time it is sent.
-    job = SingleJob(*task, arg);
+    job = SingleJob(*task, std::forward<A>(arg));
     job->timeout = options.task_timeout;
     if (job->done == 0) Start(job, false);
   }

@@ -126,6 +126,12 @@ ZCSTORE_TASK("write_shared", WriteShared);
 int Pid(TaskContext&, const int&) { return getpid(); }
 ZCSTORE_TASK("pid", Pid);
 
+uint64_t SlowModelSize(TaskContext&, const Model& m) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // holds its argument a while
+  return m.factors.size();
+}
+ZCSTORE_TASK("slow_model_size", SlowModelSize);
+
 // Set by the fork hooks' child hook, in the worker only.
 int fork_child_mark = 0;
 int ForkChildMark(TaskContext&, const int&) { return fork_child_mark; }
@@ -625,6 +631,28 @@ TEST(PoolTest, ThreadsAndForkBackendsRunTheSameTasks) {
     EXPECT_EQ(*r, (std::vector<int>{1, 4, 9}));
     EXPECT_EQ(*pool->Submit<double>("sum_shared", SumArgs{*model, 0, 1000}).Get(), 1000.0);
   }
+}
+
+// An argument moved into Submit whose array lives in the pool's store is
+// adopted by the argument's store object; an lvalue is copied into one.
+TEST(PoolTest, ASubmittedRvalueAdoptsItsStoreArraysAndAnLvalueIsCopied) {
+  auto pool = MakePool(Small(1));
+  ASSERT_TRUE(pool);
+  constexpr size_t kFloats = 1 << 20;  // 4 MiB
+  auto used = [&] { return static_cast<int64_t>(pool->store().Stats()->used); };
+  Model m;
+  m.factors = std::move(*Array<float>::AllocateIn(pool->store(), kFloats));
+  int64_t before = used();
+  auto moved = pool->Submit<uint64_t>("slow_model_size", std::move(m));
+  EXPECT_LT(used() - before, int64_t{64} << 10);  // no second 4 MiB
+  EXPECT_EQ(*moved.Get(), kFloats);
+  Model kept;
+  kept.factors = std::move(*Array<float>::AllocateIn(pool->store(), kFloats));
+  before = used();
+  auto copied = pool->Submit<uint64_t>("slow_model_size", kept);
+  EXPECT_GE(used() - before, static_cast<int64_t>(kFloats * sizeof(float)));
+  EXPECT_EQ(*copied.Get(), kFloats);
+  EXPECT_EQ(kept.factors.size(), kFloats);  // the caller's is untouched
 }
 
 TEST(PoolTest, ForkHooksRunAroundEachForkOfAWorker) {
