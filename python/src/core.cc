@@ -122,23 +122,6 @@ class Handle {
   std::string name_;
 };
 
-// A Py_buffer released on scope exit (the GIL must be held then).
-struct HeldBuffer {
-  Py_buffer view{};
-  bool held = false;
-  HeldBuffer() = default;
-  HeldBuffer(const HeldBuffer&) = delete;
-  HeldBuffer& operator=(const HeldBuffer&) = delete;
-  void Take(PyObject* obj, int flags) {
-    if (PyObject_GetBuffer(obj, &view, flags) != 0) throw py::error_already_set();
-    held = true;
-  }
-  void Release() {
-    if (held) PyBuffer_Release(&view);
-    held = false;
-  }
-  ~HeldBuffer() { Release(); }
-};
 
 bool IsOwningArray(PyObject* obj) {
   if (ndarray_type == nullptr || Py_TYPE(obj) != ndarray_type) return false;

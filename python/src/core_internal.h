@@ -45,6 +45,25 @@ struct Buffer {
   InPlace* inplace = nullptr;  // set for a Buffer from Handle.empty
 };
 
+// A Py_buffer held until Release or destruction, which need the GIL (Take
+// throws error_already_set if the object exports no such buffer).
+struct HeldBuffer {
+  Py_buffer view{};
+  bool held = false;
+  HeldBuffer() = default;
+  HeldBuffer(const HeldBuffer&) = delete;
+  HeldBuffer& operator=(const HeldBuffer&) = delete;
+  void Take(PyObject* obj, int flags) {
+    if (PyObject_GetBuffer(obj, &view, flags) != 0) throw py::error_already_set();
+    held = true;
+  }
+  void Release() {
+    if (held) PyBuffer_Release(&view);
+    held = false;
+  }
+  ~HeldBuffer() { Release(); }
+};
+
 // Adds the pool's classes to the module (python/src/pool.cc).
 void RegisterPool(py::module_& m);
 

@@ -119,19 +119,15 @@ Result<PyCall> ToCall(Store& store, py::handle stream, py::handle buffers) {
     call.stream.assign(static_cast<const char*>(s.ptr), static_cast<size_t>(s.size * s.itemsize));
   }
   for (py::handle b : buffers) {
-    Py_buffer view;
-    if (PyObject_GetBuffer(b.ptr(), &view, PyBUF_ANY_CONTIGUOUS) != 0) throw py::error_already_set();
-    size_t n = static_cast<size_t>(view.len);
+    HeldBuffer source;
+    source.Take(b.ptr(), PyBUF_ANY_CONTIGUOUS);
+    size_t n = static_cast<size_t>(source.view.len);
     auto array = Array<uint8_t>::AllocateIn(store, n);
-    if (!array.ok()) {
-      PyBuffer_Release(&view);
-      return array.status();
-    }
+    if (!array.ok()) return array.status();
     {
       py::gil_scoped_release nogil;
-      std::memcpy(array->mutable_data(), view.buf, n);
+      std::memcpy(array->mutable_data(), source.view.buf, n);
     }
-    PyBuffer_Release(&view);
     call.buffers.push_back(std::move(*array));
   }
   return call;
@@ -140,11 +136,12 @@ Result<PyCall> ToCall(Store& store, py::handle stream, py::handle buffers) {
 PyCall RunPython(TaskContext& ctx, const PyCall& call) {
   py::gil_scoped_acquire gil;
   if (runner == nullptr) throw TaskError(InvalidArgument("no Python runner in this worker"));
-  auto shared = std::make_shared<PyCall>(call);  // shares the arrays' pins
+  // The exporters hold the arrays (and so their pins); the stream is read
+  // once, into the bytes the runner unpickles.
+  auto arrays = std::make_shared<PyCall>(PyCall{{}, call.buffers});
   py::object out;
   try {
-    out = py::reinterpret_borrow<py::object>(runner)(py::bytes(shared->stream),
-                                                     Exporters(shared));
+    out = py::reinterpret_borrow<py::object>(runner)(py::bytes(call.stream), Exporters(arrays));
     py::tuple pair = out.cast<py::tuple>();
     auto result = ToCall(internal::WorkerStore(ctx), pair[0], pair[1]);
     if (!result.ok()) throw TaskError(result.status());
@@ -250,7 +247,9 @@ class PyPool {
     SubmitOptions o;
     o.task_timeout = std::chrono::milliseconds(timeout_ms);
     py::gil_scoped_release nogil;
-    Future<PyCall> f = p.Submit<PyCall>("zcstore.python", call, o);
+    // Moved: its arrays, already in the pool's store, become the
+    // argument's object as they are (an lvalue would be copied again).
+    Future<PyCall> f = p.Submit<PyCall>("zcstore.python", std::move(call), o);
     std::lock_guard lock(mu_);  // the collector holds it while it cancels
     uint64_t token = ++last_token_;
     incoming_.push_back({token, std::move(f), Clock::now()});
@@ -340,23 +339,21 @@ class PyPool {
           break;
         }
       }
-      auto deadline = timeout_ms < 0 ? std::chrono::steady_clock::time_point::max()
-                                     : std::chrono::steady_clock::now() +
-                                           std::chrono::milliseconds(timeout_ms);
-      // In slices, so that a cancel meanwhile (which the collector would
-      // otherwise apply) reaches the task.
-      while (f && !f->WaitFor(std::chrono::milliseconds(std::clamp<int64_t>(
-                                  std::chrono::duration_cast<std::chrono::milliseconds>(
-                                      deadline - std::chrono::steady_clock::now())
-                                      .count(),
-                                  0, 50)),
-                              kWaiterSpin)) {
+      auto deadline = timeout_ms < 0 ? Clock::time_point::max()
+                                     : Clock::now() + std::chrono::milliseconds(timeout_ms);
+      // In slices of at most 50 ms, so that a cancel meanwhile (which the
+      // collector would otherwise apply) reaches the task.
+      auto slice = [&] {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        return std::clamp(left, std::chrono::milliseconds(0), std::chrono::milliseconds(50));
+      };
+      while (f && !f->WaitFor(slice(), kWaiterSpin)) {
         std::lock_guard lock(mu_);
         if (auto c = std::find(cancels_.begin(), cancels_.end(), token); c != cancels_.end()) {
           cancels_.erase(c);
           f->Cancel();
         }
-        if (std::chrono::steady_clock::now() >= deadline) {
+        if (Clock::now() >= deadline) {
           held_.erase(std::find(held_.begin(), held_.end(), token));
           // Back to the collector, to be watched at once (queued long ago).
           incoming_.insert(incoming_.begin(), {token, std::move(*f), Clock::time_point::min()});
