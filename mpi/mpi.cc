@@ -146,20 +146,12 @@ Status UnpackValue(Store& store, MessageReader& in, std::vector<std::byte>* byte
   return Status::OK();
 }
 
-// Steps over one packed value (PackValue) without reading it into a store.
-bool SkipValue(MessageReader& in) {
-  uint8_t kind = 0;
-  std::span<const std::byte> b;
-  uint64_t len = 0;
-  if (!in.U8(&kind)) return false;
-  if (kind == kInline) return in.U64(&len) && in.Bytes(len, &b);
-  ObjectId id;
-  uint32_t nbuf = 0;
-  if (!in.Id(&id) || !in.U64(&len) || !in.Bytes(len, &b) || !in.U32(&nbuf)) return false;
-  for (uint32_t i = 0; i < nbuf; ++i) {
-    if (!in.U64(&len) || !in.Bytes(len, &b)) return false;
-  }
-  return true;
+// An item's failure as a result message carries it (its success carries
+// code 0, no text, then its value).
+void PackError(MessageWriter& out, const Status& st) {
+  out.U32(static_cast<uint32_t>(st.code()));
+  out.U64(st.message().size());
+  out.Raw(st.message().data(), st.message().size());
 }
 
 // Receives the next message from `source` (or any) with `tag` (or any).
@@ -200,28 +192,32 @@ class Progress {
 // What runs tasks on this rank: the pool's worker state, over the node store.
 struct Context::Worker {
   internal::WorkerState state;
-  // Runs one item; its outcome goes into `out`.
-  void Run(uint32_t task, std::vector<std::byte>& arg, ObjectId arg_ref, MessageWriter& out) {
-    std::vector<std::byte> result;
-    ObjectId result_ref;
+  // Runs one item: its result is left in `r` (inline, or an object of the
+  // node store), its argument's object deleted.
+  void Invoke(uint32_t task, const std::vector<std::byte>& arg, ObjectId arg_ref,
+              ItemResult* r) {
     state.result_id = ObjectId::Random();
-    const internal::TaskInfo& info = internal::Registry()[task];
-    Status st = info.invoke(state.context, arg, arg_ref, &result, &result_ref);
+    Status st = internal::Registry()[task].invoke(state.context, arg, arg_ref, &r->bytes, &r->ref);
     if (!arg_ref.is_nil()) (void)state.store->Delete(arg_ref);
+    r->code = st.code();
+    r->error = st.message();
+  }
+  // Runs one item; its outcome goes into `out`.
+  void Run(uint32_t task, const std::vector<std::byte>& arg, ObjectId arg_ref,
+           MessageWriter& out) {
+    ItemResult r;
+    Invoke(task, arg, arg_ref, &r);
+    Status st(r.code, r.error);
     if (st.ok()) {
       MessageWriter value;
-      st = PackValue(*state.store, result, result_ref, value);
+      st = PackValue(*state.store, r.bytes, r.ref, value);
       if (st.ok()) {
-        out.U32(static_cast<uint32_t>(StatusCode::kOk));
-        out.U64(0);
+        PackError(out, Status::OK());
         out.Raw(value.bytes().data(), value.size());
         return;
       }
     }
-    std::string error = st.message();
-    out.U32(static_cast<uint32_t>(st.code()));
-    out.U64(error.size());
-    out.Raw(error.data(), error.size());
+    PackError(out, st);
   }
 };
 
@@ -453,26 +449,18 @@ Status Context::RunMap(
   Progress bar(opts_.progress_bar && options.progress, n);
   size_t done = 0;
 
-  // One rank: rank 0 runs every task itself, through the same encoding.
+  // One rank: rank 0 runs every task itself, through the same encoding
+  // (values with buffers stay in its node store: nothing travels).
   if (size_ == 1) {
+    std::vector<std::byte> arg;
     for (size_t i = 0; i < n; ++i) {
       ItemResult r;
       ObjectId ref;
-      Status st = encode(i, &r.bytes, &ref);
-      MessageWriter out;
-      if (st.ok()) worker_->Run(*task, r.bytes, ref, out);
-      MessageReader in(out.bytes());
-      uint32_t code = 0;
-      uint64_t len = 0;
-      std::span<const std::byte> err;
-      if (!st.ok()) {
+      if (Status st = encode(i, &arg, &ref); st.ok()) {
+        worker_->Invoke(*task, arg, ref, &r);
+      } else {
         r.code = st.code();
         r.error = st.message();
-      } else if (in.U32(&code) && in.U64(&len) && in.Bytes(len, &err)) {
-        r.code = static_cast<StatusCode>(code);
-        r.error.assign(reinterpret_cast<const char*>(err.data()), err.size());
-        if (r.code == StatusCode::kOk) st = UnpackValue(*store_, in, &r.bytes, &r.ref);
-        if (!st.ok()) r.code = st.code(), r.error = st.message();
       }
       deliver(i, r);
       bar.Update(++done);
@@ -606,6 +594,7 @@ Status Context::Serve() {
   }
   MessageWriter out;
   std::vector<std::byte> arg;
+  std::vector<uint64_t> indices;  // the items of the chunk being run
   while (true) {
     MPI_Status status;
     std::vector<std::byte> msg = Receive(world_, 0, MPI_ANY_TAG, &status);
@@ -635,46 +624,32 @@ Status Context::Serve() {
     }
     out.Clear();
     out.U32(count);
+    indices.clear();
     for (uint32_t k = 0; k < count; ++k) {
       uint64_t i = 0;
       ObjectId ref;
       if (!in.U64(&i)) return Corrupt("mpi: a truncated task message from rank 0");
       out.U64(i);
+      indices.push_back(i);
       if (Status st = UnpackValue(*worker_->state.store, in, &arg, &ref); !st.ok()) {
-        out.U32(static_cast<uint32_t>(st.code()));
-        out.U64(st.message().size());
-        out.Raw(st.message().data(), st.message().size());
+        PackError(out, st);
         if (st.code() == StatusCode::kCorrupt) return st;
         continue;
       }
       worker_->Run(task, arg, ref, out);
       ++stats_.tasks_run;
     }
-    if (out.size() > size_t{INT_MAX}) {  // one message per chunk: its count is an int
+    if (out.size() > size_t{INT_MAX}) {
+      // One message per chunk, and its count is an int: every item of the
+      // chunk fails instead.
+      Status too_big = InvalidArgument(
+          "mpi: the results of a chunk need a message over 2 GiB: lower MapOptions::chunk_size");
       out.Clear();
-      out.U32(0);
-      MessageReader again(msg);
-      std::string why = "mpi: the results of a chunk need a message over 2 GiB: lower "
-                        "MapOptions::chunk_size";
-      uint32_t k = 0;
-      MessageWriter errors;
-      // Each item of the chunk fails with that error (their indices are
-      // read again from the request).
-      uint32_t t = 0, n_items = 0;
-      uint64_t f = 0;
-      again.U32(&t);
-      again.U64(&f);
-      again.U32(&n_items);
-      for (; k < n_items; ++k) {
-        uint64_t i = 0;
-        if (!again.U64(&i) || !SkipValue(again)) break;
-        errors.U64(i);
-        errors.U32(static_cast<uint32_t>(StatusCode::kInvalidArgument));
-        errors.U64(why.size());
-        errors.Raw(why.data(), why.size());
+      out.U32(static_cast<uint32_t>(indices.size()));
+      for (uint64_t i : indices) {
+        out.U64(i);
+        PackError(out, too_big);
       }
-      out.Patch32(0, k);
-      out.Raw(errors.bytes().data(), errors.size());
     }
     MPI_Send(out.bytes().data(), static_cast<int>(out.size()), MPI_BYTE, 0, kTagResults, world_);
   }
