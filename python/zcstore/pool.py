@@ -474,6 +474,10 @@ class Pool(concurrent.futures.Executor):
             self._stop = True
         self._collector.join()
         self._core.shutdown()
+        # The workers' last lines reach the queue while they are stopped
+        # (a result waited for on its own thread can come back before the
+        # lines its task printed first): deliver them too.
+        self._emit_logs()
         if self._own_store:
             self._store.close()
         elif not self._store.closed:  # the caller's store: take back what the pool put there
