@@ -98,6 +98,7 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
     if (k < f.arg_refs.size() && !f.arg_refs[k].is_nil()) (void)store->Delete(f.arg_refs[k]);
   }
   JobMoved(job);
+  NoteTaskEnded();
   w.quick_deaths = 0;
   f.first += count;
   f.count -= count;
@@ -117,6 +118,14 @@ void PoolCore::FailItems(const std::shared_ptr<Job>& job, size_t first, size_t c
   job->done += count;
   stats.tasks_failed += count;
   JobMoved(*job);
+  NoteTaskEnded();
+}
+
+void PoolCore::NoteTaskEnded() {
+  if (first_end != Clock::time_point::max()) return;
+  first_end = Clock::now();
+  // Whoever took the answer, the pool thread starts the late workers.
+  if (late_starts) platform::RingDoorbell(doorbell);
 }
 
 void PoolCore::DeleteRefs(std::vector<ObjectId>& refs) {

@@ -118,7 +118,9 @@ Result<std::unique_ptr<Pool>> Pool::Create(const PoolOptions& options) {
   c.thread = std::thread([&c] { c.Run(); });
   std::unique_lock<std::mutex> lock(c.mu);
   bool in_time = c.started_cv.wait_for(lock, options.start_timeout, [&] {
-    return c.hellos == c.n || (!options.wait_for_all_workers && c.hellos > 0) ||
+    using Wait = PoolOptions::StartWait;
+    return c.hellos == c.n || (options.create_waits_for == Wait::kFirstWorker && c.hellos > 0) ||
+           (options.create_waits_for == Wait::kFirstLaunch && c.launched_first) ||
            !c.start_status.ok() || c.finished;
   });
   Status st = c.start_status;
@@ -276,6 +278,9 @@ PoolStats Pool::Stats() const {
   std::lock_guard<std::mutex> log_lock(core_->log_mu);
   PoolStats s = core_->stats;
   s.workers = core_->n;
+  s.workers_ready = static_cast<int>(std::count_if(
+      core_->workers.begin(), core_->workers.end(),
+      [](const internal::Worker& w) { return w.alive && w.ready; }));
   return s;
 }
 

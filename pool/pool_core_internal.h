@@ -92,6 +92,8 @@ class PoolCore {
   // When the task at the front of `w`'s queue must be done by (its start,
   // as the worker recorded it, plus task_timeout), or max() if none.
   Clock::time_point Deadline(const Worker& w) const;
+  // Notes when the first task ended (Complete, FailItems). Under mu.
+  void NoteTaskEnded();
   // How long each task of `job` may run: its own limit, else the pool's.
   std::chrono::milliseconds TimeoutOf(const Job& job) const {
     return job.timeout.count() > 0 ? job.timeout : opts.task_timeout;
@@ -144,6 +146,9 @@ class PoolCore {
   bool stop = false;
   bool finished = false;
   int hellos = 0;
+  bool launched_first = false;  // the first worker's process exists
+  bool late_starts = false;     // workers wait to be started (see Run)
+  Clock::time_point first_end = Clock::time_point::max();  // when a task first ended
   bool created = false;  // Create has returned the pool
   Status start_status;
   PoolStats stats;

@@ -168,7 +168,7 @@ struct WorkerState {
   ControlHeader* control = nullptr;
   Ring requests, responses;
   int doorbell = -1;
-  std::unique_ptr<Store> store;
+  std::shared_ptr<Store> store;  // shared with ForkHooks::child
   struct Attached {
     std::type_index type;
     std::shared_ptr<const void> holder;

@@ -29,7 +29,7 @@ Status PoolCore::Spawn(Worker& w) {
     w.state = std::make_unique<WorkerState>();
     auto s = Store::OpenFd(store->fd());
     if (!s.ok()) return s.status();
-    w.state->store = std::make_unique<Store>(std::move(*s));
+    w.state->store = std::make_shared<Store>(std::move(*s));
     w.state->index = w.index;
     w.state->spin_us = opts.spin_us;
     w.state->control = Header(control);
@@ -58,8 +58,11 @@ Status PoolCore::Spawn(Worker& w) {
       dup2(log[1], 1);
       dup2(log[1], 2);
       if (!platform::DieWithParent(parent)) _exit(0);
-      if (hooks.child) hooks.child(store->fd());
+      auto s = Store::OpenFd(store->fd());
+      if (!s.ok()) _exit(2);
       WorkerState ws;
+      ws.store = std::make_shared<Store>(std::move(*s));
+      if (hooks.child) hooks.child(ws.store);
       ws.index = w.index;
       ws.parent = parent;
       ws.spin_us = opts.spin_us;
@@ -67,9 +70,6 @@ Status PoolCore::Spawn(Worker& w) {
       ws.requests = w.requests;
       ws.responses = w.responses;
       ws.doorbell = doorbell;
-      auto s = Store::OpenFd(store->fd());
-      if (!s.ok()) _exit(2);
-      ws.store = std::make_unique<Store>(std::move(*s));
       int rc = WorkerLoop(ws);
       std::fflush(stdout);
       std::fflush(stderr);
@@ -323,13 +323,32 @@ void PoolCore::Progress(bool final) {
 }
 
 void PoolCore::Run() {
-  // Without wait_for_all_workers, as many workers start at first as there
-  // are CPUs, and the others once one has reported in: the first result
-  // then waits for a start that had a CPU to itself, not for a crowd of
-  // interpreters sharing the CPUs (on 2 CPUs, 8 spawned Python workers gave
-  // a first result after 0.43 s that way, 0.15 s this way).
-  size_t cpus = std::max(1u, std::thread::hardware_concurrency());
-  size_t launched = opts.wait_for_all_workers ? workers.size() : std::min(workers.size(), cpus);
+  // Unless Create waits for every worker, as many workers start at first
+  // as there are CPUs (a fork: one), and the others one at a time once a
+  // task has ended (or kLateStartDelay after one reported in, if none has).
+  // So the first result waits neither for a crowd of starting workers
+  // sharing the CPUs (on 2 CPUs, 8 spawned Python workers gave a first
+  // result after 0.43 s that way, 0.15 s this way) nor for the starts of
+  // the others (8 forked Python workers, each fork holding the GIL and
+  // `mu`: 13.6 ms when the 6 late ones were forked at the first report,
+  // 5.0 ms now). Each late start is a pass of the loop of its own, so that
+  // Create, Submit and answers get `mu` in between.
+  // The grace leaves the caller the moment it needs to take the first
+  // result: a fork holds the GIL for a millisecond, which the caller would
+  // otherwise wait for to return it.
+  constexpr auto kLateStartDelay = std::chrono::milliseconds(20);
+  constexpr auto kLateStartGrace = std::chrono::milliseconds(2);
+  size_t first = std::max(1u, std::thread::hardware_concurrency());
+  if (opts.backend == PoolOptions::Backend::kFork) first = 1;
+  size_t launched = opts.create_waits_for == PoolOptions::StartWait::kEveryWorker
+                        ? workers.size()
+                        : std::min(workers.size(), first);
+  Clock::time_point first_ready = Clock::time_point::max();
+  auto late_start_due = [&] {  // under mu
+    if (first_end != Clock::time_point::max()) return first_end + kLateStartGrace;
+    return (first_ready == Clock::time_point::max() ? Clock::now() : first_ready) +
+           kLateStartDelay;
+  };
   auto launch = [&](size_t from, size_t to) {
     for (size_t i = from; i < to; ++i) {
       Status st = Spawn(workers[i]);
@@ -345,7 +364,10 @@ void PoolCore::Run() {
   };
   {
     std::lock_guard<std::mutex> lock(mu);
+    late_starts = launched < workers.size();
     launch(0, launched);
+    launched_first = start_status.ok();
+    started_cv.notify_all();
   }
   std::vector<pollfd> fds;
   std::vector<int> owner;  // worker index per fd, -1 for the doorbell
@@ -358,6 +380,12 @@ void PoolCore::Run() {
     int timeout_ms = 100;
     {
       std::lock_guard<std::mutex> lock(mu);
+      if (launched < workers.size() && hellos > 0) {  // the next late start is due then
+        auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(late_start_due() - Clock::now())
+                .count();
+        timeout_ms = static_cast<int>(std::clamp<int64_t>(left, 0, timeout_ms));
+      }
       for (Worker& w : workers) {
         if (w.pidfd >= 0) {
           fds.push_back({w.pidfd, POLLIN, 0});
@@ -401,8 +429,11 @@ void PoolCore::Run() {
       if (stop && idle) break;
       if (!start_status.ok() && !created) break;
       if (launched < workers.size() && hellos > 0 && start_status.ok()) {
-        launch(launched, workers.size());  // one is up: now the others
-        launched = workers.size();
+        first_ready = std::min(first_ready, now);
+        if (late_start_due() <= now) {
+          launch(launched, launched + 1);
+          late_starts = ++launched < workers.size();
+        }
       }
       // A worker that never reports in (after Create: a late or a
       // replacement one) is killed; its death is handled as any other.

@@ -244,7 +244,7 @@ int RunWorkerProcess(int argc, char** argv) {
   w.requests = internal::RequestRing(*control, w.index);
   w.responses = internal::ResponseRing(*control, w.index);
   w.doorbell = internal::kDoorbellFd;
-  w.store = std::make_unique<Store>(std::move(*store));
+  w.store = std::make_shared<Store>(std::move(*store));
   // The handle has a descriptor of its own; the inherited one shares the
   // parent's open file description, and would keep the parent's liveness
   // lock held after the parent died.

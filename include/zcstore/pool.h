@@ -369,15 +369,16 @@ struct PoolOptions {
   // buffered output). `prepare` runs in the parent before fork(); a non-OK
   // status fails that worker's start with it (and nothing is forked).
   // `parent` runs in the parent after fork(), whether it succeeded, and only
-  // after a `prepare` that returned OK. `child(store_fd)` runs in the new
+  // after a `prepare` that returned OK. `child(store)` runs in the new
   // worker before its loop, its stdout and stderr already the pool's log
-  // pipe; `store_fd` is the pool's store there (Store::OpenFd opens it).
-  // Each may be empty. The pool's mutex is held meanwhile: a hook must not
+  // pipe; `store` is the worker's own handle on the pool's store, opened in
+  // the child, which the hook may keep and use for the child's life (one
+  // handle, not a second open per worker). Each may be empty. The pool's mutex is held meanwhile: a hook must not
   // wait for a thread that may be calling into the pool.
   struct ForkHooks {
     std::function<Status()> prepare;
     std::function<void()> parent;
-    std::function<void(int store_fd)> child;
+    std::function<void(const std::shared_ptr<Store>& store)> child;
   };
   ForkHooks fork_hooks;
   // Bytes of the pool's store (shared objects, large arguments and results).
@@ -428,15 +429,27 @@ struct PoolOptions {
   // Workers must report in within this time at start; one that has not (a
   // replacement too) is killed, and counts as a death without an answer.
   std::chrono::milliseconds start_timeout{20000};
-  // Create returns once every worker has reported in (true), or as soon as
-  // one has (false): then as many workers start at first as there are CPUs
-  // and the others once one has reported in, tasks run on the ready ones
-  // meanwhile, and a start that fails later is a death like any other (see
-  // max_quick_deaths), or retires the worker if it cannot even be started.
-  // False gives a first result sooner when workers are slow to start
-  // (interpreters); Create's start errors then come from the first worker
-  // to report in or die.
-  bool wait_for_all_workers = true;
+  // What Create waits for before it returns the pool:
+  //  kEveryWorker: every worker has reported in; a worker that cannot start
+  //    fails Create.
+  //  kFirstWorker: one worker has reported in (a first result sooner when
+  //    workers are slow to start, as interpreters are); Create's start
+  //    errors come from that first worker, which reports in or dies.
+  //  kFirstLaunch: the first worker's process exists (spawned or forked),
+  //    not that it has reported in: the caller goes on while it starts, and
+  //    tasks wait in the queue for it. Create fails only if that launch
+  //    fails; a worker that dies before it reports in is a death like any
+  //    other (see max_quick_deaths).
+  // Unless kEveryWorker, as many workers start at first as there are CPUs
+  // (kFork: one; a fork is quick, and each one makes the parent's next
+  // writes to its memory copy-on-write faults), and the others one after
+  // another once a task has ended (or 20 ms after the first reported in,
+  // if none has), so that they are not in the way of the first result;
+  // tasks run on the ready ones meanwhile, and a later start that fails is
+  // a death like any other, or retires the worker if it cannot even be
+  // started.
+  enum class StartWait { kEveryWorker, kFirstWorker, kFirstLaunch };
+  StartWait create_waits_for = StartWait::kEveryWorker;
 };
 
 struct MapOptions {
@@ -457,6 +470,8 @@ struct SubmitOptions {
 
 struct PoolStats {
   int workers = 0;
+  // Of those, the ones up now: started and reported in, not since dead.
+  int workers_ready = 0;
   uint64_t tasks_done = 0;
   uint64_t tasks_failed = 0;
   uint32_t workers_replaced = 0;

@@ -81,9 +81,9 @@ PyTypeObject* ndarray_type = nullptr;
 
 class Handle {
  public:
-  explicit Handle(Store store)
-      : store_(std::make_shared<Store>(std::move(store))),
-        inplace_(std::make_shared<InPlaceRegistry>()) {
+  explicit Handle(Store store) : Handle(std::make_shared<Store>(std::move(store))) {}
+  explicit Handle(std::shared_ptr<Store> store)
+      : store_(std::move(store)), inplace_(std::make_shared<InPlaceRegistry>()) {
     name_ = store_->name();
   }
 
@@ -384,6 +384,10 @@ Backing ToBacking(int b) {
 }
 
 }  // namespace
+
+py::object HandleOf(std::shared_ptr<Store> store) {
+  return py::cast(new Handle(std::move(store)), py::return_value_policy::take_ownership);
+}
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "zcstore's native layer; use the zcstore package, not this module.";

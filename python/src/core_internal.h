@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "zcstore/status.h"
+#include "zcstore/store.h"
 
 namespace py = pybind11;
 
@@ -19,6 +20,10 @@ namespace py = pybind11;
 #endif
 
 namespace zcstore::python {
+
+// A zcstore._core.Handle over `store`, an open handle of this process's
+// (the Python Store of a forked pool worker shares the worker loop's).
+py::object HandleOf(std::shared_ptr<Store> store);
 
 // Raises the Python exception registered for st.code(), with its message.
 [[noreturn]] void Raise(const Status& st);

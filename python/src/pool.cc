@@ -80,20 +80,22 @@ void AfterForkParent() {
   PyGILState_Release(fork_gil);
 }
 
-// `run` becomes this worker's runner; `init(store_fd)` (zcstore/pool_worker.py)
-// is called first. Both are the pool's (PyPool keeps them).
-void AfterForkChild(PyObject* run, PyObject* init, int store_fd) {
+// `run` becomes this worker's runner; `init(handle)` (zcstore/pool_worker.py)
+// is called first, with a Handle over the worker loop's own handle on the
+// pool's store. Both are the pool's (PyPool keeps them).
+void AfterForkChild(PyObject* run, PyObject* init, const std::shared_ptr<Store>& store) {
   PyOS_AfterFork_Child();
   Py_XDECREF(runner);
   Py_INCREF(run);
   runner = run;
-  PyObject* r = PyObject_CallFunction(init, "i", store_fd);
-  if (r == nullptr) {
+  try {
+    py::reinterpret_borrow<py::object>(init)(HandleOf(store));
+  } catch (py::error_already_set& e) {
+    e.restore();
     PyErr_Print();
     std::fflush(stderr);
     _exit(3);  // a worker that cannot start: the pool reports its death
   }
-  Py_DECREF(r);
   // The worker loop runs without the GIL; each task takes it (RunPython)
   // with this thread's state, which stays.
   (void)PyEval_SaveThread();
@@ -258,65 +260,64 @@ class PyPool {
   }
 
   // Waits up to timeout_ms for tasks to finish; returns each finished one
-  // as (token, code, message, stream or None, buffers). Called by one
-  // collector thread only.
+  // as (token, code, message, stream or None, buffers), or an empty list
+  // after timeout_ms or once StopWaiting is called. Called by one collector
+  // thread only. It comes back to Python only with something to deliver:
+  // a task submitted meanwhile re-arms the wait here, without the GIL
+  // (which the submitting thread is about to take back).
   py::list Wait(int64_t timeout_ms) {
     std::vector<std::pair<uint64_t, Result<PyCall>>> done;
     {
       py::gil_scoped_release nogil;
-      {
-        std::unique_lock lock(mu_);
-        if (pending_.empty()) {
-          // Until a queued task is due to be watched, or one is queued.
-          auto until = Clock::now() + std::chrono::milliseconds(timeout_ms);
-          if (!incoming_.empty()) until = std::min(until, incoming_.front().queued + kWaiterFirst);
-          collector_idle_ = incoming_.empty();
-          wake_.wait_until(lock, until, [&] {
-            return !cancels_.empty() || stopping_ || (collector_idle_ && !incoming_.empty());
-          });
-          collector_idle_ = false;
-        }
-        auto due = Clock::now() - kWaiterFirst;
-        size_t taken = 0;
-        while (taken < incoming_.size() && (stopping_ || incoming_[taken].queued <= due)) {
-          tokens_.push_back(incoming_[taken].token);
-          pending_.push_back(std::move(incoming_[taken].future));
-          ++taken;
-        }
-        incoming_.erase(incoming_.begin(), incoming_.begin() + static_cast<ptrdiff_t>(taken));
-        // A cancel of a task a thread waits for itself is that thread's to apply.
-        auto kept = std::remove_if(cancels_.begin(), cancels_.end(), [&](uint64_t token) {
-          if (std::find(held_.begin(), held_.end(), token) != held_.end()) return false;
-          for (size_t i = 0; i < tokens_.size(); ++i) {
-            if (tokens_[i] == token) pending_[i].Cancel();
+      auto end = Clock::now() + std::chrono::milliseconds(timeout_ms);
+      while (done.empty() && Clock::now() < end) {
+        {
+          std::unique_lock lock(mu_);
+          if (stop_waiting_ || (stopping_ && pending_.empty() && incoming_.empty())) break;
+          if (pending_.empty()) {
+            // Until a queued task is due to be watched, or one is queued.
+            auto until = end;
+            if (!incoming_.empty()) until = std::min(until, incoming_.front().queued + kWaiterFirst);
+            collector_idle_ = incoming_.empty();
+            wake_.wait_until(lock, until, [&] {
+              return CancelToApplyLocked() || stopping_ || stop_waiting_ ||
+                     (collector_idle_ && !incoming_.empty());
+            });
+            collector_idle_ = false;
           }
-          for (Incoming& in : incoming_) {
-            if (in.token == token) in.future.Cancel();
-          }
-          return true;
-        });
-        cancels_.erase(kept, cancels_.end());
-      }
-      if (!pending_.empty()) {
-        // A task submitted meanwhile is seen at the latest after this wait:
-        // keep it short while work is pending.
-        (void)WaitAny<PyCall>(pending_, std::chrono::milliseconds(std::min<int64_t>(timeout_ms, 2)));
-      }
-      for (size_t i = 0; i < pending_.size();) {
-        if (!pending_[i].Ready()) {
-          ++i;
-          continue;
+          TakeDueLocked();
         }
-        done.emplace_back(tokens_[i], pending_[i].Get());
-        pending_[i] = std::move(pending_.back());
-        tokens_[i] = tokens_.back();
-        pending_.pop_back();
-        tokens_.pop_back();
+        if (!pending_.empty()) {
+          // A task submitted meanwhile is seen at the latest after this wait:
+          // keep it short while work is pending.
+          auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now());
+          (void)WaitAny<PyCall>(pending_, std::clamp(left, std::chrono::milliseconds(0),
+                                                     std::chrono::milliseconds(2)));
+        }
+        for (size_t i = 0; i < pending_.size();) {
+          if (!pending_[i].Ready()) {
+            ++i;
+            continue;
+          }
+          done.emplace_back(tokens_[i], pending_[i].Get());
+          pending_[i] = std::move(pending_.back());
+          tokens_[i] = tokens_.back();
+          pending_.pop_back();
+          tokens_.pop_back();
+        }
       }
     }
     py::list out;
     for (auto& [token, r] : done) out.append(Outcome(token, r));
     return out;
+  }
+
+  // Makes the collector's Wait return now, and every later one at once.
+  void StopWaiting() {
+    py::gil_scoped_release nogil;
+    std::lock_guard lock(mu_);
+    stop_waiting_ = true;
+    wake_.notify_all();
   }
 
   // Waits for task `token` on this thread, so that its answer wakes this
@@ -417,12 +418,46 @@ class PyPool {
   }
 
  private:
+  // Whether a cancel is the collector's to apply (not one of a task that a
+  // thread waits for itself: WaitOne applies those).
+  bool CancelToApplyLocked() const {
+    return std::any_of(cancels_.begin(), cancels_.end(), [&](uint64_t token) {
+      return std::find(held_.begin(), held_.end(), token) == held_.end();
+    });
+  }
+
+  // The queued tasks due to be watched (all of them once stopping) become
+  // the collector's; the cancels of tasks it watches are applied.
+  void TakeDueLocked() {
+    auto due = Clock::now() - kWaiterFirst;
+    size_t taken = 0;
+    while (taken < incoming_.size() && (stopping_ || incoming_[taken].queued <= due)) {
+      tokens_.push_back(incoming_[taken].token);
+      pending_.push_back(std::move(incoming_[taken].future));
+      ++taken;
+    }
+    incoming_.erase(incoming_.begin(), incoming_.begin() + static_cast<ptrdiff_t>(taken));
+    // A cancel of a task a thread waits for itself is that thread's to apply.
+    auto kept = std::remove_if(cancels_.begin(), cancels_.end(), [&](uint64_t token) {
+      if (std::find(held_.begin(), held_.end(), token) != held_.end()) return false;
+      for (size_t i = 0; i < tokens_.size(); ++i) {
+        if (tokens_[i] == token) pending_[i].Cancel();
+      }
+      for (Incoming& in : incoming_) {
+        if (in.token == token) in.future.Cancel();
+      }
+      return true;
+    });
+    cancels_.erase(kept, cancels_.end());
+  }
+
   py::object keep_;  // what the fork hooks call, alive as long as the pool
   std::unique_ptr<Pool> pool_;
   std::shared_ptr<LogQueue> logs_;
   std::mutex mu_;
   std::condition_variable wake_;
   bool stopping_ = false;
+  bool stop_waiting_ = false;  // StopWaiting was called
   uint64_t last_token_ = 0;
   // Submitted tasks, oldest first, not yet watched by the collector: for
   // kWaiterFirst a thread that waits for one (WaitOne) takes it from here
@@ -455,13 +490,19 @@ void RegisterPool(py::module_& m) {
             o.task_timeout = std::chrono::milliseconds(task_timeout_ms);
             o.start_timeout = std::chrono::milliseconds(start_timeout_ms);
             o.progress_bar = false;  // the Python side draws its own
-            // Interpreters are slow to start: work begins on the first one up.
-            o.wait_for_all_workers = false;
+            // Interpreters are slow to start: work begins on the first one
+            // up. A fork pool is started by its first task (pool.py), which
+            // waits in the queue while the first worker gets ready.
+            o.create_waits_for = o.backend == PoolOptions::Backend::kFork
+                                     ? PoolOptions::StartWait::kFirstLaunch
+                                     : PoolOptions::StartWait::kFirstWorker;
             if (o.backend == PoolOptions::Backend::kFork) {
               PyObject* run = fork_runner.ptr();
               PyObject* init = fork_init.ptr();
               o.fork_hooks = {BeforeFork, AfterForkParent,
-                              [run, init](int store_fd) { AfterForkChild(run, init, store_fd); }};
+                              [run, init](const std::shared_ptr<Store>& store) {
+                                AfterForkChild(run, init, store);
+                              }};
             }
             auto logs = std::make_shared<LogQueue>();
             o.log_sink = [logs](int worker, std::string_view line) { logs->Add(worker, line); };
@@ -476,6 +517,7 @@ void RegisterPool(py::module_& m) {
       .def_property_readonly("store_fd", [](PyPool& p) { return p.pool().store().fd(); })
       .def("submit", &PyPool::Submit)
       .def("wait", &PyPool::Wait)
+      .def("stop_waiting", &PyPool::StopWaiting)
       .def("wait_one", &PyPool::WaitOne)
       .def("cancel", &PyPool::Cancel)
       .def("shutdown", &PyPool::Shutdown)
@@ -485,6 +527,7 @@ void RegisterPool(py::module_& m) {
         PoolStats s = p.Stats();
         py::dict d;
         d["workers"] = s.workers;
+        d["workers_ready"] = s.workers_ready;
         d["tasks_done"] = s.tasks_done;
         d["tasks_failed"] = s.tasks_failed;
         d["workers_replaced"] = s.workers_replaced;

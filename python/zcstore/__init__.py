@@ -500,6 +500,13 @@ class Store:
         except (pickle.UnpicklingError, EOFError) as e:
             raise Corrupt(f"object {ref.id} in store '{self._name}' does not unpickle: {e}") from e
 
+    def _pin(self, ref):
+        """Keeps object ``ref`` from being reclaimed while the result lives;
+        NotFound if it is gone. For a view this process holds but did not
+        get from this handle: a forked child's inherited one, whose pin is
+        its parent's."""
+        return self._h.get(*self._own(ref))
+
     def ref(self, id):
         """The Ref of object ``id`` (32 hex digits) in this store: for ids
         that come from C++, C or the ``zcstore`` tool. Checks the form only;

@@ -57,7 +57,12 @@ class Shared:
         return f"zcstore.Shared({self.ref.id})"
 
 
-_attached = {}
+_attached = {}  # in a worker: the objects it got, by ref
+# In a fork pool's parent: what it shared, as read-only views, for the
+# workers it forks later to inherit; a worker pins one (for itself: the
+# parent's pins are not its own) when a task first gets its handle.
+_inherited = {}
+_pins = {}  # in a worker: its pins of the objects it inherited
 
 
 def _attach(ref):
@@ -68,6 +73,11 @@ def _attach(ref):
         if ref in _store_of(ref):
             return obj
         del _attached[ref]
+        _pins.pop(ref, None)
+    elif ref in _inherited:
+        _pins[ref] = _store_of(ref)._pin(ref)  # NotFound once unshared
+        obj = _attached[ref] = _inherited.pop(ref)
+        return obj
     obj = ref.get()
     _attached[ref] = obj
     return obj
@@ -286,22 +296,22 @@ class Pool(concurrent.futures.Executor):
         self._log = log
         self.log_lines_dropped = 0
         self._timeout_ms = int((task_timeout or 0) * 1000)
-        from .pool_worker import Runner, fork_child_init
-        if backend == "threads":
-            _core.set_runner(Runner().run)
+        from .pool_worker import ForkChild, Runner
         if store is not None and (not isinstance(store, Store) or store.closed):
             raise InvalidArgument(f"store must be an open zcstore.Store, not {store!r}")
-        main_name = _MAIN_NAME + os.urandom(8).hex()
+        self._n = workers
+        self._main_name = main_name = _MAIN_NAME + os.urandom(8).hex()
         fork_runner = Runner(None, initializer, tuple(initargs)).run if backend == "fork" else None
-        self._core = _core.Pool.create(
+        # What _start hands the C++ pool.
+        self._create_args = (
             workers, _BACKENDS[backend], sys.executable, ["-c", _WORKER_CODE.format(main_name)],
-            int(store_capacity), -1 if store is None else store.fd, int(max_retries),
-            self._timeout_ms, int(start_timeout * 1000), fork_runner, fork_child_init)
-        # Put through the caller's handle, arrays it made with empty() are
-        # adopted, not copied.
+            int(store_capacity), int(max_retries), self._timeout_ms, int(start_timeout * 1000),
+            fork_runner, ForkChild() if backend == "fork" else None)
+        # The pool's store is a memfd of this handle's, or the caller's:
+        # put through it, arrays made with its empty() are adopted, not copied.
         self._own_store = store is None
-        self._store = Store.open_fd(self._core.store_fd) if store is None else store
-        self._main_name = main_name
+        self._store = store if store is not None else Store.create(
+            "pool", backing="memfd", capacity=int(store_capacity), max_clients=4 * workers + 16)
         if backend == "spawn":  # what a fresh interpreter needs first (pool_worker.main)
             prepare = multiprocessing.spawn.get_preparation_data("zcstore-worker")
             prepare.pop("authkey", None)  # multiprocessing's own secret: not ours to pass on
@@ -309,25 +319,67 @@ class Pool(concurrent.futures.Executor):
                 "prepare": prepare,
                 "initializer": initializer, "initargs": tuple(initargs),
                 "log_level": logging.getLogger().getEffectiveLevel()}))
-        if backend == "threads" and initializer is not None:
-            initializer(*initargs)
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()  # one _start at a time, and none after _close
+        self._core = None  # the C++ pool, once started
+        self._started = threading.Event()  # set once it is (or the pool closed first)
         self._futures = {}
+        self._shared = set()  # refs in _inherited, a fork pool's
         self._shutdown = False
         self._stop = False
+        # Started before the workers are (a thread started after a fork
+        # pays a copy-on-write fault for each page it touches).
         self._collector = threading.Thread(target=self._collect, name="zcstore-pool",
                                            daemon=True)
         self._collector.start()
         _pools.add(self)
+        # A fork pool forks its workers at its first task, as
+        # ProcessPoolExecutor does: they inherit what was shared before it,
+        # and nothing forked is in the way of the caller meanwhile.
+        if backend != "fork":
+            try:
+                if backend == "threads":
+                    _core.set_runner(Runner().run)
+                    if initializer is not None:
+                        initializer(*initargs)
+                self._start()
+            except BaseException:
+                self._close()
+                raise
+
+    def _start(self):
+        """The C++ pool, started at the first call that needs it."""
+        core = self._core
+        if core is not None:
+            return core
+        with self._start_lock:
+            if self._stop:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._core is None:
+                (workers, backend, exe, args, capacity, retries, timeout_ms, start_ms,
+                 fork_runner, fork_init) = self._create_args
+                self._core = _core.Pool.create(workers, backend, exe, args, capacity,
+                                               self._store.fd, retries, timeout_ms, start_ms,
+                                               fork_runner, fork_init)
+                self._started.set()
+            return self._core
 
     @property
     def workers(self):
-        return self._core.workers
+        return self._n
+
+    _STATS = ("workers", "workers_ready", "tasks_done", "tasks_failed", "workers_replaced",
+              "log_lines", "log_lines_dropped")
 
     def stats(self):
-        """The C++ pool's counters: workers, tasks_done, tasks_failed,
-        workers_replaced, log_lines, log_lines_dropped (a dict)."""
-        return self._core.stats()
+        """The C++ pool's counters: workers, workers_ready (up now),
+        tasks_done, tasks_failed, workers_replaced, log_lines,
+        log_lines_dropped (a dict). A fork pool before its first task:
+        workers and zeros."""
+        core = self._core
+        if core is None:
+            return dict.fromkeys(self._STATS, 0) | {"workers": self._n}
+        return core.stats()
 
     # --- sharing
 
@@ -340,8 +392,13 @@ class Pool(concurrent.futures.Executor):
         if isinstance(obj, Ref):
             if obj not in self._store:
                 raise NotFound(f"{obj!r} is not an object of this pool's store")
-            return Shared(obj)
-        return Shared(self._store.put(obj, move=move))
+            ref = obj
+        else:
+            ref = self._store.put(obj, move=move)
+        if self._backend == "fork":  # attached here once, inherited by every worker
+            _inherited[ref] = self._store.get(ref)
+            self._shared.add(ref)
+        return Shared(ref)
 
     def empty(self, shape, dtype=float, order="C"):
         """A writable array in the pool's store, to fill and then share with
@@ -351,6 +408,8 @@ class Pool(concurrent.futures.Executor):
     def unshare(self, shared):
         """Deletes a shared object; tasks that get its handle later fail
         with NotFound (a task already holding it keeps it until it ends)."""
+        _inherited.pop(shared.ref, None)
+        self._shared.discard(shared.ref)
         self._store.delete(shared.ref)
 
     # --- tasks
@@ -367,8 +426,9 @@ class Pool(concurrent.futures.Executor):
                 f"{getattr(fn, '__qualname__', fn)!r} or its arguments cannot be sent to a "
                 f"worker: {e} (a worker imports functions by module and name: define it at "
                 "module level, or install python3-cloudpickle for lambdas and closures)") from e
+        core = self._start()
         with self._lock:
-            token = self._core.submit(stream, buffers, self._timeout_ms)
+            token = core.submit(stream, buffers, self._timeout_ms)
             future = self._futures[token] = _Future(self, token)
         stream.release()
         future.add_done_callback(lambda f, t=token: f.cancelled() and self._cancel(t, f))
@@ -418,7 +478,7 @@ class Pool(concurrent.futures.Executor):
         """Runs fn(*args) once on every worker; their results, by worker.
         The first failure is raised (after every worker has answered)."""
         stream, buffers = dumps((fn, args, {}))
-        outcomes = self._core.broadcast(stream, buffers)
+        outcomes = self._start().broadcast(stream, buffers)
         results = [self._outcome(code, message, st, bufs)
                    for _, code, message, st, bufs in outcomes]
         for ok, value in results:
@@ -472,12 +532,20 @@ class Pool(concurrent.futures.Executor):
             if self._stop:
                 return
             self._stop = True
+        with self._start_lock:  # no start now, nor after
+            core = self._core
+            self._started.set()
+        if core is not None:
+            core.stop_waiting()
         self._collector.join()
-        self._core.shutdown()
-        # The workers' last lines reach the queue while they are stopped
-        # (a result waited for on its own thread can come back before the
-        # lines its task printed first): deliver them too.
-        self._emit_logs()
+        if core is not None:
+            core.shutdown()
+            # The workers' last lines reach the queue while they are stopped
+            # (a result waited for on its own thread can come back before the
+            # lines its task printed first): deliver them too.
+            self._emit_logs()
+        for ref in self._shared:
+            _inherited.pop(ref, None)
         if self._own_store:
             self._store.close()
         elif not self._store.closed:  # the caller's store: take back what the pool put there
@@ -504,6 +572,8 @@ class Pool(concurrent.futures.Executor):
         return False, exc
 
     def _emit_logs(self):
+        if self._core is None:
+            return
         lines, self.log_lines_dropped = self._core.take_logs()
         for worker, line in lines:
             if line.startswith(RECORD):
@@ -517,6 +587,7 @@ class Pool(concurrent.futures.Executor):
                 sys.stderr.write(f"[worker {worker}] {line}\n")
 
     def _collect(self):
+        self._started.wait()
         while True:
             with self._lock:
                 if self._stop:

@@ -4,8 +4,8 @@ A spawned worker is ``python3 -c "from zcstore.pool_worker import main;
 main()" --zcstore-worker ...``: main() opens the pool's store (the
 descriptor the pool passed down) and enters the C++ worker loop, which calls
 Runner.run for each task with the GIL held. A forked worker (the fork
-backend) starts in fork_child_init, run by the C++ pool in the new child
-before its loop, and runs the Runner its parent made.
+backend) starts in a ForkChild its pool made ready, run by the C++ pool in
+the new child before its loop, and runs the Runner its parent made.
 """
 import logging
 import multiprocessing.spawn
@@ -67,30 +67,53 @@ class _RecordHandler(logging.Handler):
             self.handleError(record)
 
 
+def _record_handler():
+    handler = _RecordHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return handler
+
+
 def _worker_output():
     # Lines reach the parent as they are written, not when a buffer fills;
     # logging records travel whole, to be handled by the parent's logging.
     for stream in (sys.stdout, sys.stderr):
         if stream is not None and hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
-    handler = _RecordHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logging.getLogger().handlers[:] = [handler]
+    logging.getLogger().handlers[:] = [_record_handler()]
 
 
-def fork_child_init(store_fd):
-    """A forked worker's start: its stdout and stderr are the pool's log
-    pipe now, and its root logger's handlers (the parent's, inherited)
-    give way to the one that sends records to the parent (sys.stdout and
-    sys.stderr are made anew on those descriptors). It opens the
-    pool's store (``store_fd``), so that handles of shared objects resolve."""
-    # sys.stdout and sys.stderr may be other files in the parent (a test
-    # runner's capture, a redirection): a worker's go to the log pipe.
-    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
-    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
-    _worker_output()
-    global _store
-    _store = Store.open_fd(store_fd, read_only=True)
+def _line_file(fd):
+    return open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False,
+                buffering=1)
+
+
+class ForkChild:
+    """A forked worker's start, made ready in the parent by its pool.
+
+    In the child, stdout and stderr are the pool's log pipe, and the root
+    logger's handlers (the parent's, inherited) give way to the one that
+    sends records to the parent. sys.stdout and sys.stderr become files on
+    those descriptors (in the parent they may be other files: a test
+    runner's capture, a redirection). What that takes is made here, before
+    any fork, so that a child only installs it: in a child each new object
+    costs copy-on-write faults, a millisecond for these.
+    """
+
+    def __init__(self):
+        try:  # files on descriptor numbers 1 and 2, which are the pipe in a child
+            self._files = (_line_file(1), _line_file(2))
+        except OSError:  # closed here: made in each child instead
+            self._files = None
+        self._handler = _record_handler()
+
+    def __call__(self, handle):
+        """Called in the child, with the worker's own handle on the pool's
+        store (the C++ loop's, opened in this child): made a Store here, so
+        that handles of shared objects resolve."""
+        sys.stdout, sys.stderr = self._files or (_line_file(1), _line_file(2))
+        logging.getLogger().handlers[:] = [self._handler]
+        global _store
+        _store = Store(handle, "/dev/shm")
 
 
 def main(main_name):

@@ -577,14 +577,19 @@ TEST(PoolTest, WorkersCanBeStartedThroughAnInterpreter) {
 // Worker 1 is slow to start, or never does: /bin/sh runs `first` for it
 // before it execs this binary as a worker (the script's $2 is the worker's
 // index).
-PoolOptions SlowSecondWorker(const std::string& first) {
+// Worker `index` runs `first` (a shell command) before it starts.
+PoolOptions SlowWorker(const std::string& first, int index = 1) {
   PoolOptions o = Small(2);
   o.worker_executable = "/bin/sh";
-  o.worker_args = {"-c", "[ \"$2\" = 1 ] && " + first + "; exec \"$0\" \"$@\"",
+  o.worker_args = {"-c",
+                   "[ \"$2\" = " + std::to_string(index) + " ] && " + first +
+                       "; exec \"$0\" \"$@\"",
                    "/proc/" + std::to_string(getpid()) + "/exe"};
-  o.wait_for_all_workers = false;
+  o.create_waits_for = PoolOptions::StartWait::kFirstWorker;
   return o;
 }
+
+PoolOptions SlowSecondWorker(const std::string& first) { return SlowWorker(first, 1); }
 
 TEST(PoolTest, CreateCanReturnOnceOneWorkerIsReady) {
   auto t0 = std::chrono::steady_clock::now();
@@ -597,6 +602,58 @@ TEST(PoolTest, CreateCanReturnOnceOneWorkerIsReady) {
   ASSERT_EQ(pids->size(), 2u);
   EXPECT_NE(*(*pids)[0], *(*pids)[1]);
   EXPECT_EQ(pool->Stats().workers_replaced, 0u);
+}
+
+TEST(PoolTest, WorkersBeyondTheCpusStartEvenWithoutWork) {
+  // The ones past the CPUs wait for the first task, or a moment: with no
+  // task at all they must start all the same.
+  for (auto backend : {PoolOptions::Backend::kSpawn, PoolOptions::Backend::kFork}) {
+    PoolOptions o = Small(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) + 2);
+    o.backend = backend;
+    o.create_waits_for = PoolOptions::StartWait::kFirstWorker;
+    auto pool = MakePool(o);
+    ASSERT_TRUE(pool);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (pool->Stats().workers_ready < o.workers && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    PoolStats s = pool->Stats();
+    EXPECT_EQ(s.workers_ready, o.workers);
+    EXPECT_EQ(s.tasks_done, 0u);
+    EXPECT_EQ(s.workers_replaced, 0u);
+  }
+}
+
+TEST(PoolTest, CreateCanReturnOnceTheFirstWorkerIsLaunched) {
+  // Every worker sleeps before it starts: Create returns at once, and the
+  // task waits in the queue for the first worker up.
+  PoolOptions o = SlowWorker("sleep 1", 0);
+  o.workers = 1;
+  o.create_waits_for = PoolOptions::StartWait::kFirstLaunch;
+  auto t0 = std::chrono::steady_clock::now();
+  auto pool = MakePool(o);
+  ASSERT_TRUE(pool);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(800));
+  EXPECT_EQ(pool->Stats().workers_ready, 0);
+  EXPECT_EQ(*pool->Submit<int>("square", 7).Get(), 49);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(900));
+
+  // A worker that dies before it reports in is no error of Create's then,
+  // but a death: replaced, and in the end retired, failing the work.
+  o = Small(1);
+  o.worker_executable = "/bin/false";
+  o.create_waits_for = PoolOptions::StartWait::kFirstLaunch;
+  o.restart_window = std::chrono::milliseconds(5000);
+  auto doomed = MakePool(o);
+  ASSERT_TRUE(doomed);
+  auto r = doomed->Submit<int>("square", 2).Get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kWorkerCrashed) << r.status().ToString();
+  // Only the launch itself is Create's to fail.
+  o.worker_executable = "/nonexistent/worker";
+  auto missing = Pool::Create(o);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound) << missing.status().ToString();
 }
 
 TEST(PoolTest, AWorkerThatNeverReportsInIsKilledAndInTheEndRetired) {
@@ -666,9 +723,9 @@ TEST(PoolTest, ForkHooksRunAroundEachForkOfAWorker) {
     return Status::OK();
   };
   o.fork_hooks.parent = [&] { ++parented; };
-  o.fork_hooks.child = [](int store_fd) {
-    auto store = Store::OpenFd(store_fd);  // the pool's store, open in the child
-    fork_child_mark = store.ok() ? 7 : 1;
+  o.fork_hooks.child = [](const std::shared_ptr<Store>& store) {
+    // The worker's handle on the pool's store, opened in the child: usable.
+    fork_child_mark = store && store->Stats().ok() ? 7 : 1;
     std::printf("child hook ran\n");  // stdout is already the log pipe
     std::fflush(stdout);
   };

@@ -397,11 +397,14 @@ def read_inherited(_):
 
 def test_forked_workers_inherit_the_parent_and_a_replacement_is_initialized_again():
     global INHERITED
-    INHERITED = "from the parent"
+    INHERITED = "before the pool"
     try:
         with zcstore.Pool(1, backend="fork", initializer=set_flag) as pool:
+            assert pool.stats()["workers_ready"] == 0  # forked at the first task, not before
+            INHERITED = "at the first task"
+            assert pool.submit(read_inherited, 0).result(TIMEOUT) == "at the first task"
             INHERITED = "changed after the fork"
-            assert pool.submit(read_inherited, 0).result(TIMEOUT) == "from the parent"
+            assert pool.submit(read_inherited, 0).result(TIMEOUT) == "at the first task"
             assert pool.submit(read_flag, 0).result(TIMEOUT) == "initialized"
             with pytest.raises(zcstore.WorkerCrashed):
                 pool.submit(die_on, 3, 3).result(TIMEOUT)
@@ -411,6 +414,35 @@ def test_forked_workers_inherit_the_parent_and_a_replacement_is_initialized_agai
         assert globals().get("FLAG") is None  # the initializer ran in the workers only
     finally:
         INHERITED = None
+
+
+def hold_and_check(model, flag, seconds):
+    w = model["W"]
+    before = float(w.sum())
+    open(flag, "w").close()  # it has the object: the parent may unshare it now
+    time.sleep(seconds)
+    return before, float(w.sum()), w.flags.writeable
+
+
+def test_a_fork_pool_s_workers_inherit_what_it_shared_and_pin_it_themselves(tmp_path):
+    # Shared before the first task, the object is attached in the parent and
+    # inherited by the workers forked then. The parent's pin is not the
+    # worker's: unshared while a task holds it, its space must not be reused
+    # under the task (the worker pinned it when the task got it).
+    n = 1 << 20
+    with zcstore.Pool(1, backend="fork") as pool:
+        shared = pool.share({"W": np.ones(n, np.float32)})
+        flag = tmp_path / "attached"
+        f = pool.submit(hold_and_check, shared, str(flag), 1.0)
+        deadline = time.monotonic() + TIMEOUT
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pool.unshare(shared)
+        for _ in range(4):  # puts that would take the freed space
+            pool.share(np.full(n, 7, np.float32))
+        assert f.result(TIMEOUT) == (n, n, False)
+        with pytest.raises(zcstore.NotFound):
+            pool.submit(total, shared, 0).result(TIMEOUT)
 
 
 FORK_OUTPUT = r"""
