@@ -7,9 +7,11 @@ the model), and reports:
             waits before anything comes back), in runs of their own, not
             sampled: the median of 3 starts where a start takes under 2 s
             (joblib, whose first result is its last: one)
-  copies    copies of the model in memory: the PSS of the whole process
-            tree, measured from outside (a sampler thread reading /proc),
-            above the same tree's PSS without the model, over the model size
+  copies    copies of the model in memory: the peak PSS of the whole
+            process tree, measured from outside (a sampler thread reading
+            /proc), above the same tree's peak without the model, over the
+            model size; each peak the median of 3 runs (1 for runs of 10 s
+            or more)
   tasks/s   throughput of a map over the scoring tasks (chunks of 256)
 and, once, trivial tasks (x -> x): throughput with each system's best
 chunksize and one empty task's round trip.
@@ -188,6 +190,7 @@ class Sampler:
 
 CHUNK = 256
 FIRST_RUNS = 3
+SAMPLED_RUNS = 3
 
 
 def run_tasks(t0, submit, map_all, args):
@@ -337,12 +340,26 @@ def _measure_child(name, mib, workers, tasks, q):
     try:
         users = np.arange(tasks) % USERS
         seeds = np.arange(tasks) * 7919 + 1
-        # The tree's PSS with the system's workers but no model: the same
-        # run on a one-item model.
         system = SYSTEMS[name]
         in_store = getattr(system, "in_store", False)
-        with Sampler() as base:
-            system(InStore(0) if in_store else make_model(0), workers, users, seeds)
+
+        def peak_pss(model):
+            """The median over SAMPLED_RUNS sampled runs (one when a run takes
+            10 s or more) of the tree's peak PSS: a starting interpreter's
+            passing memory moves one run's peak by tens of MiB."""
+            peaks = []
+            while len(peaks) < SAMPLED_RUNS:
+                t = time.perf_counter()
+                with Sampler() as s:
+                    system(model, workers, users, seeds)
+                peaks.append(s.peak)
+                if time.perf_counter() - t >= 10:
+                    break
+            return statistics.median(peaks)
+
+        # The tree's PSS with the system's workers but no model: the same
+        # runs on a one-item model.
+        base = peak_pss(InStore(0) if in_store else make_model(0))
         model = InStore(mib) if in_store else make_model(mib)
         mb = model_bytes(model.model if in_store else model)
         # Timed without the sampler (its readings hold each process's mmap
@@ -355,11 +372,9 @@ def _measure_child(name, mib, workers, tasks, q):
         while len(firsts) < FIRST_RUNS and first < 2.0 and not name.startswith("joblib"):
             firsts.append(system(model, workers, users[:1], seeds[:1])[0])
         first = statistics.median(firsts)
-        with Sampler() as s:
-            system(model, workers, users, seeds)
         q.put({"system": name, "model_mib": mib, "workers": workers, "tasks": tasks,
                "first_s": first, "tasks_per_s": tasks / seconds,
-               "copies": (s.peak - base.peak) / mb})
+               "copies": (peak_pss(model) - base) / mb})
     except Exception as e:  # reported in the table, not fatal to the run
         q.put({"system": name, "model_mib": mib, "workers": workers, "error": repr(e)})
 
@@ -463,7 +478,10 @@ def main():
                 print(table([r]).splitlines()[-1], flush=True)
     md = ["# The shared-model scenario, every system in one run", "",
           f"{os.cpu_count()} CPUs; {a.tasks} tasks per run; copies = (peak PSS of the process "
-          "tree - its peak with a one-item model) / model size.", "", table(rows), ""]
+          "tree - its peak with a one-item model) / model size, each peak the median of "
+          f"{SAMPLED_RUNS} runs (1 for runs of 10 s or more); first result: the median of "
+          f"{FIRST_RUNS} starts (1 for starts of 2 s or more, and joblib's, which is its "
+          "last result).", "", table(rows), ""]
     tw = int(a.workers.split(",")[0])
     t = trivial(tw, a.trivial)
     md += [f"Trivial tasks (x -> x), {tw} workers, {a.trivial} tasks, best chunksize of each:", "",
