@@ -324,18 +324,17 @@ void PoolCore::Progress(bool final) {
 
 void PoolCore::Run() {
   // Unless Create waits for every worker, as many workers start at first
-  // as there are CPUs (a fork: one), and the others one at a time once a
-  // task has ended (or kLateStartDelay after one reported in, if none has).
-  // So the first result waits neither for a crowd of starting workers
-  // sharing the CPUs (on 2 CPUs, 8 spawned Python workers gave a first
-  // result after 0.43 s that way, 0.15 s this way) nor for the starts of
-  // the others (8 forked Python workers, each fork holding the GIL and
-  // `mu`: 13.6 ms when the 6 late ones were forked at the first report,
-  // 5.0 ms now). Each late start is a pass of the loop of its own, so that
-  // Create, Submit and answers get `mu` in between.
-  // The grace leaves the caller the moment it needs to take the first
-  // result: a fork holds the GIL for a millisecond, which the caller would
-  // otherwise wait for to return it.
+  // as there are CPUs (a fork: one), and the others one at a time from
+  // kLateStartGrace after a task first ended (or kLateStartDelay after one
+  // reported in, if none has). So the first result waits neither for a
+  // crowd of starting workers sharing the CPUs (8 spawned Python workers on
+  // 2 CPUs: 0.43 s all at once, 0.15 s as many as the CPUs, 0.10 s now) nor
+  // for the forks of the others, each holding the GIL and `mu` (8 forked
+  // Python workers: 13.6 ms when they were forked at the first report).
+  // The grace leaves the caller the moment it needs to take that result
+  // (a fork holds the GIL for a millisecond). Each late start is a pass of
+  // the loop of its own, so that Create, Submit and answers get `mu`
+  // in between.
   constexpr auto kLateStartDelay = std::chrono::milliseconds(20);
   constexpr auto kLateStartGrace = std::chrono::milliseconds(2);
   size_t first = std::max(1u, std::thread::hardware_concurrency());

@@ -5,7 +5,7 @@ the model, runs N tasks (each scores one user against 100 random items of
 the model), and reports:
   first_s   from starting the pool to the answer of one task (what a user
             waits before anything comes back), in runs of their own, not
-            sampled: the median of 3 starts where a start takes under 2 s
+            sampled: the median of 5 starts where a start takes under 2 s
             (joblib, whose first result is its last: one)
   copies    copies of the model in memory: the peak PSS of the whole
             process tree, measured from outside (a sampler thread reading
@@ -189,7 +189,7 @@ class Sampler:
 # same chunksize for all.
 
 CHUNK = 256
-FIRST_RUNS = 3
+FIRST_RUNS = 5
 SAMPLED_RUNS = 3
 
 

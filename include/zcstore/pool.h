@@ -373,8 +373,9 @@ struct PoolOptions {
   // worker before its loop, its stdout and stderr already the pool's log
   // pipe; `store` is the worker's own handle on the pool's store, opened in
   // the child, which the hook may keep and use for the child's life (one
-  // handle, not a second open per worker). Each may be empty. The pool's mutex is held meanwhile: a hook must not
-  // wait for a thread that may be calling into the pool.
+  // handle, not a second open per worker). Each may be empty. The pool's
+  // mutex is held meanwhile: a hook must not wait for a thread that may be
+  // calling into the pool.
   struct ForkHooks {
     std::function<Status()> prepare;
     std::function<void()> parent;

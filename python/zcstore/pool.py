@@ -260,9 +260,11 @@ class Pool(concurrent.futures.Executor):
 
     ``workers``: how many (None: the CPUs). ``backend``: "spawn" (fresh
     Python processes, the default), "fork" (children forked from this
-    process: they start in milliseconds and inherit its memory copy-on-write,
-    its modules and globals as they are when each worker is forked; the
-    same caveats as os.fork in a process with threads) or "threads"
+    process, the first at the pool's first task, as ProcessPoolExecutor
+    does: they start in milliseconds and inherit its memory copy-on-write,
+    its modules and globals as they are when each worker is forked, and the
+    objects shared before, attached; the same caveats as os.fork in a
+    process with threads) or "threads"
     (threads of this process, for comparisons). ``initializer(*initargs)``
     runs once in each worker
     before its first task (and in a replacement worker). A task whose
