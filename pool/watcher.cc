@@ -182,7 +182,10 @@ void PoolCore::HandleDeath(Worker& w) {
   platform::CloseFile(w.log_fd);
   w.pidfd = w.log_fd = -1;
   w.alive = false;
-  bool starting = hellos < n && !created && start_status.ok();
+  // Before Create has returned, a death is its error, unless it waits only
+  // for the first launch: then a death is the pool's to handle, as later.
+  bool starting = hellos < n && !created && start_status.ok() &&
+                  opts.create_waits_for != PoolOptions::StartWait::kFirstLaunch;
   if (starting && !w.ready) {
     start_status = WorkerCrashed(
         how + " before it reported in (see its log above; does '" + exe +
