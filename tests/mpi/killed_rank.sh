@@ -21,8 +21,11 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 if pgrep -af -- "$bin --kill-a-rank"; then echo "FAIL: ranks left running"; exit 1; fi
-left() { comm -13 <(echo "$before") <(segments) | grep . ; }
-for _ in $(seq 100); do  # what another test made meanwhile goes with it
+# New since the job started: the job's, or another test's, which goes with
+# that test (names that appear later are not the job's: it has ended).
+new=$(comm -13 <(echo "$before") <(segments))
+left() { comm -12 <(echo "$new") <(segments) | grep . ; }
+for _ in $(seq 100); do
   left >/dev/null || break
   sleep 0.1
 done
