@@ -445,6 +445,8 @@ def plots(rows, out_dir):
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=system)
             ax.set_xscale("log", base=2)
+            if metric == "first_s":  # milliseconds to tens of seconds
+                ax.set_yscale("log")
             ax.set_xlabel("model size (MiB)")
             ax.set_ylabel(label)
             ax.set_title(f"{workers} workers")
