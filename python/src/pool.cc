@@ -477,15 +477,14 @@ void RegisterPool(py::module_& m) {
       .def_static(
           "create",
           [](int workers, int backend, std::string executable, std::vector<std::string> args,
-             uint64_t store_capacity, int store_fd, int max_retries, int64_t task_timeout_ms,
-             int64_t start_timeout_ms, py::object fork_runner, py::object fork_init) {
+             int store_fd, int max_retries, int64_t task_timeout_ms, int64_t start_timeout_ms,
+             py::object fork_runner, py::object fork_init) {
             PoolOptions o;
             o.workers = workers;
             o.backend = static_cast<PoolOptions::Backend>(backend);
             o.worker_executable = std::move(executable);
             o.worker_args = std::move(args);
-            o.store_capacity = store_capacity;
-            o.store_fd = store_fd;
+            o.store_fd = store_fd;  // the Python pool's memfd store (pool.py)
             o.max_retries = max_retries;
             o.task_timeout = std::chrono::milliseconds(task_timeout_ms);
             o.start_timeout = std::chrono::milliseconds(start_timeout_ms);
@@ -513,8 +512,6 @@ void RegisterPool(py::module_& m) {
             return new PyPool(Check(std::move(pool)), std::move(logs),
                               py::make_tuple(fork_runner, fork_init));
           })
-      .def_property_readonly("workers", [](PyPool& p) { return p.pool().workers(); })
-      .def_property_readonly("store_fd", [](PyPool& p) { return p.pool().store().fd(); })
       .def("submit", &PyPool::Submit)
       .def("wait", &PyPool::Wait)
       .def("stop_waiting", &PyPool::StopWaiting)

@@ -303,12 +303,6 @@ class Pool(concurrent.futures.Executor):
             raise InvalidArgument(f"store must be an open zcstore.Store, not {store!r}")
         self._n = workers
         self._main_name = main_name = _MAIN_NAME + os.urandom(8).hex()
-        fork_runner = Runner(None, initializer, tuple(initargs)).run if backend == "fork" else None
-        # What _start hands the C++ pool.
-        self._create_args = (
-            workers, _BACKENDS[backend], sys.executable, ["-c", _WORKER_CODE.format(main_name)],
-            int(store_capacity), int(max_retries), self._timeout_ms, int(start_timeout * 1000),
-            fork_runner, ForkChild() if backend == "fork" else None)
         # The pool's store is a memfd of this handle's, or the caller's:
         # put through it, arrays made with its empty() are adopted, not copied.
         self._own_store = store is None
@@ -321,6 +315,12 @@ class Pool(concurrent.futures.Executor):
                 "prepare": prepare,
                 "initializer": initializer, "initargs": tuple(initargs),
                 "log_level": logging.getLogger().getEffectiveLevel()}))
+        fork = backend == "fork"
+        self._create_args = (  # what _start hands the C++ pool
+            workers, _BACKENDS[backend], sys.executable, ["-c", _WORKER_CODE.format(main_name)],
+            self._store.fd, int(max_retries), self._timeout_ms, int(start_timeout * 1000),
+            Runner(None, initializer, tuple(initargs)).run if fork else None,
+            ForkChild() if fork else None)
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()  # one _start at a time, and none after _close
         self._core = None  # the C++ pool, once started
@@ -358,11 +358,7 @@ class Pool(concurrent.futures.Executor):
             if self._stop:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._core is None:
-                (workers, backend, exe, args, capacity, retries, timeout_ms, start_ms,
-                 fork_runner, fork_init) = self._create_args
-                self._core = _core.Pool.create(workers, backend, exe, args, capacity,
-                                               self._store.fd, retries, timeout_ms, start_ms,
-                                               fork_runner, fork_init)
+                self._core = _core.Pool.create(*self._create_args)
                 self._started.set()
             return self._core
 
@@ -428,7 +424,7 @@ class Pool(concurrent.futures.Executor):
                 f"{getattr(fn, '__qualname__', fn)!r} or its arguments cannot be sent to a "
                 f"worker: {e} (a worker imports functions by module and name: define it at "
                 "module level, or install python3-cloudpickle for lambdas and closures)") from e
-        core = self._start()
+        core = self._core or self._start()
         with self._lock:
             token = core.submit(stream, buffers, self._timeout_ms)
             future = self._futures[token] = _Future(self, token)
