@@ -125,7 +125,7 @@ void PoolCore::NoteTaskEnded() {
   if (first_end != Clock::time_point::max()) return;
   first_end = Clock::now();
   // Whoever took the answer, the pool thread starts the late workers.
-  if (late_starts) platform::RingDoorbell(doorbell);
+  if (launched < workers.size()) platform::RingDoorbell(doorbell);
 }
 
 void PoolCore::DeleteRefs(std::vector<ObjectId>& refs) {

@@ -147,7 +147,7 @@ class PoolCore {
   bool finished = false;
   int hellos = 0;
   bool launched_first = false;  // the first worker's process exists
-  bool late_starts = false;     // workers wait to be started (see Run)
+  size_t launched = 0;  // workers started so far; the rest start late (see Run)
   Clock::time_point first_end = Clock::time_point::max();  // when a task first ended
   bool created = false;  // Create has returned the pool
   Status start_status;

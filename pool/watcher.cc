@@ -342,7 +342,7 @@ void PoolCore::Run() {
   constexpr auto kLateStartGrace = std::chrono::milliseconds(2);
   size_t first = std::max(1u, std::thread::hardware_concurrency());
   if (opts.backend == PoolOptions::Backend::kFork) first = 1;
-  size_t launched = opts.create_waits_for == PoolOptions::StartWait::kEveryWorker
+  launched = opts.create_waits_for == PoolOptions::StartWait::kEveryWorker
                         ? workers.size()
                         : std::min(workers.size(), first);
   Clock::time_point first_ready = Clock::time_point::max();
@@ -366,7 +366,6 @@ void PoolCore::Run() {
   };
   {
     std::lock_guard<std::mutex> lock(mu);
-    late_starts = launched < workers.size();
     launch(0, launched);
     launched_first = start_status.ok();
     started_cv.notify_all();
@@ -434,7 +433,7 @@ void PoolCore::Run() {
         first_ready = std::min(first_ready, now);
         if (late_start_due() <= now) {
           launch(launched, launched + 1);
-          late_starts = ++launched < workers.size();
+          ++launched;
         }
       }
       // A worker that never reports in (after Create: a late or a
