@@ -343,8 +343,8 @@ void PoolCore::Run() {
   size_t first = std::max(1u, std::thread::hardware_concurrency());
   if (opts.backend == PoolOptions::Backend::kFork) first = 1;
   launched = opts.create_waits_for == PoolOptions::StartWait::kEveryWorker
-                        ? workers.size()
-                        : std::min(workers.size(), first);
+                 ? workers.size()
+                 : std::min(workers.size(), first);
   Clock::time_point first_ready = Clock::time_point::max();
   auto late_start_due = [&] {  // under mu
     if (first_end != Clock::time_point::max()) return first_end + kLateStartGrace;
