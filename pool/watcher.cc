@@ -348,8 +348,7 @@ void PoolCore::Run() {
   Clock::time_point first_ready = Clock::time_point::max();
   auto late_start_due = [&] {  // under mu
     if (first_end != Clock::time_point::max()) return first_end + kLateStartGrace;
-    return (first_ready == Clock::time_point::max() ? Clock::now() : first_ready) +
-           kLateStartDelay;
+    return (first_ready == Clock::time_point::max() ? Clock::now() : first_ready) + kLateStartDelay;
   };
   auto launch = [&](size_t from, size_t to) {
     for (size_t i = from; i < to; ++i) {
