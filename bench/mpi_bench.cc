@@ -9,7 +9,9 @@
 //   ZCSTORE_MPI_RANKS_PER_NODE=2 mpirun -np 4 mpi_bench [--sizes 64,256] [--out FILE]
 #include <mpi.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -33,23 +35,15 @@ struct Blob {
   }
 };
 
-// PSS of this process's mappings whose line in smaps satisfies `pick`.
-template <typename F>
-uint64_t Pss(F pick) {
-  std::ifstream smaps("/proc/self/smaps");
-  std::string line;
-  bool ours = false;
-  uint64_t kib = 0;
-  while (std::getline(smaps, line)) {
-    std::string first = line.substr(0, line.find(' '));
-    if (first.find('-') != std::string::npos &&
-        first.find_first_not_of("0123456789abcdef-") == std::string::npos) {
-      ours = pick(line, first);
-    } else if (ours && line.rfind("Pss:", 0) == 0) {
-      kib += std::stoull(line.substr(4));
-    }
-  }
-  return kib * 1024;
+// Resident bytes of a private anonymous mapping of this process's (its PSS:
+// such pages are nobody else's).
+uint64_t ResidentBytes(void* mem, size_t bytes) {
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> in((bytes + page - 1) / page);
+  if (mincore(mem, bytes, in.data()) != 0) return 0;
+  return static_cast<uint64_t>(std::count_if(in.begin(), in.end(), [](unsigned char c) {
+           return c & 1;
+         })) * page;
 }
 
 uint64_t NodeSum(MPI_Comm node, uint64_t mine) {
@@ -106,9 +100,7 @@ int main(int argc, char** argv) {
         blob.data = std::move(*a);
       }
       uint64_t received_before = ctx.stats().share_bytes_received;
-      uint64_t pss_before = Pss([](const std::string& l, const std::string&) {
-        return l.find("memfd:zcstore") != std::string::npos;
-      });
+      uint64_t pss_before = ctx.StorePss();
       MPI_Barrier(MPI_COMM_WORLD);
       auto t0 = Clock::now();
       auto shared = ctx.ShareMoved(0, ctx.rank() == 0 ? &blob : nullptr);
@@ -120,9 +112,7 @@ int main(int argc, char** argv) {
       }
       MPI_Barrier(MPI_COMM_WORLD);
       double s = std::chrono::duration<double>(Clock::now() - t0).count();
-      uint64_t pss = Pss([](const std::string& l, const std::string&) {
-        return l.find("memfd:zcstore") != std::string::npos;
-      });
+      uint64_t pss = ctx.StorePss();
       uint64_t node_pss = NodeSum(node, pss - std::min(pss, pss_before));
       uint64_t moved = 0, mine = ctx.stats().share_bytes_received - received_before;
       MPI_Reduce(&mine, &moved, 1, MPI_UINT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
@@ -140,8 +130,6 @@ int main(int argc, char** argv) {
       if (ctx.rank() == 0) {
         for (size_t i = 0; i < floats; ++i) f[i] = static_cast<float>(i & 1023);
       }
-      char where[32];
-      std::snprintf(where, sizeof where, "%lx-", reinterpret_cast<unsigned long>(mem));
       MPI_Barrier(MPI_COMM_WORLD);
       auto t0 = Clock::now();
       for (size_t off = 0; off < bytes; off += size_t{256} << 20) {
@@ -150,9 +138,7 @@ int main(int argc, char** argv) {
       }
       MPI_Barrier(MPI_COMM_WORLD);
       double s = std::chrono::duration<double>(Clock::now() - t0).count();
-      uint64_t pss = Pss([&](const std::string&, const std::string& range) {
-        return range.rfind(where, 0) == 0;
-      });
+      uint64_t pss = ResidentBytes(mem, bytes);
       double copies = static_cast<double>(NodeSum(node, pss)) / bytes, worst = 0;
       MPI_Reduce(&copies, &worst, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
       // Every rank but the root receives every byte.
