@@ -438,14 +438,16 @@ struct PoolOptions {
   //    errors come from that first worker, which reports in or dies.
   //  kFirstLaunch: the first worker's process exists (spawned or forked),
   //    not that it has reported in: the caller goes on while it starts, and
-  //    tasks wait in the queue for it. Create fails only if that launch
-  //    fails; a worker that dies before it reports in is a death like any
-  //    other (see max_quick_deaths).
+  //    tasks wait in the queue for it. Create fails only for its own set-up
+  //    (the store, the queues) or if that launch fails; a worker that dies
+  //    before it reports in is a death like any other (see
+  //    max_quick_deaths).
   // Unless kEveryWorker, as many workers start at first as there are CPUs
   // (kFork: one; a fork is quick, and each one makes the parent's next
   // writes to its memory copy-on-write faults), and the others one after
-  // another once a task has ended (or 20 ms after the first reported in,
-  // if none has), so that they are not in the way of the first result;
+  // another from 2 ms after a task first ended (or 20 ms after the first
+  // worker reported in, if none has), so that they are not in the way of
+  // the first result or of the caller taking it;
   // tasks run on the ready ones meanwhile, and a later start that fails is
   // a death like any other, or retires the worker if it cannot even be
   // started.
