@@ -80,11 +80,18 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
       if (r.code == StatusCode::kOk) {
         r.bytes.assign(bytes.begin(), bytes.end());
       } else {
-        r.error = "task '" + TaskName(job.task) + "' on worker " + std::to_string(w.index) + ": " +
+        r.error = "task '" + TaskName(job) + "' on worker " + std::to_string(w.index) + ": " +
                   std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
       }
     }
     size_t index = first + k;
+    if (k < f.arg_refs.size() && !f.arg_refs[k].is_nil()) (void)store->Delete(f.arg_refs[k]);
+    if (index >= f.withdrawn_from) {
+      // Withdrawn: the parent failed or re-queued it already. (A result
+      // stored anyway, by a worker that ran it regardless, is nobody's.)
+      if (!r.ref.is_nil()) (void)store->Delete(r.ref);
+      continue;
+    }
     if (r.code == StatusCode::kOk)
       ++stats.tasks_done;
     else
@@ -95,7 +102,6 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
     }
     job.Put(index, std::move(r));
     ++job.done;
-    if (k < f.arg_refs.size() && !f.arg_refs[k].is_nil()) (void)store->Delete(f.arg_refs[k]);
   }
   JobMoved(job);
   NoteTaskEnded();
@@ -104,20 +110,47 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
   f.count -= count;
   f.arg_refs.erase(f.arg_refs.begin(),
                    f.arg_refs.begin() + std::min<size_t>(count, f.arg_refs.size()));
-  if (f.count == 0) w.in_flight.pop_front();
+  if (f.count == 0) PopInFlight(w);
 }
 
-void PoolCore::FailItems(const std::shared_ptr<Job>& job, size_t first, size_t count,
-                         StatusCode code, const std::string& message) {
+void PoolCore::PopInFlight(Worker& w) {
+  w.claims_used &= ~(uint64_t{1} << w.in_flight.front().slot);
+  w.in_flight.pop_front();
+}
+
+size_t PoolCore::Withdraw(Worker& w, InFlight& f) {
+  if (f.withdrawn_from != SIZE_MAX) return f.withdrawn_from;
+  uint64_t claimed = w.claims[f.slot].fetch_or(kWithdrawn, std::memory_order_acq_rel);
+  // The worker's count is not trusted past the chunk's end.
+  uint64_t started = std::min<uint64_t>(claimed & ~kWithdrawn, f.first + f.count - f.base);
+  f.withdrawn_from = f.base + started;
+  return f.withdrawn_from;
+}
+
+bool PoolCore::RunningLocked(const Job& job) const {
+  if (job.done == job.n) return false;
+  for (const Worker& w : workers) {
+    for (const InFlight& f : w.in_flight) {
+      if (f.job.get() != &job) continue;
+      // Started and not yet answered: between f.first and what was claimed.
+      uint64_t claimed = w.claims[f.slot].load(std::memory_order_acquire) & ~kWithdrawn;
+      if (f.base + claimed > f.first && f.first < f.withdrawn_from) return true;
+    }
+  }
+  return false;
+}
+
+void PoolCore::FailItems(Job& job, size_t first, size_t count, StatusCode code,
+                         const std::string& message) {
   for (size_t i = first; i < first + count; ++i) {
     ItemResult r;
     r.code = code;
     r.error = message;
-    job->Put(i, std::move(r));
+    job.Put(i, std::move(r));
   }
-  job->done += count;
+  job.done += count;
   stats.tasks_failed += count;
-  JobMoved(*job);
+  JobMoved(job);
   NoteTaskEnded();
 }
 
@@ -275,23 +308,48 @@ size_t WaitAnyJob(PoolCore* core, std::span<Job* const> jobs,
 void WaitJob(PoolCore* core, Job& job) { (void)WaitJobUntil(core, job, Clock::time_point::max()); }
 Store& CoreStore(PoolCore* core) { return *core->store; }
 
-void CancelJob(PoolCore* core, Job& job) {
+bool CancelJob(PoolCore* core, Job& job) {
   std::lock_guard<std::mutex> lock(core->mu);
-  if (job.cancelled) return;
+  if (job.cancelled) return job.cancel_won;
+  if (job.done == job.n) return false;  // finished: nothing to cancel
   job.cancelled = true;
-  size_t left = job.n - job.next;
-  for (size_t i = job.next; i < job.n; ++i) {
-    ItemResult r;
-    r.code = StatusCode::kCancelled;
-    r.error = "task '" + core->TaskName(job.task) + "' was cancelled before it started";
-    job.Put(i, std::move(r));
+  bool started = job.done > 0;  // an item was answered (or failed) already
+  std::string why = "task '" + core->TaskName(job) + "' was cancelled before it started";
+  auto cancel = [&](size_t first, size_t count) {
+    if (count == 0) return;
+    core->FailItems(job, first, count, StatusCode::kCancelled, why);
+  };
+  // Sent to a worker: what it has not started is withdrawn.
+  for (Worker& w : core->workers) {
+    for (InFlight& f : w.in_flight) {
+      if (f.job.get() != &job) continue;
+      size_t from = core->Withdraw(w, f);
+      started = started || from > f.first;
+      cancel(std::max(from, f.first), f.first + f.count - std::max(from, f.first));
+    }
   }
-  job.done += left;
+  // Re-queued after a death, or waiting for its first dispatch.
+  for (auto it = core->retries.begin(); it != core->retries.end();) {
+    if (it->job.get() == &job) {
+      cancel(it->first, it->count);
+      it = core->retries.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  cancel(job.next, job.n - job.next);
   job.next = job.n;
   core->jobs.erase(std::remove_if(core->jobs.begin(), core->jobs.end(),
                                   [&](const std::shared_ptr<Job>& j) { return j.get() == &job; }),
                    core->jobs.end());
   core->JobMoved(job);
+  job.cancel_won = !started;
+  return job.cancel_won;
+}
+
+bool JobRunning(PoolCore* core, const Job& job) {
+  std::lock_guard<std::mutex> lock(core->mu);
+  return core->RunningLocked(job);
 }
 
 bool TakeNext(PoolCore* core, Job& job, size_t* index, ItemResult* result) {
@@ -309,3 +367,19 @@ bool TakeNext(PoolCore* core, Job& job, size_t* index, ItemResult* result) {
 }
 
 }  // namespace zcstore::internal
+
+namespace zcstore {
+
+bool TaskHandle::Running() const {
+  auto core = core_.lock();
+  auto job = job_.lock();
+  return core && job && internal::JobRunning(core.get(), *job);
+}
+
+bool TaskHandle::Cancel() {
+  auto core = core_.lock();
+  auto job = job_.lock();
+  return core && job && internal::CancelJob(core.get(), *job);
+}
+
+}  // namespace zcstore

@@ -3,6 +3,7 @@
 // argument only when its chunk goes, and the Detach messages that wait for
 // room. Everything here runs under the pool's mutex.
 #include <algorithm>
+#include <bit>
 
 #include "pool/pool_core_internal.h"
 #include "store/platform_internal.h"
@@ -50,11 +51,15 @@ void PoolCore::Dispatch(std::vector<Ring>* defer_wakes) {
       f.first = first;
       f.attempt = attempt;
       f.nonce = ++chunks_sent;
+      // A free claim word: in_flight is below max_in_flight_per_worker,
+      // which Create bounds by kClaimsPerWorker.
+      f.slot = std::countr_one(w.claims_used);
       msg.U8(kRun);
       msg.U64(job->seq);
       msg.U64(f.nonce);
       bool timed = TimeoutOf(*job).count() > 0 && opts.backend != PoolOptions::Backend::kThreads;
       msg.U8(timed ? kRunTimed : 0);
+      msg.U8(static_cast<uint8_t>(f.slot));
       msg.U32(job->task);
       msg.U64(first);
       size_t count_at = msg.Placeholder32();
@@ -73,7 +78,7 @@ void PoolCore::Dispatch(std::vector<Ring>* defer_wakes) {
           // An argument that cannot be encoded fails alone; the items before
           // it go now, the ones after it in a later chunk.
           if (sent > 0) break;
-          FailItems(job, first, 1, st.code(), st.message());
+          FailItems(*job, first, 1, st.code(), st.message());
           f.first = ++first;
           --count;
           continue;
@@ -102,13 +107,17 @@ void PoolCore::Dispatch(std::vector<Ring>* defer_wakes) {
       }
       if (sent == 0) continue;
       f.count = sent;
+      f.base = f.first;
       msg.Patch32(count_at, static_cast<uint32_t>(sent));
+      // Reset before the message is published (the push releases it).
+      w.claims[f.slot].store(0, std::memory_order_relaxed);
       if (!w.requests.TryPush(msg.bytes(), /*wake=*/defer_wakes == nullptr)) {
         // Cannot happen while in-flight chunks are bounded; be safe anyway.
         retries.push_front({job, first, sent, attempt});
         DeleteRefs(f.arg_refs);
         break;
       }
+      w.claims_used |= uint64_t{1} << f.slot;
       w.in_flight.push_back(std::move(f));
       if (defer_wakes) defer_wakes->push_back(w.requests);
     }

@@ -34,13 +34,27 @@ __attribute__((constructor)) void NoticeWorkerStart() {
 
 void EnterWorkerLoop() { in_worker_loop = true; }
 
+bool PoolCore::ForkedAway() const { return getpid() != owner; }
+
+void PoolCore::AbandonThreads() {
+  // Moved onto the heap and never destroyed: destroying (or joining, or
+  // detaching) a std::thread whose thread is not in this process is wrong.
+  auto abandon = [](std::thread& t) {
+    if (t.joinable()) (void)new std::thread(std::move(t));
+  };
+  abandon(thread);
+  for (Worker& w : workers) abandon(w.thread);
+}
+
 PoolCore::~PoolCore() {
+  if (ForkedAway()) AbandonThreads();
   platform::Unmap(control, ControlSize(n));
   platform::CloseFile(control_fd);
   platform::CloseFile(doorbell);
 }
 
 Status PoolCore::Init() {
+  owner = getpid();
   n = opts.workers > 0 ? opts.workers : std::max(1u, std::thread::hardware_concurrency());
   if (opts.store_fd >= 0) {
     auto s = Store::OpenFd(opts.store_fd);
@@ -91,6 +105,7 @@ Status PoolCore::Init() {
   for (int i = 0; i < n; ++i) {
     workers[i].index = i;
     workers[i].requests = RequestRing(control, i);
+    workers[i].claims = Claims(control, n, i);
     workers[i].responses = ResponseRing(control, i);
   }
   return Status::OK();
@@ -108,8 +123,11 @@ Result<std::unique_ptr<Pool>> Pool::Create(const PoolOptions& options) {
         "), but its main() did not call ZCSTORE_WORKER_MAIN(argc, argv) before creating a Pool; "
         "put ZCSTORE_WORKER_MAIN(argc, argv) first in main, before any argument parsing");
   }
-  if (options.max_in_flight_per_worker < 1) {
-    return InvalidArgument("max_in_flight_per_worker must be at least 1");
+  if (options.max_in_flight_per_worker < 1 ||
+      options.max_in_flight_per_worker > internal::kClaimsPerWorker) {
+    return InvalidArgument("max_in_flight_per_worker must be from 1 to " +
+                           std::to_string(internal::kClaimsPerWorker) + ", not " +
+                           std::to_string(options.max_in_flight_per_worker));
   }
   std::unique_ptr<Pool> pool(new Pool());
   pool->core_ = std::make_shared<PoolCore>(options);
@@ -143,16 +161,21 @@ Pool::~Pool() { (void)Shutdown(); }
 Status Pool::Shutdown() {
   if (!core_ || core_->shut_down) return Status::OK();
   core_->shut_down = true;
+  if (core_->ForkedAway()) {
+    // A forked child's copy: the workers, queues and threads are the
+    // parent's. Touch nothing; let go of the copies.
+    core_->AbandonThreads();
+    return Status::OK();
+  }
   {
     std::lock_guard<std::mutex> lock(core_->mu);
     core_->stop = true;
     for (auto& r : core_->retries) {
-      core_->FailItems(r.job, r.first, r.count, StatusCode::kCancelled, "the pool was shut down");
+      core_->FailItems(*r.job, r.first, r.count, StatusCode::kCancelled, "the pool was shut down");
     }
     core_->retries.clear();
   }
-  auto pending = core_->jobs;
-  for (auto& j : pending) internal::CancelJob(core_.get(), *j);
+  CancelAll();
   internal::platform::RingDoorbell(core_->doorbell);
   if (core_->thread.joinable()) core_->thread.join();
   return Status::OK();
@@ -213,16 +236,22 @@ void Pool::Start(const std::shared_ptr<internal::Job>& job, bool track) {
   wakes.clear();
   {
     std::lock_guard<std::mutex> lock(c.mu);
+    if (c.ForkedAway()) {
+      c.FailItems(*job, 0, job->n, StatusCode::kInvalidArgument,
+                  "this pool belongs to process " + std::to_string(c.owner) +
+                      "; a process forked from it cannot use it: create a Pool in the child");
+      return;
+    }
     if (c.stop) {
-      c.FailItems(job, 0, job->n, StatusCode::kCancelled, "the pool is shut down");
+      c.FailItems(*job, 0, job->n, StatusCode::kCancelled, "the pool is shut down");
       return;
     }
     if (!c.no_workers.empty()) {
-      c.FailItems(job, 0, job->n, StatusCode::kWorkerCrashed, c.no_workers);
+      c.FailItems(*job, 0, job->n, StatusCode::kWorkerCrashed, c.no_workers);
       return;
     }
     if (job->target_worker >= 0 && c.workers[job->target_worker].retired) {
-      c.FailItems(job, 0, job->n, StatusCode::kWorkerCrashed,
+      c.FailItems(*job, 0, job->n, StatusCode::kWorkerCrashed,
                   "worker " + std::to_string(job->target_worker) + " was retired");
       return;
     }
@@ -265,10 +294,15 @@ Status Pool::UnshareId(ObjectId id) {
 }
 
 void Pool::CancelAll() {
+  // Queued jobs, and jobs with chunks in a worker's ring: what has not
+  // started of either is cancelled.
   std::vector<std::shared_ptr<internal::Job>> pending;
   {
     std::lock_guard<std::mutex> lock(core_->mu);
     pending.assign(core_->jobs.begin(), core_->jobs.end());
+    for (internal::Worker& w : core_->workers) {
+      for (internal::InFlight& f : w.in_flight) pending.push_back(f.job);
+    }
   }
   for (auto& j : pending) internal::CancelJob(core_.get(), *j);
 }

@@ -37,6 +37,13 @@ struct InFlight {
   // Argument objects that Dispatch put into the store, to delete once
   // answered: item first + k's at [k], nil or past the end for inline ones.
   std::vector<ObjectId> arg_refs;
+  int slot = 0;     // its claim word (Claims)
+  size_t base = 0;  // its first item when sent (`first` moves on as answers come)
+  // Items from here on were withdrawn (Withdraw): failed or re-queued by
+  // the parent, answered Cancelled by the worker without running.
+  size_t withdrawn_from = SIZE_MAX;
+  // The end of the items still the worker's to run and answer for real.
+  size_t live_end() const { return std::min(first + count, withdrawn_from); }
 };
 
 // Items to send again: re-queued after a death, or the rest of a chunk
@@ -64,6 +71,8 @@ struct Worker {
   Clock::time_point last_death;
   Clock::time_point spawned;           // when it was last started
   std::vector<ObjectId> pending_detaches;  // Detach messages the ring had no room for
+  std::atomic<uint64_t>* claims = nullptr;   // its claim words in the control segment
+  uint64_t claims_used = 0;                  // bit i: claim word i belongs to a chunk in flight
   std::thread thread;                  // kThreads
   std::unique_ptr<WorkerState> state;  // kThreads
   std::deque<InFlight> in_flight;
@@ -75,6 +84,12 @@ class PoolCore {
   ~PoolCore();
 
   Status Init();
+  // True in a process forked from the one that created the pool: there the
+  // workers, queues and threads are the parent's, not to be touched.
+  bool ForkedAway() const;
+  // Lets go of the std::threads of a pool copied into a forked child
+  // (their threads are not in the child) without joining them.
+  void AbandonThreads();
   void Run();  // the pool thread
   // Sends queued work to every ready worker with room. Holds `mu`. The
   // workers it sent to are woken now, or, if `defer_wakes` is given, left
@@ -84,6 +99,14 @@ class PoolCore {
   // `mu`. Run by the pool thread, and by callers that spin while they wait.
   bool DrainLocked();
   void Complete(Worker& w, MessageReader& in);
+  // Takes back the items of chunk `f` (held by `w`) that its worker has not
+  // started: the worker will answer them Cancelled without running them.
+  // Returns the first withdrawn item (f.base + the number started). Holds `mu`.
+  size_t Withdraw(Worker& w, InFlight& f);
+  // Whether an item of `job` runs in a worker now. Holds `mu`.
+  bool RunningLocked(const Job& job) const;
+  // Drops the front chunk of `w`, answered in full, and frees its claim word.
+  void PopInFlight(Worker& w);
   void HandleDeath(Worker& w);
   // Gives up on worker `w` for good: fails the work only it could run, and,
   // if no worker is left, everything pending and (through `no_workers`)
@@ -100,7 +123,7 @@ class PoolCore {
   }
   // Sends the Detach messages that found `w`'s ring full. Holds `mu`.
   void SendDetaches(Worker& w);
-  void FailItems(const std::shared_ptr<Job>& job, size_t first, size_t count, StatusCode code,
+  void FailItems(Job& job, size_t first, size_t count, StatusCode code,
                  const std::string& message);
   void DeleteRefs(std::vector<ObjectId>& refs);
   // True if a response ring holds an answer. Lock-free: a hint for spinners.
@@ -125,8 +148,11 @@ class PoolCore {
   void ReadLogs(Worker& w);  // what the pipe holds now; never waits for more
   void DeliverLogs();
   void Progress(bool final);
-  std::string TaskName(uint32_t task) const {
-    return task < Registry().size() ? Registry()[task].name : "?";
+  // What messages call job's task: its label (SubmitOptions::label), else
+  // its registered name.
+  std::string TaskName(const Job& job) const {
+    if (!job.label.empty()) return job.label;
+    return job.task < Registry().size() ? Registry()[job.task].name : "?";
   }
 
   PoolOptions opts;
@@ -138,6 +164,7 @@ class PoolCore {
   std::vector<Worker> workers;
   std::string exe;
 
+  pid_t owner = 0;  // the process that created the pool: a forked child is not it
   std::mutex mu;  // everything below, and every Job's mutable fields
   std::condition_variable started_cv;
   std::deque<std::shared_ptr<Job>> jobs;

@@ -53,10 +53,34 @@ struct alignas(64) ControlHeader {
 };
 static_assert(sizeof(ControlHeader) == 256 && offsetof(ControlHeader, callers_spinning) == 64);
 
+// The version of the control segment's layout and messages (docs/format.md):
+// part of the registry hash a worker sends at hand-shake, so a worker of
+// another layout is refused. Raise it with every change to them.
+inline constexpr int kControlLayout = 2;
+
+// Chunks one worker may hold at once (PoolOptions::max_in_flight_per_worker
+// at most): each has a claim word (below).
+inline constexpr int kClaimsPerWorker = 64;
+
+// A chunk's claim word: how many of its items the worker has started, and
+// the kWithdrawn bit, which the parent sets to take back the rest. The
+// worker starts an item only by raising the count with a compare-and-swap
+// that fails once the bit is set; the parent sets the bit with one
+// fetch_or, which returns the count. So each item is either started or
+// withdrawn, never both, and the parent learns which without waiting.
+inline constexpr uint64_t kWithdrawn = uint64_t{1} << 63;
+
 // Control segment: the header, then for worker i its request ring and its
-// response ring.
-inline uint64_t ControlSize(int workers) {
+// response ring, then for worker i its kClaimsPerWorker claim words.
+inline uint64_t RingsEnd(int workers) {
   return sizeof(ControlHeader) + uint64_t(workers) * 2 * Ring::Footprint(kRingCapacity);
+}
+inline uint64_t ControlSize(int workers) {
+  return RingsEnd(workers) + uint64_t(workers) * kClaimsPerWorker * sizeof(uint64_t);
+}
+inline std::atomic<uint64_t>* Claims(std::byte* control, int workers, int i) {
+  return reinterpret_cast<std::atomic<uint64_t>*>(control + RingsEnd(workers)) +
+         uint64_t(i) * kClaimsPerWorker;
 }
 inline ControlHeader* Header(std::byte* control) { return reinterpret_cast<ControlHeader*>(control); }
 inline Ring RequestRing(std::byte* control, int i) {
@@ -167,6 +191,7 @@ struct WorkerState {
   int spin_us = 0;
   ControlHeader* control = nullptr;
   Ring requests, responses;
+  std::atomic<uint64_t>* claims = nullptr;  // this worker's kClaimsPerWorker claim words
   int doorbell = -1;
   std::shared_ptr<Store> store;  // shared with ForkHooks::child
   struct Attached {

@@ -35,6 +35,7 @@ Status PoolCore::Spawn(Worker& w) {
     w.state->control = Header(control);
     w.state->requests = w.requests;
     w.state->responses = w.responses;
+    w.state->claims = Claims(control, n, w.index);
     w.state->doorbell = doorbell;
     WorkerState* state = w.state.get();
     w.thread = std::thread([state] { WorkerLoop(*state); });
@@ -69,6 +70,7 @@ Status PoolCore::Spawn(Worker& w) {
       ws.control = Header(control);
       ws.requests = w.requests;
       ws.responses = w.responses;
+      ws.claims = Claims(control, n, w.index);
       ws.doorbell = doorbell;
       int rc = WorkerLoop(ws);
       std::fflush(stdout);
@@ -153,30 +155,32 @@ void PoolCore::HandleDeath(Worker& w) {
     DeleteRefs(f.arg_refs);
     // Results it stored but never reported are nobody's: delete them.
     for (size_t k = 0; k < f.count; ++k) (void)store->Delete(ResultId(f.nonce, f.first + k));
-    bool running_here = !blamed && cur_job == f.job->seq && cur_item >= f.first &&
-                        cur_item < f.first + f.count;
+    // Withdrawn items were failed or re-queued when they were withdrawn.
+    size_t end = f.live_end();
+    if (end <= f.first) continue;
+    bool running_here =
+        !blamed && cur_job == f.job->seq && cur_item >= f.first && cur_item < end;
     if (!running_here) {
-      retries.push_back({f.job, f.first, f.count, f.attempt});
+      retries.push_back({f.job, f.first, end - f.first, f.attempt});
       continue;
     }
     blamed = true;
     size_t item = static_cast<size_t>(cur_item);
     if (item > f.first) retries.push_back({f.job, f.first, item - f.first, f.attempt});
-    if (item + 1 < f.first + f.count) {
-      retries.push_back({f.job, item + 1, f.first + f.count - item - 1, f.attempt});
-    }
-    std::string task = "task '" + TaskName(f.job->task) + "'";
+    if (item + 1 < end) retries.push_back({f.job, item + 1, end - item - 1, f.attempt});
+    std::string task = "task '" + TaskName(*f.job) + "'";
     if (w.timed_out) {
-      FailItems(f.job, item, 1, StatusCode::kTimeout,
+      FailItems(*f.job, item, 1, StatusCode::kTimeout,
                 task + " ran longer than " + std::to_string(TimeoutOf(*f.job).count()) + " ms; " +
                     how + " after being stopped");
     } else if (f.attempt < opts.max_retries && !stop) {
       retries.push_back({f.job, item, 1, f.attempt + 1});
     } else {
-      FailItems(f.job, item, 1, StatusCode::kWorkerCrashed, how + " while running " + task);
+      FailItems(*f.job, item, 1, StatusCode::kWorkerCrashed, how + " while running " + task);
     }
   }
   w.in_flight.clear();
+  w.claims_used = 0;
   w.pending_detaches.clear();  // its replacement has attached nothing yet
   platform::CloseFile(w.pidfd);
   platform::CloseFile(w.log_fd);
@@ -223,7 +227,7 @@ void PoolCore::Retire(Worker& w, const std::string& why) {
   // Work meant for this worker alone (Broadcast) can never run.
   for (auto it = retries.begin(); it != retries.end();) {
     if (it->job->target_worker == w.index) {
-      FailItems(it->job, it->first, it->count, StatusCode::kWorkerCrashed, because);
+      FailItems(*it->job, it->first, it->count, StatusCode::kWorkerCrashed, because);
       it = retries.erase(it);
     } else {
       ++it;
@@ -232,7 +236,7 @@ void PoolCore::Retire(Worker& w, const std::string& why) {
   for (auto it = jobs.begin(); it != jobs.end();) {
     std::shared_ptr<Job> j = *it;
     if (j->target_worker == w.index) {
-      FailItems(j, j->next, j->n - j->next, StatusCode::kWorkerCrashed, because);
+      FailItems(*j, j->next, j->n - j->next, StatusCode::kWorkerCrashed, because);
       j->next = j->n;
       it = jobs.erase(it);
     } else {
@@ -243,10 +247,10 @@ void PoolCore::Retire(Worker& w, const std::string& why) {
     // Nobody left to run anything: fail what waits, and what comes later, at
     // once rather than hang.
     no_workers = "the pool has no worker left (" + because + ")";
-    for (Retry& r : retries) FailItems(r.job, r.first, r.count, StatusCode::kWorkerCrashed, no_workers);
+    for (Retry& r : retries) FailItems(*r.job, r.first, r.count, StatusCode::kWorkerCrashed, no_workers);
     retries.clear();
     for (auto& j : jobs) {
-      FailItems(j, j->next, j->n - j->next, StatusCode::kWorkerCrashed, no_workers);
+      FailItems(*j, j->next, j->n - j->next, StatusCode::kWorkerCrashed, no_workers);
       j->next = j->n;
     }
     jobs.clear();

@@ -35,7 +35,7 @@ bool RegisterTaskInfo(TaskInfo info) {
 const std::vector<TaskInfo>& Registry() { return MutableRegistry(); }
 
 uint64_t RegistryHash() {
-  std::string text;
+  std::string text = "control-layout-" + std::to_string(kControlLayout) + ";";
   for (const TaskInfo& t : Registry())
     text += t.name + "(" + t.arg_type + ")->" + t.result_type + ";";
   return HashString(text, 0x706F6F6C);
@@ -91,11 +91,12 @@ bool Send(WorkerState& w, std::span<const std::byte> msg) {
 bool RunTasks(WorkerState& w, MessageReader& in) {
   uint64_t job, nonce, first;
   uint32_t task, count;
-  uint8_t flags;
-  if (!in.U64(&job) || !in.U64(&nonce) || !in.U8(&flags) || !in.U32(&task) || !in.U64(&first) ||
-      !in.U32(&count)) {
+  uint8_t flags, slot;
+  if (!in.U64(&job) || !in.U64(&nonce) || !in.U8(&flags) || !in.U8(&slot) || !in.U32(&task) ||
+      !in.U64(&first) || !in.U32(&count) || slot >= kClaimsPerWorker) {
     return false;
   }
+  std::atomic<uint64_t>& claim = w.claims[slot];
   const auto& registry = Registry();
   MessageWriter& out = w.answer;
   uint64_t out_first = first;
@@ -124,6 +125,20 @@ bool RunTasks(WorkerState& w, MessageReader& in) {
     ObjectId ref;
     if (!in.U8(&is_ref)) return false;
     if (is_ref ? !in.Id(&ref) : !(in.Varint(&len) && in.Bytes(len, &arg))) return false;
+    // Claim the item before starting it; once the parent has withdrawn the
+    // rest of the chunk, each is answered Cancelled without running.
+    uint64_t seen = claim.load(std::memory_order_acquire);
+    while (!(seen & kWithdrawn) &&
+           !claim.compare_exchange_weak(seen, seen + 1, std::memory_order_acq_rel)) {
+    }
+    if (seen & kWithdrawn) {
+      out.U8(static_cast<uint8_t>(StatusCode::kCancelled));
+      out.U8(0);
+      out.Varint(0);
+      ++out_count;
+      if (out.size() > w.responses.max_message() / 2 && !flush()) return false;
+      continue;
+    }
     std::vector<std::byte>& result = w.result;
     ObjectId result_ref;
     w.result_id = ResultId(nonce, first + i);
@@ -243,6 +258,7 @@ int RunWorkerProcess(int argc, char** argv) {
   w.control = internal::Header(*control);
   w.requests = internal::RequestRing(*control, w.index);
   w.responses = internal::ResponseRing(*control, w.index);
+  w.claims = internal::Claims(*control, workers, w.index);
   w.doorbell = internal::kDoorbellFd;
   w.store = std::make_shared<Store>(std::move(*store));
   // The handle has a descriptor of its own; the inherited one shares the

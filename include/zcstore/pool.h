@@ -126,6 +126,8 @@ struct Job {
     else completed->emplace_back(i, std::move(r));
   }
   bool keep_order = true;
+  bool cancel_won = false;  // a Cancel found no item started (what later Cancels return)
+  std::string label;  // what messages call the task (SubmitOptions::label); empty: its name
   bool dropped = false;  // nobody will take the results: delete them on arrival
   int sleepers = 0;      // callers asleep until this job moves on
 };
@@ -469,6 +471,9 @@ struct SubmitOptions {
   // The task may run this long (see PoolOptions::task_timeout); 0: the
   // pool's task_timeout.
   std::chrono::milliseconds task_timeout{0};
+  // What error messages call the task (a runtime's own function name, say,
+  // when every call goes through one registered task); empty: its name.
+  std::string label;
 };
 
 struct PoolStats {
@@ -487,6 +492,34 @@ struct PoolStats {
 
 template <typename R>
 class Future;
+
+// A submitted task, for any thread, while another may be waiting on its
+// Future (Future::handle()): whether it runs now, and cancelling it.
+// Copyable; holds neither the pool nor the result, and may outlive both
+// (it then reports not running, and cancels nothing).
+class ZCSTORE_EXPORT TaskHandle {
+ public:
+  TaskHandle() = default;
+  // True while a worker runs the task (for a Map, any of its items): it
+  // has claimed it from its queue and not yet answered. Takes the pool's
+  // mutex; reads one word per chunk in flight.
+  bool Running() const;
+  // Cancels every item of the task that has not started, wherever it
+  // waits: in the pool's queue, or already sent to a worker (the worker
+  // skips it; an item is either started or withdrawn, never both). Those
+  // items fail with Cancelled at once. Returns true if no item had
+  // started (so none will run); false if one had (it runs to its end) or
+  // the task had finished. A second Cancel returns what the first did.
+  bool Cancel();
+
+ private:
+  template <typename R>
+  friend class Future;
+  TaskHandle(std::weak_ptr<internal::PoolCore> core, std::weak_ptr<internal::Job> job)
+      : core_(std::move(core)), job_(std::move(job)) {}
+  std::weak_ptr<internal::PoolCore> core_;
+  std::weak_ptr<internal::Job> job_;
+};
 
 // Waits until one of `futures` (of one pool) can be taken without blocking,
 // or `timeout` passes: the lowest index of such a future. Errors: Timeout;
@@ -520,8 +553,11 @@ class Future {
   // of microseconds where waking a sleeping thread is slow) for a CPU's time.
   bool WaitFor(std::chrono::milliseconds timeout,
                std::chrono::microseconds spin = std::chrono::microseconds(0)) const;
-  // Cancels the task if it has not started (it then fails with Cancelled).
-  void Cancel();
+  // Cancels the task if it has not started (it then fails with Cancelled);
+  // true if it had not (see TaskHandle::Cancel).
+  bool Cancel() { return handle().Cancel(); }
+  // A handle other threads may use while this future is waited on.
+  TaskHandle handle() const { return TaskHandle(core_, job_); }
 
  private:
   friend class Pool;
@@ -681,7 +717,9 @@ struct WithUpdate {
 };
 
 namespace internal {
-ZCSTORE_EXPORT void CancelJob(PoolCore* core, Job& job);
+// TaskHandle::Cancel and TaskHandle::Running of `job`; each takes `core`'s mutex.
+ZCSTORE_EXPORT bool CancelJob(PoolCore* core, Job& job);
+ZCSTORE_EXPORT bool JobRunning(PoolCore* core, const Job& job);
 ZCSTORE_EXPORT std::mutex& JobsMutex(PoolCore* core);
 // Waits until every item of `job` is done (spinning first if the pool spins).
 ZCSTORE_EXPORT void WaitJob(PoolCore* core, Job& job);
@@ -750,6 +788,7 @@ Future<R> Pool::Submit(std::string_view name, A&& arg, const SubmitOptions& opti
     // Encode now: the caller's argument may be gone by the time it is sent.
     job = SingleJob(*task, std::forward<A>(arg));
     job->timeout = options.task_timeout;
+    job->label = options.label;
     if (job->done == 0) Start(job, false);
   }
   return Future<R>(core_, job);
@@ -809,11 +848,6 @@ bool Future<R>::Ready() const {
   return job_->done == job_->n;
 }
 
-template <typename R>
-void Future<R>::Cancel() {
-  if (!job_) return;
-  if (auto core = core_.lock()) internal::CancelJob(core.get(), *job_);
-}
 
 template <typename R, typename A>
 Result<std::vector<R>> Pool::Map(std::string_view name, const std::vector<A>& args,

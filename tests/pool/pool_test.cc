@@ -17,6 +17,7 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <filesystem>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -131,6 +132,13 @@ uint64_t SlowModelSize(TaskContext&, const Model& m) {
   return m.factors.size();
 }
 ZCSTORE_TASK("slow_model_size", SlowModelSize);
+
+// Creates the file `path`: a task whose running leaves a trace.
+int Touch(TaskContext&, const std::string& path) {
+  if (std::FILE* f = std::fopen(path.c_str(), "w")) std::fclose(f);
+  return 1;
+}
+ZCSTORE_TASK("touch", Touch);
 
 // Set by the fork hooks' child hook, in the worker only.
 int fork_child_mark = 0;
@@ -914,10 +922,49 @@ TEST(PoolTest, CancelledTasksFailWithCancelled) {
     if (r.ok()) ++done;
     else if (r.status().code() == StatusCode::kCancelled) ++cancelled;
   }
-  EXPECT_GE(done, 1);
-  EXPECT_GE(cancelled, 8);
+  // The one in the worker's ring ran if it had started, else it was
+  // withdrawn too: nothing that had not started runs.
+  EXPECT_LE(done, 1);
+  EXPECT_GE(cancelled, 9);
   EXPECT_EQ(done + cancelled, 10);
   EXPECT_EQ(pool->Submit<int>("square", 6).Get().value(), 36);
+}
+
+// A task already sent to a busy worker's queue is taken back by Cancel: its
+// future fails at once, and the worker skips it (it never runs). A task
+// that has started is Running, and Cancel leaves it to finish.
+TEST(PoolTest, CancelTakesATaskBackFromABusyWorkersQueue) {
+  for (auto backend : {PoolOptions::Backend::kSpawn, PoolOptions::Backend::kFork,
+                       PoolOptions::Backend::kThreads}) {
+    SCOPED_TRACE(static_cast<int>(backend));
+    PoolOptions o = Small(1);
+    o.backend = backend;
+    o.max_in_flight_per_worker = 2;  // the second task waits in the worker's ring
+    auto pool = MakePool(o);
+    ASSERT_TRUE(pool);
+    testing::TempDir dir;
+    std::string path = dir.path() + "/ran";
+    auto busy = pool->Submit<int>("sleep_ms", 400);
+    auto queued = pool->Submit<int>("touch", path);
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!busy.handle().Running() && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ASSERT_TRUE(busy.handle().Running());
+    EXPECT_FALSE(queued.handle().Running());
+    EXPECT_TRUE(queued.Cancel());
+    EXPECT_TRUE(queued.Cancel());  // a second cancel says the same
+    EXPECT_TRUE(queued.Ready());   // at once, not after the busy task
+    EXPECT_EQ(queued.Get().status().code(), StatusCode::kCancelled);
+    auto handle = busy.handle();
+    EXPECT_FALSE(handle.Cancel());  // started: it runs to its end
+    EXPECT_EQ(busy.Get().value(), 400);
+    EXPECT_FALSE(handle.Running());
+    EXPECT_EQ(pool->Submit<int>("square", 3).Get().value(), 9);  // the worker goes on
+    ASSERT_TRUE(pool->Shutdown().ok());
+    EXPECT_FALSE(std::filesystem::exists(path)) << "a withdrawn task ran";
+    EXPECT_EQ(pool->Stats().tasks_done, 2u);  // the skipped one is not counted as done
+  }
 }
 
 std::vector<float> BigResult(TaskContext&, const int& n) { return std::vector<float>(n, 2.f); }
