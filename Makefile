@@ -23,7 +23,7 @@ DEPS     := cmake g++ make pkg-config libflatbuffers-dev flatbuffers-compiler \
             python3-joblib python3-cloudpickle python3-tqdm \
             libopenmpi-dev openmpi-bin
 
-.PHONY: all deps configure build test demo demo-mpi bench bench-python bench-mpi compare fuzz clean
+.PHONY: all deps configure build test cpython-tests demo demo-mpi bench bench-python bench-mpi compare fuzz clean
 
 all: build
 
@@ -52,8 +52,22 @@ configure: deps
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
-test: build
+test: build cpython-tests
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# CPython's own concurrent.futures tests, which zcstore.Pool must pass
+# (tests/python/cpython_executor_test.py): Debian's libpython3.11-testsuite,
+# downloaded and unpacked into the build tree, never installed (installing
+# it could upgrade the system Python's packages).
+CPYTHON_TESTS := $(BUILD)/cpython/test_concurrent_futures.py
+cpython-tests: $(CPYTHON_TESTS)
+$(CPYTHON_TESTS):
+	@rm -rf $(BUILD)/cpython && mkdir -p $(BUILD)/cpython/deb
+	@cd $(BUILD)/cpython/deb && { apt-get download -qq libpython3.11-testsuite 2>/dev/null || \
+	  { apt-get update -qq && apt-get download -qq libpython3.11-testsuite; }; }
+	@dpkg -x $(BUILD)/cpython/deb/libpython3.11-testsuite_*.deb $(BUILD)/cpython/deb/root
+	@cp $(BUILD)/cpython/deb/root/usr/lib/python3.11/test/test_concurrent_futures.py $@
+	@rm -rf $(BUILD)/cpython/deb
 
 demo: build
 	./$(BUILD)/examples/shared_model $(DEMO_ARGS)

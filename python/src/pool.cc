@@ -22,6 +22,7 @@
 #include <optional>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -211,6 +212,15 @@ class PyPool {
   // Without the GIL, as every call that can take the pool's mutex: the
   // fork backend's pool thread may be waiting for the GIL while it holds it.
   ~PyPool() {
+    if (getpid() != owner_) {
+      // A copy in a child of os.fork(): the pool is the parent's, and its
+      // mutexes may have been held by threads the child does not have.
+      // Let go of it all without a destructor.
+      (void)new std::deque<Incoming>(std::move(incoming_));
+      (void)new std::vector<Future<PyCall>>(std::move(pending_));
+      (void)pool_.release();
+      return;
+    }
     py::gil_scoped_release nogil;
     incoming_.clear();
     pending_.clear();
@@ -243,17 +253,20 @@ class PyPool {
     return *pool_;
   }
 
-  uint64_t Submit(py::buffer stream, py::list buffers, int64_t timeout_ms) {
+  // `label`: what error messages call the task (the Python function's name).
+  uint64_t Submit(py::buffer stream, py::list buffers, int64_t timeout_ms, std::string label) {
     Pool& p = pool();
     PyCall call = Check(ToCall(p.store(), stream, buffers));
     SubmitOptions o;
     o.task_timeout = std::chrono::milliseconds(timeout_ms);
+    o.label = std::move(label);
     py::gil_scoped_release nogil;
     // Moved: its arrays, already in the pool's store, become the
     // argument's object as they are (an lvalue would be copied again).
     Future<PyCall> f = p.Submit<PyCall>("zcstore.python", std::move(call), o);
-    std::lock_guard lock(mu_);  // the collector holds it while it cancels
+    std::lock_guard lock(mu_);
     uint64_t token = ++last_token_;
+    handles_.emplace(token, f.handle());
     incoming_.push_back({token, std::move(f), Clock::now()});
     if (collector_idle_) wake_.notify_one();  // else it wakes for the oldest anyway
     return token;
@@ -280,8 +293,7 @@ class PyPool {
             if (!incoming_.empty()) until = std::min(until, incoming_.front().queued + kWaiterFirst);
             collector_idle_ = incoming_.empty();
             wake_.wait_until(lock, until, [&] {
-              return CancelToApplyLocked() || stopping_ || stop_waiting_ ||
-                     (collector_idle_ && !incoming_.empty());
+              return stopping_ || stop_waiting_ || (collector_idle_ && !incoming_.empty());
             });
             collector_idle_ = false;
           }
@@ -307,9 +319,25 @@ class PyPool {
         }
       }
     }
+    Forget(done);
     py::list out;
     for (auto& [token, r] : done) out.append(Outcome(token, r));
     return out;
+  }
+
+  // Cancels task `token` if it has not started (TaskHandle::Cancel): true
+  // if it will never run. Its future then finishes with Cancelled at once.
+  bool Cancel(uint64_t token) {
+    py::gil_scoped_release nogil;
+    TaskHandle h = HandleOf(token);
+    return h.Cancel();
+  }
+
+  // Whether a worker runs task `token` now.
+  bool Running(uint64_t token) {
+    py::gil_scoped_release nogil;
+    TaskHandle h = HandleOf(token);
+    return h.Running();
   }
 
   // Makes the collector's Wait return now, and every later one at once.
@@ -336,39 +364,24 @@ class PyPool {
           if (incoming_[i].token != token) continue;
           f.emplace(std::move(incoming_[i].future));
           incoming_.erase(incoming_.begin() + static_cast<ptrdiff_t>(i));
-          held_.push_back(token);
           break;
         }
       }
-      auto deadline = timeout_ms < 0 ? Clock::time_point::max()
-                                     : Clock::now() + std::chrono::milliseconds(timeout_ms);
-      // In slices of at most 50 ms, so that a cancel meanwhile (which the
-      // collector would otherwise apply) reaches the task.
-      auto slice = [&] {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        return std::clamp(left, std::chrono::milliseconds(0), std::chrono::milliseconds(50));
-      };
-      while (f && !f->WaitFor(slice(), kWaiterSpin)) {
+      // A cancel from another thread meanwhile finishes the task at once
+      // (TaskHandle::Cancel), which wakes this wait.
+      auto limit = timeout_ms < 0 ? std::chrono::milliseconds::max()
+                                  : std::chrono::milliseconds(timeout_ms);
+      if (f && !f->WaitFor(limit, kWaiterSpin)) {
         std::lock_guard lock(mu_);
-        if (auto c = std::find(cancels_.begin(), cancels_.end(), token); c != cancels_.end()) {
-          cancels_.erase(c);
-          f->Cancel();
-        }
-        if (Clock::now() >= deadline) {
-          held_.erase(std::find(held_.begin(), held_.end(), token));
-          // Back to the collector, to be watched at once (queued long ago).
-          incoming_.insert(incoming_.begin(), {token, std::move(*f), Clock::time_point::min()});
-          wake_.notify_one();
-          f.reset();
-          break;
-        }
+        // Back to the collector, to be watched at once (queued long ago).
+        incoming_.insert(incoming_.begin(), {token, std::move(*f), Clock::time_point::min()});
+        wake_.notify_one();
+        f.reset();
       }
       if (f) {
         r = f->Get();
         std::lock_guard lock(mu_);
-        held_.erase(std::find(held_.begin(), held_.end(), token));
-        // A cancel that came too late for the task is dropped with it.
-        cancels_.erase(std::remove(cancels_.begin(), cancels_.end(), token), cancels_.end());
+        handles_.erase(token);
       }
     }
     if (!f) return py::none();
@@ -388,15 +401,6 @@ class PyPool {
     return out;
   }
 
-  // Cancels a task not yet started (it then fails with Cancelled); applied
-  // by the collector's next wait, which owns the pending futures.
-  void Cancel(uint64_t token) {
-    py::gil_scoped_release nogil;
-    std::lock_guard lock(mu_);
-    cancels_.push_back(token);
-    wake_.notify_one();
-  }
-
   // Stops the workers. The collector must have stopped calling Wait.
   void Shutdown() {
     py::gil_scoped_release nogil;
@@ -410,6 +414,7 @@ class PyPool {
       incoming.swap(incoming_);
       pending.swap(pending_);
       tokens_.clear();
+      handles_.clear();
       p = std::move(pool_);
     }
     incoming.clear();  // dropping a future takes the pool's mutex
@@ -418,16 +423,21 @@ class PyPool {
   }
 
  private:
-  // Whether a cancel is the collector's to apply (not one of a task that a
-  // thread waits for itself: WaitOne applies those).
-  bool CancelToApplyLocked() const {
-    return std::any_of(cancels_.begin(), cancels_.end(), [&](uint64_t token) {
-      return std::find(held_.begin(), held_.end(), token) == held_.end();
-    });
+  TaskHandle HandleOf(uint64_t token) {
+    std::lock_guard lock(mu_);
+    auto it = handles_.find(token);
+    return it == handles_.end() ? TaskHandle() : it->second;
+  }
+
+  // Finished tasks no longer need their handles.
+  void Forget(const std::vector<std::pair<uint64_t, Result<PyCall>>>& done) {
+    if (done.empty()) return;
+    std::lock_guard lock(mu_);
+    for (const auto& d : done) handles_.erase(d.first);
   }
 
   // The queued tasks due to be watched (all of them once stopping) become
-  // the collector's; the cancels of tasks it watches are applied.
+  // the collector's.
   void TakeDueLocked() {
     auto due = Clock::now() - kWaiterFirst;
     size_t taken = 0;
@@ -437,20 +447,9 @@ class PyPool {
       ++taken;
     }
     incoming_.erase(incoming_.begin(), incoming_.begin() + static_cast<ptrdiff_t>(taken));
-    // A cancel of a task a thread waits for itself is that thread's to apply.
-    auto kept = std::remove_if(cancels_.begin(), cancels_.end(), [&](uint64_t token) {
-      if (std::find(held_.begin(), held_.end(), token) != held_.end()) return false;
-      for (size_t i = 0; i < tokens_.size(); ++i) {
-        if (tokens_[i] == token) pending_[i].Cancel();
-      }
-      for (Incoming& in : incoming_) {
-        if (in.token == token) in.future.Cancel();
-      }
-      return true;
-    });
-    cancels_.erase(kept, cancels_.end());
   }
 
+  pid_t owner_ = getpid();  // the process that made the pool
   py::object keep_;  // what the fork hooks call, alive as long as the pool
   std::unique_ptr<Pool> pool_;
   std::shared_ptr<LogQueue> logs_;
@@ -464,10 +463,10 @@ class PyPool {
   // and is woken by its answer directly; then the collector watches it.
   std::deque<Incoming> incoming_;
   bool collector_idle_ = false;  // the collector waits for a task to be queued
-  std::vector<uint64_t> held_;   // tasks threads wait for themselves (WaitOne)
   std::vector<Future<PyCall>> pending_;  // the collector's own
   std::vector<uint64_t> tokens_;
-  std::vector<uint64_t> cancels_;
+  // Every unfinished task's handle, for cancels and running() from any thread.
+  std::unordered_map<uint64_t, TaskHandle> handles_;
 };
 
 }  // namespace
@@ -517,6 +516,7 @@ void RegisterPool(py::module_& m) {
       .def("stop_waiting", &PyPool::StopWaiting)
       .def("wait_one", &PyPool::WaitOne)
       .def("cancel", &PyPool::Cancel)
+      .def("running", &PyPool::Running)
       .def("shutdown", &PyPool::Shutdown)
       .def("take_logs", &PyPool::TakeLogs)
       .def("broadcast", &PyPool::Broadcast)

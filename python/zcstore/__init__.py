@@ -32,7 +32,7 @@ from .errors import (AlreadyExists, Cancelled, Corrupt, Error, InvalidArgument,
                      Timeout, TypeMismatch, VersionMismatch, WorkerCrashed, BY_CODE)
 
 __all__ = [
-    "Store", "Ref", "Pool", "Shared", "RawObject", "StoreStats", "ObjectInfo",
+    "Store", "Ref", "Pool", "Future", "Shared", "RawObject", "StoreStats", "ObjectInfo",
     "Error", "NotFound", "AlreadyExists", "StoreFull", "Corrupt", "TypeMismatch",
     "VersionMismatch", "PermissionDenied", "WorkerCrashed", "Timeout", "Cancelled",
     "InvalidArgument", "TaskFailed",
@@ -597,4 +597,4 @@ class Store:
             self._h.verify(*self._own(ref))
 
 
-from .pool import Pool, Shared  # noqa: E402  (the pool builds on the store above)
+from .pool import Future, Pool, Shared  # noqa: E402  (the pool builds on the store above)

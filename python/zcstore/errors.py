@@ -5,6 +5,7 @@ first, so ``except KeyError`` catches a missing object and ``except
 MemoryError`` a full store. ``str(e)`` is the library's message: what went
 wrong, naming the store or object, and what to do.
 """
+from concurrent.futures.process import BrokenProcessPool
 
 
 class Error(Exception):
@@ -51,8 +52,10 @@ class PermissionDenied(Error, PermissionError):
     code = 7
 
 
-class WorkerCrashed(Error):
-    """A worker process died while running a task."""
+class WorkerCrashed(Error, BrokenProcessPool):
+    """A worker process died while running a task. A BrokenProcessPool,
+    so that code written for ProcessPoolExecutor catches it; but only that
+    task failed: the pool replaced the worker and goes on."""
     code = 8
 
 

@@ -8,6 +8,7 @@ object itself, mapped once per worker, its arrays read-only and zero-copy.
 """
 
 import concurrent.futures
+import functools
 import io
 import logging
 import multiprocessing.spawn
@@ -19,9 +20,12 @@ import time
 import traceback
 import weakref
 
+from concurrent.futures import _base
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
+
 from . import _core
 from . import Ref, Store, _Pickler, InvalidArgument, NotFound
-from .errors import BY_CODE
+from .errors import BY_CODE, Cancelled
 
 _BACKENDS = {"spawn": 0, "fork": 1, "threads": 2}
 # A spawned worker runs _WORKER_CODE with the bound name of its pool's
@@ -110,24 +114,43 @@ def loads(stream, buffers):
     return pickle.loads(stream, buffers=[memoryview(b) for b in buffers])
 
 
-class RemoteTraceback(Exception):
-    """The worker's traceback, as the __cause__ of a task's exception."""
+# The worker's traceback, as the __cause__ of a task's exception: the class
+# ProcessPoolExecutor uses, so code that looks for it finds it.
+RemoteTraceback = _RemoteTraceback
 
-    def __init__(self, tb):
-        super().__init__(tb)
-        self.tb = tb
 
-    def __str__(self):
-        return self.tb
+def _rebuild_exception(cls, args, state):
+    # An exception whose __init__ cannot take its own args back (one that
+    # takes two arguments but passes one to Exception): made without
+    # calling __init__, as the same class with the same args and attributes.
+    e = cls.__new__(cls, *args)
+    e.args = args
+    e.__dict__.update(state)
+    return e
+
+
+class _ExceptionByState:
+    """Pickles an exception as its class, args and attributes."""
+
+    def __init__(self, e):
+        self.e = e
+
+    def __reduce__(self):
+        return _rebuild_exception, (type(self.e), self.e.args, dict(vars(self.e)))
 
 
 def exception_payload(e):
+    """(exception, traceback text) for the parent: the exception itself if
+    it survives a pickle round trip, else rebuilt from its class and state,
+    else a RuntimeError naming it (a class the parent cannot import)."""
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-    try:
-        pickle.dumps(e)
-        return e, tb
-    except Exception:
-        return RuntimeError(f"{type(e).__name__}: {e}"), tb
+    for candidate in (e, _ExceptionByState(e)):
+        try:
+            pickle.loads(pickle.dumps(candidate))
+            return candidate, tb
+        except Exception:
+            pass
+    return RuntimeError(f"{type(e).__module__}.{type(e).__qualname__}: {e}"), tb
 
 
 def call_chunk(fn, columns):
@@ -155,6 +178,10 @@ def _apply_state(context, state):
 # A worker's logging record travels as one line on its stderr:
 # RECORD levelno RS logger RS message, newlines in the message as US.
 RECORD = "\x1dzcstore-record\x1e"
+# A line a worker printed to sys.stdout: STDOUT line. It goes to the
+# parent's sys.stdout as it is; other lines (its stderr, and what C code
+# writes to either descriptor) to the parent's stderr, as "[worker N] line".
+STDOUT = "\x1dzcstore-stdout\x1e"
 
 
 def record_line(record, message):
@@ -229,20 +256,37 @@ def _results(values, futures, bar):
             bar.close()
 
 
-class _Future(concurrent.futures.Future):
-    """A concurrent.futures.Future whose result() and exception() wait for
-    the task on the calling thread: the worker's answer wakes that thread
-    directly rather than the pool's collector first."""
+def _name_of(fn):
+    """module.qualname of a task's function, for messages."""
+    qualname = getattr(fn, "__qualname__", None)
+    if qualname is None:
+        return repr(fn)
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{qualname}" if module else qualname
 
-    def __init__(self, pool, token):
+
+class Future(concurrent.futures.Future):
+    """The Future of a task submitted to a zcstore.Pool.
+
+    A concurrent.futures.Future whose result() and exception() wait for
+    the task on the calling thread (the worker's answer wakes that thread
+    directly, not the pool's collector first), which is RUNNING once a
+    worker has started the task, and whose cancel() takes the task back
+    from wherever it waits, its worker's queue included: cancel() returns
+    True exactly when the task will never run.
+    """
+
+    def __init__(self, engine=None, token=None):
         super().__init__()
-        self._pool, self._token = pool, token
+        self._engine, self._token = engine, token
 
     def _wait_here(self, timeout):
-        if self.done():
+        if self.done() or self._engine is None:
+            return timeout
+        if timeout is not None and timeout <= 0:  # a look, not a wait
             return timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._pool._wait_one(self, timeout)
+        self._engine.wait_one(self, timeout)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def result(self, timeout=None):
@@ -251,120 +295,463 @@ class _Future(concurrent.futures.Future):
     def exception(self, timeout=None):
         return super().exception(self._wait_here(timeout))
 
+    def running(self):
+        with self._condition:
+            pending = self._state == _base.PENDING
+        if pending and self._engine is not None and self._engine.task_running(self._token):
+            self._start_running()
+        return super().running()
 
-_pools = weakref.WeakSet()
+    def cancel(self):
+        engine = self._engine
+        if engine is not None:
+            with self._condition:
+                pending = self._state == _base.PENDING
+            if pending:
+                if not engine.cancel_task(self._token):
+                    # Started (it runs to its end) or finished.
+                    self._start_running()
+                    return super().cancel()
+                engine.forget(self._token)
+        if not super().cancel():
+            return False
+        # What an executor does when it takes a cancelled item: wait() and
+        # as_completed() count it from now on.
+        with self._condition:
+            notify = engine is not None and self._state == _base.CANCELLED
+        if notify:
+            self.set_running_or_notify_cancel()
+        return True
+
+    def _start_running(self):
+        """PENDING -> RUNNING. False if it was cancelled (and is notified
+        now) or is finished."""
+        with self._condition:
+            if self._state == _base.PENDING:
+                self._state = _base.RUNNING
+                return True
+            if self._state != _base.CANCELLED:
+                return self._state == _base.RUNNING
+        return self.set_running_or_notify_cancel()
+
+    def __repr__(self):
+        self.running()  # the state shown is the task's now
+        return super().__repr__()
+
+
+_engines = weakref.WeakSet()  # every engine still running, for the exit hook
+
+
+def _backend_of(backend, mp_context):
+    """The backend asked for: by name, or by a multiprocessing context's
+    start method (ProcessPoolExecutor's mp_context); spawn by default."""
+    if mp_context is not None:
+        method = mp_context.get_start_method()
+        if method not in ("spawn", "fork"):
+            raise InvalidArgument(
+                f"mp_context's start method {method!r} has no zcstore backend: "
+                "use a 'spawn' or 'fork' context, or backend='threads'")
+        if backend is not None and backend != method:
+            raise InvalidArgument(
+                f"backend={backend!r} and an mp_context that starts by {method!r} disagree")
+        return method
+    backend = "spawn" if backend is None else backend
+    if backend not in _BACKENDS:
+        raise InvalidArgument(f"backend must be one of {sorted(_BACKENDS)}, not {backend!r}")
+    return backend
+
+
+class _Engine:
+    """What runs a Pool's tasks: the C++ pool, the futures, the collector
+    thread and the pool's store. Futures and threads hold the engine, never
+    the Pool, so a Pool nobody holds is finalized, which shuts its engine
+    down once the work submitted is done (as ProcessPoolExecutor does)."""
+
+    def __init__(self, n, backend, store, own_store, main_name, create_args, timeout_ms, log):
+        self.n, self.backend, self.store, self.own_store = n, backend, store, own_store
+        self.main_name, self.create_args, self.timeout_ms, self.log = (
+            main_name, create_args, timeout_ms, log)
+        self.pid = os.getpid()
+        self.log_lines_dropped = 0
+        self.lock = threading.Lock()
+        self.start_lock = threading.Lock()  # one start at a time, and none after close
+        self.core = None  # the C++ pool, once started
+        self.started = threading.Event()  # set once it is (or the pool closed first)
+        self.futures = {}
+        self.shared = set()  # refs in _inherited, a fork pool's
+        self.shutdown_reason = None  # why submit raises RuntimeError now
+        self.broken = None  # why the pool is broken (its initializer failed)
+        self.broken_cause = None
+        self.stop = False
+        self.closed = threading.Event()
+        self.closer = None
+        # Started before the workers are (a thread started after a fork
+        # pays a copy-on-write fault for each page it touches).
+        self.collector = threading.Thread(target=self.collect, name="zcstore-pool", daemon=True)
+        self.collector.start()
+        _engines.add(self)
+
+    # --- starting, and the checks every call makes
+
+    def check_process(self):
+        if os.getpid() != self.pid:
+            raise RuntimeError(
+                f"this zcstore.Pool belongs to process {self.pid}, and process {os.getpid()} "
+                "was forked from it: a forked child cannot use its parent's pool (the "
+                "workers answer the parent); create a Pool in the child")
+
+    def start(self):
+        """The C++ pool, started at the first call that needs it."""
+        core = self.core
+        if core is not None:
+            return core
+        with self.start_lock:
+            if self.stop:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self.core is None:
+                self.core = _core.Pool.create(*self.create_args)
+                self.started.set()
+            return self.core
+
+    def check_open(self):
+        """Raises why no task may be submitted now. Holds `lock`."""
+        if self.broken is not None:
+            raise BrokenProcessPool(self.broken) from self.broken_cause
+        if self.shutdown_reason is not None:
+            raise RuntimeError(f"cannot schedule new futures after {self.shutdown_reason}")
+
+    # --- tasks
+
+    def submit(self, stream, buffers, name):
+        """A Future for the pickled call, submitted."""
+        core = self.core or self.start()
+        with self.lock:  # a submit racing shutdown: refused, or waited for by it
+            self.check_open()
+            token = core.submit(stream, buffers, self.timeout_ms, name)
+            future = self.futures[token] = Future(self, token)
+        return future
+
+    def failed(self, error):
+        """A Future that failed before it was submitted (its call could not
+        be pickled): as ProcessPoolExecutor, the error comes from result()."""
+        with self.lock:
+            self.check_open()
+        future = Future()
+        future.set_running_or_notify_cancel()
+        future.set_exception(error)
+        return future
+
+    def cancel_task(self, token):
+        core = self.core
+        return core is not None and not self.stop and core.cancel(token)
+
+    def task_running(self, token):
+        core = self.core
+        return core is not None and not self.stop and core.running(token)
+
+    def forget(self, token):
+        with self.lock:
+            self.futures.pop(token, None)
+
+    def wait_one(self, future, timeout):
+        core = self.core
+        if core is None or self.stop:
+            return
+        outcome = core.wait_one(future._token, -1 if timeout is None else int(timeout * 1000))
+        if outcome is not None:
+            self.settle(*outcome)
+
+    # --- outcomes
+
+    def outcome(self, code, message, stream, buffers):
+        """(True, value), (False, exception) or (None, exception): a task's
+        result, its exception, or its worker's initializer failed."""
+        if code:
+            return False, BY_CODE.get(code, RuntimeError)(message)
+        try:
+            status, value = loads(stream, buffers)
+        except BaseException as e:  # a result that does not unpickle here
+            return False, e
+        if status is True:
+            return True, value
+        exc, tb = value
+        exc.__cause__ = RemoteTraceback(tb)
+        return status, exc
+
+    def settle(self, token, code, message, stream, buffers):
+        # A finished task onto its future (by the collector, or the thread
+        # that waited for it), unless it was cancelled meanwhile.
+        with self.lock:
+            future = self.futures.pop(token, None)
+        if future is None:
+            return
+        if code == Cancelled.code:  # cancelled by cancel() or shutdown: never ran
+            concurrent.futures.Future.cancel(future)
+        if not future._start_running():
+            return
+        ok, value = self.outcome(code, message, stream, buffers)
+        if ok is None:  # the worker's initializer failed: the pool is broken
+            value = self.break_(value)
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def break_(self, cause):
+        """Marks the pool broken by its initializer's `cause`, as
+        ProcessPoolExecutor does: every pending task and every later submit
+        fails with BrokenProcessPool. Returns that exception."""
+        with self.lock:
+            if self.broken is None:
+                self.broken = ("a worker's initializer raised "
+                               f"{type(cause).__name__}: {cause}; the pool is broken")
+                self.broken_cause = cause
+            pending = list(self.futures.items())
+            self.futures.clear()
+        error = BrokenProcessPool(self.broken)
+        error.__cause__ = self.broken_cause
+        for token, f in pending:
+            self.cancel_task(token)
+            if f._start_running():
+                f.set_exception(error)
+        return error
+
+    def emit_logs(self):
+        if self.core is None:
+            return
+        lines, self.log_lines_dropped = self.core.take_logs()
+        for worker, line in lines:
+            if line.startswith(RECORD):
+                level, name, message = line[len(RECORD):].split("\x1e", 2)
+                logging.getLogger(name).log(int(level), "[worker %d] %s", worker,
+                                            message.replace(chr(31), chr(10)),
+                                            extra={"zcstore_worker": worker})
+            elif self.log is not None:
+                self.log(worker, line[len(STDOUT):] if line.startswith(STDOUT) else line)
+            elif line.startswith(STDOUT):
+                sys.stdout.write(line[len(STDOUT):] + "\n")
+            else:
+                sys.stderr.write(f"[worker {worker}] {line}\n")
+
+    def collect(self):
+        """The collector thread: finished tasks onto their futures, and the
+        workers' lines to where they go."""
+        self.started.wait()
+        while True:
+            with self.lock:
+                if self.stop:
+                    self.emit_logs()
+                    return
+            for outcome in self.core.wait(50):
+                self.settle(*outcome)
+            self.emit_logs()
+
+    # --- the end
+
+    def shutdown(self, wait, cancel_futures, reason="shutdown"):
+        with self.lock:
+            if self.shutdown_reason is None:
+                self.shutdown_reason = reason
+            pending = list(self.futures.values())
+        if cancel_futures:
+            for f in pending:
+                f.cancel()
+        if wait:
+            concurrent.futures.wait(pending)
+            self.close()
+            return
+        with self.lock:
+            if self.closer is not None or self.stop:
+                return
+            # Not a daemon: the interpreter waits for it at exit, after the
+            # exit hook has finished the work.
+            self.closer = threading.Thread(
+                target=lambda: (concurrent.futures.wait(pending), self.close()),
+                name="zcstore-pool-closer")
+            self.closer.start()
+
+    def close(self):
+        """Stops the collector, the workers and the store. The first caller
+        does it; the others wait until it is done."""
+        with self.lock:
+            first = not self.stop
+            self.stop = True
+        if not first:
+            if threading.current_thread() not in (self.collector, self.closer):
+                self.closed.wait()
+            return
+        try:
+            with self.start_lock:  # no start now, nor after
+                core = self.core
+                self.started.set()
+            if core is not None:
+                core.stop_waiting()
+            if threading.current_thread() is not self.collector:
+                self.collector.join()
+            if core is not None:
+                core.shutdown()
+                # The workers' last lines reach the queue while they are
+                # stopped (a result waited for on its own thread can come
+                # back before the lines its task printed first).
+                self.emit_logs()
+            for ref in self.shared:
+                _inherited.pop(ref, None)
+            if self.own_store:
+                self.store.close()
+            elif not self.store.closed:  # the caller's store: take back what the pool put
+                try:
+                    self.store.delete(self.store.lookup(self.main_name))
+                    self.store.unbind(self.main_name)
+                except NotFound:
+                    pass
+        finally:
+            self.closed.set()
+
+    def release(self):
+        """The Pool was dropped without shutdown: finish the submitted work,
+        then stop (in a forked child: touch nothing of the parent's)."""
+        if os.getpid() == self.pid and not self.stop:
+            self.shutdown(wait=False, cancel_futures=False)
+
+
+def _python_exit():
+    # At interpreter exit, before its threads are joined (as
+    # concurrent.futures does): no new tasks, the submitted ones finish
+    # (their output reaches the parent), then every pool stops, so that no
+    # thread of ours is inside the C++ pool while the interpreter ends.
+    engines = [e for e in list(_engines) if e.pid == os.getpid()]
+    for e in engines:
+        with e.lock:
+            e.shutdown_reason = "interpreter shutdown"
+    for e in engines:
+        e.shutdown(wait=True, cancel_futures=False, reason="interpreter shutdown")
+        if e.closer is not None:
+            e.closer.join()
+
+
+threading._register_atexit(_python_exit)
 
 
 class Pool(concurrent.futures.Executor):
     """An executor whose workers attach shared objects without copying.
 
-    ``workers``: how many (None: the CPUs). ``backend``: "spawn" (fresh
-    Python processes, the default), "fork" (children forked from this
-    process, the first at the pool's first task, as ProcessPoolExecutor
-    does: they start in milliseconds and inherit its memory copy-on-write,
-    its modules and globals as they are when each worker is forked, and the
-    objects shared before, attached; the same caveats as os.fork in a
-    process with threads) or "threads"
-    (threads of this process, for comparisons). ``initializer(*initargs)``
-    runs once in each worker
-    before its first task (and in a replacement worker). A task whose
-    worker dies is retried ``max_retries`` times, then fails with
-    WorkerCrashed; one running longer than ``task_timeout`` seconds is
-    killed with its worker and fails with Timeout. ``store_capacity``: bytes
-    of the pool's store (shared objects, large arguments and results),
-    reserved as they are used. ``store``: a memfd Store of the caller's to
-    work in instead (store_capacity is then unused): arrays built in it
-    with ``store.empty`` before the pool starts are shared by ``share``
-    without a copy; it stays open, and the caller's, after the pool
-    (keep it open while the pool runs). ``progress``: map's progress bar (tqdm if
+    ``workers`` (or ``max_workers``, ProcessPoolExecutor's name): how many
+    (None: the CPUs). ``backend``: "spawn" (fresh Python processes, the
+    default), "fork" (children forked from this process, the first at the
+    pool's first task, as ProcessPoolExecutor does: they start in
+    milliseconds and inherit its memory copy-on-write, its modules and
+    globals as they are when each worker is forked, and the objects shared
+    before, attached; the same caveats as os.fork in a process with
+    threads) or "threads" (threads of this process, for comparisons);
+    ``mp_context``, a multiprocessing context, picks spawn or fork by its
+    start method instead. ``initializer(*initargs)`` runs once in each
+    worker before its first task (and in a replacement worker); if it
+    raises, the pool is broken, as ProcessPoolExecutor's: pending and later
+    tasks fail with BrokenProcessPool. A task whose worker dies is retried
+    ``max_retries`` times, then fails with WorkerCrashed (a
+    BrokenProcessPool; the worker is replaced and the pool goes on); one
+    running longer than ``task_timeout`` seconds is killed with its worker
+    and fails with Timeout. ``store_capacity``: bytes of the pool's store
+    (shared objects, large arguments and results), reserved as they are
+    used. ``store``: a memfd Store of the caller's to work in instead
+    (store_capacity is then unused): arrays built in it with
+    ``store.empty`` before the pool starts are shared by ``share`` without
+    a copy; it stays open, and the caller's, after the pool (keep it open
+    while the pool runs). ``progress``: map's progress bar (tqdm if
     importable, else a built-in one; only on a terminal), False for none,
     or a callable(done, total). ``log``: a callable(worker, line) for the
-    workers' output lines; by default they go to stderr as "[worker N]
-    line", and their logging records to this process's logging, at their
-    level, under their logger's name.
+    workers' output lines; by default what they print to stdout goes to
+    this process's sys.stdout, their other lines to its stderr as "[worker
+    N] line", and their logging records to this process's logging, at
+    their level, under their logger's name.
     """
 
-    def __init__(self, workers=None, backend="spawn", initializer=None, initargs=(),
+    Future = Future
+
+    def __init__(self, workers=None, backend=None, initializer=None, initargs=(),
                  max_retries=0, task_timeout=None, store_capacity=1 << 30,
-                 store=None, start_timeout=20.0, progress=True, log=None):
-        if backend not in _BACKENDS:
-            raise InvalidArgument(
-                f"backend must be one of {sorted(_BACKENDS)}, not {backend!r}")
+                 store=None, start_timeout=20.0, progress=True, log=None, *,
+                 max_workers=None, mp_context=None):
+        if max_workers is not None:  # ProcessPoolExecutor's name for it
+            if workers is not None:
+                raise InvalidArgument("give workers or max_workers, not both")
+            workers = max_workers
+        backend = _backend_of(backend, mp_context)
         workers = os.cpu_count() if workers is None else int(workers)
         if workers < 1:
-            raise InvalidArgument(f"workers must be at least 1, not {workers}")
-        self._backend = backend
-        self._progress_setting = progress
-        self._log = log
-        self.log_lines_dropped = 0
-        self._timeout_ms = int((task_timeout or 0) * 1000)
-        from .pool_worker import ForkChild, Runner
+            raise InvalidArgument(f"max_workers must be greater than 0, not {workers}")
         if store is not None and (not isinstance(store, Store) or store.closed):
             raise InvalidArgument(f"store must be an open zcstore.Store, not {store!r}")
-        self._n = workers
-        self._main_name = main_name = _MAIN_NAME + os.urandom(8).hex()
+        from .pool_worker import ForkChild, Runner, thread_runner
+        self._backend = backend
+        self._progress_setting = progress
+        timeout_ms = int((task_timeout or 0) * 1000)
+        main_name = _MAIN_NAME + os.urandom(8).hex()
         # The pool's store is a memfd of this handle's, or the caller's:
         # put through it, arrays made with its empty() are adopted, not copied.
-        self._own_store = store is None
-        self._store = store if store is not None else Store.create(
-            "pool", backing="memfd", capacity=int(store_capacity), max_clients=4 * workers + 16)
-        if backend == "spawn":  # what a fresh interpreter needs first (pool_worker.main)
-            prepare = multiprocessing.spawn.get_preparation_data("zcstore-worker")
-            prepare.pop("authkey", None)  # multiprocessing's own secret: not ours to pass on
-            self._store.bind(main_name, self._store.put({
-                "prepare": prepare,
-                "initializer": initializer, "initargs": tuple(initargs),
-                "log_level": logging.getLogger().getEffectiveLevel()}))
-        fork = backend == "fork"
-        self._create_args = (  # what _start hands the C++ pool
-            workers, _BACKENDS[backend], sys.executable, ["-c", _WORKER_CODE.format(main_name)],
-            self._store.fd, int(max_retries), self._timeout_ms, int(start_timeout * 1000),
-            Runner(None, initializer, tuple(initargs)).run if fork else None,
-            ForkChild() if fork else None)
-        self._lock = threading.Lock()
-        self._start_lock = threading.Lock()  # one _start at a time, and none after _close
-        self._core = None  # the C++ pool, once started
-        self._started = threading.Event()  # set once it is (or the pool closed first)
-        self._futures = {}
-        self._shared = set()  # refs in _inherited, a fork pool's
-        self._shutdown = False
-        self._stop = False
-        # Started before the workers are (a thread started after a fork
-        # pays a copy-on-write fault for each page it touches).
-        self._collector = threading.Thread(target=self._collect, name="zcstore-pool",
-                                           daemon=True)
-        self._collector.start()
-        _pools.add(self)
+        own_store = store is None
+        if own_store:
+            store = Store.create("pool", backing="memfd", capacity=int(store_capacity),
+                                 max_clients=4 * workers + 16)
+        try:
+            if backend == "spawn":
+                # What a fresh interpreter needs first (pool_worker.main):
+                # multiprocessing's preparation data (its authkey too, so
+                # that Manager proxies in arguments connect), then the
+                # initializer, unpickled only once that has set sys.path.
+                prepare = multiprocessing.spawn.get_preparation_data("zcstore-worker")
+                # As bytes: the key refuses to be pickled outside a spawn
+                # (the worker's prepare() makes it an AuthenticationString).
+                prepare["authkey"] = bytes(prepare["authkey"])
+                try:
+                    init = _dumps_bytes((initializer, tuple(initargs)))
+                except Exception as e:
+                    raise pickle.PicklingError(
+                        f"the initializer or its initargs cannot be sent to spawned workers: {e} "
+                        "(a multiprocessing Queue or Lock reaches a process only by "
+                        "inheritance: use a Manager's, or backend='fork')") from e
+                store.bind(main_name, store.put({
+                    "prepare": prepare, "init": init,
+                    "log_level": logging.getLogger().getEffectiveLevel()}))
+            fork = backend == "fork"
+            create_args = (
+                workers, _BACKENDS[backend], sys.executable,
+                ["-c", _WORKER_CODE.format(main_name)], store.fd, int(max_retries),
+                timeout_ms, int(start_timeout * 1000),
+                Runner(None, initializer, tuple(initargs)).run if fork else None,
+                ForkChild() if fork else None)
+        except BaseException:
+            if own_store:
+                store.close()
+            raise
+        self._e = _Engine(workers, backend, store, own_store, main_name, create_args,
+                          timeout_ms, log)
+        # Dropped without shutdown: the submitted work finishes, then it stops.
+        self._finalizer = weakref.finalize(self, self._e.release)
         # A fork pool forks its workers at its first task, as
         # ProcessPoolExecutor does: they inherit what was shared before it,
         # and nothing forked is in the way of the caller meanwhile.
         if backend != "fork":
             try:
                 if backend == "threads":
-                    _core.set_runner(Runner().run)
-                    if initializer is not None:
-                        initializer(*initargs)
-                self._start()
+                    _core.set_runner(thread_runner(initializer, tuple(initargs)))
+                self._e.start()
             except BaseException:
-                self._close()
+                self._e.close()
                 raise
-
-    def _start(self):
-        """The C++ pool, started at the first call that needs it."""
-        core = self._core
-        if core is not None:
-            return core
-        with self._start_lock:
-            if self._stop:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if self._core is None:
-                self._core = _core.Pool.create(*self._create_args)
-                self._started.set()
-            return self._core
 
     @property
     def workers(self):
-        return self._n
+        return self._e.n
+
+    @property
+    def _broken(self):
+        """Why the pool is broken (ProcessPoolExecutor's attribute), or False."""
+        return self._e.broken or False
+
+    @property
+    def log_lines_dropped(self):
+        return self._e.log_lines_dropped
 
     _STATS = ("workers", "workers_ready", "tasks_done", "tasks_failed", "workers_replaced",
               "log_lines", "log_lines_dropped")
@@ -374,9 +761,9 @@ class Pool(concurrent.futures.Executor):
         tasks_done, tasks_failed, workers_replaced, log_lines,
         log_lines_dropped (a dict). A fork pool before its first task:
         workers and zeros."""
-        core = self._core
+        core = self._e.core
         if core is None:
-            return dict.fromkeys(self._STATS, 0) | {"workers": self._n}
+            return dict.fromkeys(self._STATS, 0) | {"workers": self._e.n}
         return core.stats()
 
     # --- sharing
@@ -387,50 +774,55 @@ class Pool(concurrent.futures.Executor):
         ``obj`` may also be a Ref of an object already in the pool's store
         (put there through the store given as ``store=``, say): its handle,
         with nothing put."""
+        e = self._e
+        e.check_process()
         if isinstance(obj, Ref):
-            if obj not in self._store:
+            if obj not in e.store:
                 raise NotFound(f"{obj!r} is not an object of this pool's store")
             ref = obj
         else:
-            ref = self._store.put(obj, move=move)
+            ref = e.store.put(obj, move=move)
         if self._backend == "fork":  # attached here once, inherited by every worker
-            _inherited[ref] = self._store.get(ref)
-            self._shared.add(ref)
+            _inherited[ref] = e.store.get(ref)
+            e.shared.add(ref)
         return Shared(ref)
 
     def empty(self, shape, dtype=float, order="C"):
         """A writable array in the pool's store, to fill and then share with
         no copy (see Store.empty)."""
-        return self._store.empty(shape, dtype, order)
+        return self._e.store.empty(shape, dtype, order)
 
     def unshare(self, shared):
         """Deletes a shared object; tasks that get its handle later fail
         with NotFound (a task already holding it keeps it until it ends)."""
         _inherited.pop(shared.ref, None)
-        self._shared.discard(shared.ref)
-        self._store.delete(shared.ref)
+        self._e.shared.discard(shared.ref)
+        self._e.store.delete(shared.ref)
 
     # --- tasks
 
     def submit(self, fn, /, *args, **kwargs):
-        """Runs fn(*args, **kwargs) in a worker; returns its Future."""
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+        """Runs fn(*args, **kwargs) in a worker; returns its Future. A call
+        that cannot be pickled fails its future (result() raises the
+        PicklingError), as with ProcessPoolExecutor."""
+        return self._submit(fn, (fn, args, kwargs))
+
+    def _submit(self, fn, call):
+        e = self._e
+        e.check_process()
         try:
-            stream, buffers = dumps((fn, args, kwargs))
-        except Exception as e:
-            raise pickle.PicklingError(
-                f"{getattr(fn, '__qualname__', fn)!r} or its arguments cannot be sent to a "
-                f"worker: {e} (a worker imports functions by module and name: define it at "
-                "module level, or install python3-cloudpickle for lambdas and closures)") from e
-        core = self._core or self._start()
-        with self._lock:
-            token = core.submit(stream, buffers, self._timeout_ms)
-            future = self._futures[token] = _Future(self, token)
-        stream.release()
-        future.add_done_callback(lambda f, t=token: f.cancelled() and self._cancel(t, f))
-        return future
+            stream, buffers = dumps(call)
+        except Exception as error:
+            failure = pickle.PicklingError(
+                f"{_name_of(fn)} or its arguments cannot be sent to a worker: {error} "
+                "(a worker imports functions by module and name: define it at module "
+                "level, or install python3-cloudpickle for lambdas and closures)")
+            failure.__cause__ = error
+            return e.failed(failure)
+        try:
+            return e.submit(stream, buffers, _name_of(fn))
+        finally:
+            stream.release()
 
     def _chunks(self, fn, iterables, chunksize, progress):
         # A chunk travels as one list per iterable (cheaper to pickle than
@@ -446,7 +838,7 @@ class Pool(concurrent.futures.Executor):
         futures = []
         for i in range(0, n, chunksize):
             k = min(chunksize, n - i)
-            f = self.submit(call_chunk, fn, [c[i:i + k] for c in columns])
+            f = self._submit(fn, (call_chunk, (fn, [c[i:i + k] for c in columns]), {}))
             if bar is not None:
                 f.add_done_callback(lambda _, k=k: bar.update(k))
             futures.append(f)
@@ -461,9 +853,17 @@ class Pool(concurrent.futures.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def in_order():
-            for f in futures:
+            # Each chunk's future and list are let go of as its results are
+            # yielded: a result the caller drops is freed (as
+            # Executor.map's iterator does).
+            futures.reverse()
+            while futures:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                yield from f.result(left)
+                chunk = futures[-1].result(left)
+                futures.pop()
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
         return _results(in_order(), futures, bar)
 
     def map_unordered(self, fn, *iterables, timeout=None, chunksize=None, progress=None):
@@ -475,10 +875,11 @@ class Pool(concurrent.futures.Executor):
     def broadcast(self, fn, *args):
         """Runs fn(*args) once on every worker; their results, by worker.
         The first failure is raised (after every worker has answered)."""
+        e = self._e
+        e.check_process()
         stream, buffers = dumps((fn, args, {}))
-        outcomes = self._start().broadcast(stream, buffers)
-        results = [self._outcome(code, message, st, bufs)
-                   for _, code, message, st, bufs in outcomes]
+        outcomes = e.start().broadcast(stream, buffers)
+        results = [e.outcome(code, message, st, bufs) for _, code, message, st, bufs in outcomes]
         for ok, value in results:
             if not ok:
                 raise value
@@ -498,128 +899,16 @@ class Pool(concurrent.futures.Executor):
         return results
 
     def shutdown(self, wait=True, *, cancel_futures=False):
-        with self._lock:
-            self._shutdown = True
-            pending = list(self._futures.values())
-        if cancel_futures:
-            for f in pending:
-                f.cancel()
-        if wait:
-            concurrent.futures.wait(pending)
-            self._close()
-        else:
-            threading.Thread(target=lambda: (concurrent.futures.wait(pending), self._close()),
-                             daemon=True).start()
-
-    def _cancel(self, token, future):
-        # The executor's part of a cancel: mark it notified (so wait() and
-        # as_completed count it) and drop the task if it has not started.
-        future.set_running_or_notify_cancel()
-        with self._lock:
-            self._futures.pop(token, None)
-            if not self._stop:
-                self._core.cancel(token)
-
-    def _wait_one(self, future, timeout):
-        outcome = self._core.wait_one(future._token, -1 if timeout is None else int(timeout * 1000))
-        if outcome is not None:
-            self._settle(*outcome)
-
-    def _close(self):
-        with self._lock:
-            if self._stop:
-                return
-            self._stop = True
-        with self._start_lock:  # no start now, nor after
-            core = self._core
-            self._started.set()
-        if core is not None:
-            core.stop_waiting()
-        self._collector.join()
-        if core is not None:
-            core.shutdown()
-            # The workers' last lines reach the queue while they are stopped
-            # (a result waited for on its own thread can come back before the
-            # lines its task printed first): deliver them too.
-            self._emit_logs()
-        for ref in self._shared:
-            _inherited.pop(ref, None)
-        if self._own_store:
-            self._store.close()
-        elif not self._store.closed:  # the caller's store: take back what the pool put there
-            try:
-                self._store.delete(self._store.lookup(self._main_name))
-                self._store.unbind(self._main_name)
-            except NotFound:
-                pass
-
-    # --- the collector thread: finished tasks onto their futures
-
-    def _outcome(self, code, message, stream, buffers):
-        """(True, value) or (False, exception) of one finished task."""
-        if code:
-            return False, BY_CODE.get(code, RuntimeError)(message)
-        try:
-            ok, value = loads(stream, buffers)
-        except BaseException as e:  # a result that does not unpickle here
-            return False, e
-        if ok:
-            return True, value
-        exc, tb = value
-        exc.__cause__ = RemoteTraceback(tb)
-        return False, exc
-
-    def _emit_logs(self):
-        if self._core is None:
-            return
-        lines, self.log_lines_dropped = self._core.take_logs()
-        for worker, line in lines:
-            if line.startswith(RECORD):
-                level, name, message = line[len(RECORD):].split("\x1e", 2)
-                logging.getLogger(name).log(int(level), "[worker %d] %s", worker,
-                                            message.replace(chr(31), chr(10)),
-                                            extra={"zcstore_worker": worker})
-            elif self._log is not None:
-                self._log(worker, line)
-            else:
-                sys.stderr.write(f"[worker {worker}] {line}\n")
-
-    def _collect(self):
-        self._started.wait()
-        while True:
-            with self._lock:
-                if self._stop:
-                    self._emit_logs()
-                    return
-            for outcome in self._core.wait(50):
-                self._settle(*outcome)
-            self._emit_logs()
-
-    def _settle(self, token, code, message, stream, buffers):
-        # A finished task onto its future (by the collector, or the thread
-        # that waited for it), unless it was cancelled meanwhile.
-        with self._lock:
-            future = self._futures.pop(token, None)
-        if future is None or not future.set_running_or_notify_cancel():
-            return
-        ok, value = self._outcome(code, message, stream, buffers)
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        """Refuses new tasks; with ``cancel_futures``, cancels those not
+        started (in a worker's queue too); with ``wait``, returns once the
+        others are done and the workers stopped, else that happens on a
+        thread of its own (which the interpreter's exit waits for)."""
+        self._e.check_process()
+        self._e.shutdown(wait, cancel_futures)
 
 
-def _shutdown_all():
-    # At exit: what was not waited for is cancelled, the workers stopped.
-    for pool in list(_pools):
-        with pool._lock:
-            pool._shutdown = True
-            pending = list(pool._futures.values())
-        for f in pending:
-            f.cancel()
-        pool._close()
-
-
-import atexit  # noqa: E402
-
-atexit.register(_shutdown_all)
+def _dumps_bytes(obj):
+    stream, buffers = dumps(obj)
+    if buffers:  # out-of-band buffers go in band here: this is start-up data
+        return pickle.dumps(loads(stream, buffers), protocol=5)
+    return bytes(stream)

@@ -5,56 +5,97 @@ main()" --zcstore-worker ...``: main() opens the pool's store (the
 descriptor the pool passed down) and enters the C++ worker loop, which calls
 Runner.run for each task with the GIL held. A forked worker (the fork
 backend) starts in a ForkChild its pool made ready, run by the C++ pool in
-the new child before its loop, and runs the Runner its parent made.
+the new child before its loop, and runs the Runner its parent made. The
+threads backend runs a Runner in each of its threads.
 """
+import io
 import logging
 import multiprocessing.spawn
+import multiprocessing.util
+import os
+import pickle
 import sys
+import threading
 
 from . import Store, _core
-from .pool import dumps, exception_payload, loads, record_line
+from .pool import STDOUT, dumps, exception_payload, loads, record_line
 
 STORE_FD = 4  # where the pool puts its store's descriptor (pool/pool_internal.h)
 _store = None  # a forked worker's handle on the pool's store
 
+# ProcessPoolExecutor's logger: an initializer's failure is logged there.
+_LOGGER = logging.getLogger("concurrent.futures")
+
 
 class Runner:
-    """Runs pickled calls: (fn, args, kwargs) in, (ok, value) out."""
+    """Runs pickled calls: (fn, args, kwargs) in, (status, value) out, with
+    status True (value: the result), False (value: the task's exception)
+    or None (this worker's initializer raised value: the pool is broken).
 
-    def __init__(self, store=None, initializer=None, initargs=(), main_name=None):
+    The initializer runs before the first call, once per worker (per
+    thread for the threads backend); if it raises, every call answers
+    None, and the failure is logged at CRITICAL on "concurrent.futures", as
+    ProcessPoolExecutor does.
+    """
+
+    def __init__(self, store=None, initializer=None, initargs=(), main_name=None,
+                 process=True):
         # A spawned worker reads its start-up data from the pool's store;
         # a forked one (or a thread) has its parent's everything already
         # and runs just the initializer (a forked one: once in each worker).
         self._store, self._main_name = store, main_name
         self._initializer, self._initargs = initializer, initargs
-        self._ready = store is None and initializer is None
+        self._process = process  # a worker process (not a thread of the parent)
+        self._local = threading.local()  # .failure: None once ready, or what the initializer raised
 
     def _prepare(self):
         if self._store is not None:
             # What multiprocessing's spawn does for its children: the parent's
-            # sys.path and its __main__ (as __mp_main__), so functions defined in
-            # the script resolve; then the pool's initializer.
+            # sys.path, authkey and __main__ (as __mp_main__), so functions
+            # defined in the script resolve; then the pool's initializer,
+            # unpickled only now that its module can be found.
             start = self._store.get(self._store.lookup(self._main_name))
             logging.getLogger().setLevel(start["log_level"])
             multiprocessing.spawn.prepare(start["prepare"])
-            self._initializer, self._initargs = start["initializer"], start["initargs"]
+            self._initializer, self._initargs = pickle.loads(start["init"])
+            self._store = None
         if self._initializer is not None:
             self._initializer(*self._initargs)
-        self._ready = True
 
     def run(self, stream, buffers):
-        try:
-            if not self._ready:
+        local = self._local
+        if not hasattr(local, "failure"):
+            try:
                 self._prepare()
-            fn, args, kwargs = loads(stream, buffers)
-            outcome = (True, fn(*args, **kwargs))
-        except BaseException as e:  # the task's own failure: for its future
-            outcome = (False, exception_payload(e))
+                local.failure = None
+            except BaseException as e:
+                _LOGGER.critical("Exception in initializer:", exc_info=True)
+                local.failure = e
+                if self._process:
+                    # This worker runs nothing more: wind down as a process
+                    # exit would, so that what the initializer set up
+                    # (a multiprocessing Queue's feeder, say) is flushed
+                    # before the parent hears of the failure.
+                    multiprocessing.util._run_finalizers(0)
+                    multiprocessing.util._run_finalizers()
+        if local.failure is not None:
+            outcome = (None, exception_payload(local.failure))
+        else:
+            try:
+                fn, args, kwargs = loads(stream, buffers)
+                outcome = (True, fn(*args, **kwargs))
+            except BaseException as e:  # the task's own failure: for its future
+                outcome = (False, exception_payload(e))
         try:
             return dumps(outcome)
-        except Exception as e:  # a result that cannot be pickled
-            return dumps((False, exception_payload(
-                TypeError(f"the task's result cannot be sent back: {e}"))))
+        except BaseException as e:  # a result that cannot be pickled: that error, for its future
+            e.add_note("(the task's result cannot be sent back to the parent)")
+            return dumps((False, exception_payload(e)))
+
+
+def thread_runner(initializer, initargs):
+    """The threads backend's runner: the initializer once per thread."""
+    return Runner(None, initializer, initargs, process=False).run
 
 
 class _RecordHandler(logging.Handler):
@@ -73,18 +114,57 @@ def _record_handler():
     return handler
 
 
-def _worker_output():
-    # Lines reach the parent as they are written, not when a buffer fills;
-    # logging records travel whole, to be handled by the parent's logging.
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None and hasattr(stream, "reconfigure"):
-            stream.reconfigure(line_buffering=True)
-    logging.getLogger().handlers[:] = [_record_handler()]
+class _MarkedStdout(io.TextIOBase):
+    """sys.stdout of a worker: each whole line goes to descriptor `fd` marked
+    as stdout (pool.STDOUT), so that the parent prints it to its own
+    sys.stdout; an unfinished line waits for its end (or for close)."""
+
+    def __init__(self, fd):
+        self._fd, self._partial = fd, ""
+
+    def writable(self):
+        return True
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    def fileno(self):
+        return self._fd
+
+    def isatty(self):
+        return False
+
+    def write(self, text):
+        *lines, self._partial = (self._partial + text).split("\n")
+        if lines:
+            data = "".join(f"{STDOUT}{line}\n" for line in lines)
+            _write_all(self._fd, data.encode("utf-8", "backslashreplace"))
+        return len(text)
+
+    def close(self):
+        if self._partial:
+            self.write("\n")
+        super().close()
+
+
+def _write_all(fd, data):
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def _line_file(fd):
     return open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False,
                 buffering=1)
+
+
+def _worker_output():
+    # Lines reach the parent as they are written, not when a buffer fills;
+    # logging records travel whole, to be handled by the parent's logging.
+    sys.stdout = _MarkedStdout(1)
+    if sys.stderr is not None and hasattr(sys.stderr, "reconfigure"):
+        sys.stderr.reconfigure(line_buffering=True)
+    logging.getLogger().handlers[:] = [_record_handler()]
 
 
 class ForkChild:
@@ -100,17 +180,18 @@ class ForkChild:
     """
 
     def __init__(self):
-        try:  # files on descriptor numbers 1 and 2, which are the pipe in a child
-            self._files = (_line_file(1), _line_file(2))
+        try:  # a file on descriptor number 2, which is the pipe in a child
+            self._stderr = _line_file(2)
         except OSError:  # closed here: made in each child instead
-            self._files = None
+            self._stderr = None
+        self._stdout = _MarkedStdout(1)
         self._handler = _record_handler()
 
     def __call__(self, handle):
         """Called in the child, with the worker's own handle on the pool's
         store (the C++ loop's, opened in this child): made a Store here, so
         that handles of shared objects resolve."""
-        sys.stdout, sys.stderr = self._files or (_line_file(1), _line_file(2))
+        sys.stdout, sys.stderr = self._stdout, self._stderr or _line_file(2)
         logging.getLogger().handlers[:] = [self._handler]
         global _store
         _store = Store(handle, "/dev/shm")
@@ -120,4 +201,6 @@ def main(main_name):
     """A spawned worker; ``main_name``: where its pool bound its start-up data."""
     _worker_output()
     store = Store.open_fd(STORE_FD, read_only=True)
-    sys.exit(_core.run_worker(sys.argv, Runner(store, main_name=main_name).run))
+    rc = _core.run_worker(sys.argv, Runner(store, main_name=main_name).run)
+    sys.stdout.close()  # an unfinished last line
+    sys.exit(rc)
