@@ -192,14 +192,53 @@ def test_shutdown_without_waiting_at_exit_neither_aborts_nor_loses_output(backen
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_pool_dropped_without_shutdown_stops(backend):
+    threads_before = set(threading.enumerate())
     pool = zcstore.Pool(2, backend=backend)
+    pids = [p for p in pool.broadcast(os.getpid) if p != os.getpid()]
     f = pool.submit(sleep_for, 0.2)  # work submitted before the drop still finishes
     results = pool.map(square, range(10))
     del pool
     gc.collect()
     assert f.result(TIMEOUT) == 0.2
     assert list(results) == [x * x for x in range(10)]
-    # nothing_left_behind: the workers are reaped and the pool's threads gone.
+    # Its threads end, and its workers are stopped and reaped.
+    assert wait_until(lambda: not [t for t in set(threading.enumerate()) - threads_before
+                                   if t.name.startswith("zcstore-pool")], timeout=10)
+    assert wait_until(lambda: not set(pids) & set(_children()), timeout=10)
+
+
+class SlowToPickle:
+    """Takes 0.3 s to pickle: a submit that has passed its shutdown check
+    is still pickling while shutdown runs."""
+
+    def __reduce__(self):
+        time.sleep(0.3)
+        return int, (1,)
+
+
+@pytest.mark.parametrize("backend", ["spawn", "threads"])
+def test_a_submit_racing_shutdown_is_refused_or_completes(backend):
+    pool = zcstore.Pool(1, backend=backend)
+    outcome = {}
+
+    def submitter():
+        try:
+            outcome["future"] = pool.submit(square, SlowToPickle())
+        except RuntimeError as e:
+            outcome["refused"] = e
+        except BaseException as e:  # anything else is the bug
+            outcome["other"] = e
+
+    t = threading.Thread(target=submitter)
+    t.start()
+    time.sleep(0.1)  # the submit is pickling now
+    pool.shutdown(wait=True)
+    t.join(TIMEOUT)
+    assert "other" not in outcome, outcome
+    if "refused" in outcome:
+        assert "after shutdown" in str(outcome["refused"])
+    else:  # accepted before shutdown looked: then it was waited for
+        assert outcome["future"].result(timeout=TIMEOUT) == 1
 
 
 def test_shutdown_without_waiting_still_finishes_the_work():
