@@ -69,7 +69,7 @@ void PoolCore::Complete(Worker& w, MessageReader& in) {
     uint64_t len = 0;
     std::span<const std::byte> bytes;
     ItemResult r;
-    if (!in.U8(&code) || !in.U8(&is_ref) || code > static_cast<uint8_t>(StatusCode::kTaskFailed)) {
+    if (!in.U8(&code) || !in.U8(&is_ref) || code > static_cast<uint8_t>(kLastStatusCode)) {
       return fail("item");
     }
     r.code = static_cast<StatusCode>(code);

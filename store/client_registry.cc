@@ -17,9 +17,10 @@ Status StoreImpl::PinLocked(uint32_t slot) {
     return Status::OK();
   }
   if (free_records_.empty()) {
-    return StoreFull("this handle already pins " + std::to_string(geo_.max_pins) +
-                     " objects of " + Describe() +
-                     " (max_pins_per_client); release some views first");
+    return TooManyPins("this handle already pins " + std::to_string(geo_.max_pins) +
+                       " objects of " + Describe() +
+                       " (StoreOptions::max_pins_per_client); release some views first, or "
+                       "create the store with a larger limit");
   }
   uint32_t r = free_records_.back();
   free_records_.pop_back();

@@ -538,11 +538,32 @@ Status StoreImpl::Verify(ObjectId id) {
 // ---------------------------------------------------------------- names
 
 namespace {
+// Whether `s` is well-formed UTF-8 (no overlong forms, surrogates or code
+// points past U+10FFFF): names are text to every runtime that lists them.
+bool IsUtf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    uint32_t cp = n == 1 ? c : c & (0x7F >> n);
+    for (size_t k = 1; k < n; ++k) {
+      auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d >> 6) != 0x2) return false;
+      cp = cp << 6 | (d & 0x3F);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += n;
+  }
+  return true;
+}
+
 Status CheckName(std::string_view name) {
   if (name.empty() || name.size() > kMaxNameLength || name.find('\0') != std::string_view::npos) {
     return InvalidArgument("an object name is 1-" + std::to_string(kMaxNameLength) +
                            " bytes without NUL");
   }
+  if (!IsUtf8(name)) return InvalidArgument("an object name must be valid UTF-8");
   return Status::OK();
 }
 bool NameIs(const NameEntry& n, std::string_view name) {

@@ -21,6 +21,8 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kInvalidArgument: return "InvalidArgument";
     case StatusCode::kIOError: return "IOError";
     case StatusCode::kTaskFailed: return "TaskFailed";
+    case StatusCode::kTooManyPins: return "TooManyPins";
+    case StatusCode::kMisuse: return "Misuse";
   }
   return "Unknown";
 }

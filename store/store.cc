@@ -181,6 +181,9 @@ Status Store::Remove(std::string_view name, const OpenOptions& options) {
                            "' must be 1-64 characters from [A-Za-z0-9._-] (a file store's path "
                            "needs OpenOptions::backing = Backing::kFile)");
   }
+  if (!file) {
+    if (Status st = internal::CheckShmDir(options.shm_dir); !st.ok()) return st;
+  }
   std::string path = file ? std::string(name) : internal::StoreImpl::SegmentPath(options.shm_dir, name);
   std::string what = std::string(file ? "store file '" : "store '") + std::string(name) + "'";
   // Only a store of this user is removed: open it as Open would (no link,

@@ -59,6 +59,9 @@ struct Geometry {
                                      const std::string& what);
 };
 
+// OK if `dir` may hold shared-memory stores: an absolute path.
+Status CheckShmDir(const std::string& dir);
+
 class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
  public:
   static Result<std::shared_ptr<StoreImpl>> Create(std::string_view name,

@@ -101,6 +101,16 @@ std::string StoreImpl::SegmentPrefix() {
   return "zcstore." + std::to_string(platform::UserId()) + ".";
 }
 
+Status CheckShmDir(const std::string& dir) {
+  // "" would put segments in "/", and a relative directory would depend on
+  // the working directory: another process would not find the store.
+  if (dir.empty() || dir[0] != '/') {
+    return InvalidArgument("shm_dir '" + dir +
+                           "' must be an absolute directory (the default is /dev/shm)");
+  }
+  return Status::OK();
+}
+
 std::string StoreImpl::SegmentPath(const std::string& dir, std::string_view name) {
   return dir + "/" + SegmentPrefix() + std::string(name);
 }
@@ -244,6 +254,7 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::Create(std::string_view name,
         return InvalidArgument("store name '" + n +
                                "' must be 1-64 characters from [A-Za-z0-9._-]");
       }
+      if (Status st = CheckShmDir(options.shm_dir); !st.ok()) return st;
       s->name_ = n;
       s->path_ = SegmentPath(options.shm_dir, n);
       // A store of this name whose users all died is replaced, as `gc` would.
@@ -330,6 +341,7 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::Open(std::string_view name,
       return InvalidArgument("store name '" + std::string(name) +
                              "' must be 1-64 characters from [A-Za-z0-9._-]");
     }
+    if (Status st = CheckShmDir(options.shm_dir); !st.ok()) return st;
     s->path_ = SegmentPath(options.shm_dir, name);
   } else {
     s->path_ = std::string(name);

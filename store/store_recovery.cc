@@ -192,6 +192,7 @@ bool StoreImpl::RemoveIfAbandoned(const std::string& path) {
 }  // namespace internal
 
 Result<std::vector<std::string>> Store::ListStores(const std::string& shm_dir) {
+  if (Status st = internal::CheckShmDir(shm_dir); !st.ok()) return st;
   auto entries = internal::platform::ListDirectory(shm_dir);
   if (!entries.ok()) return entries.status();
   std::string prefix = internal::StoreImpl::SegmentPrefix();
@@ -208,6 +209,7 @@ Result<std::vector<std::string>> Store::ListStores(const std::string& shm_dir) {
 }
 
 Result<std::vector<std::string>> Store::CollectGarbage(const std::string& shm_dir) {
+  if (Status st = internal::CheckShmDir(shm_dir); !st.ok()) return st;
   auto entries = internal::platform::ListDirectory(shm_dir);
   if (!entries.ok()) return entries.status();
   std::string prefix = internal::StoreImpl::SegmentPrefix();

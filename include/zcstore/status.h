@@ -37,7 +37,11 @@ enum class StatusCode : int {
   kInvalidArgument = 11, // the caller passed something that can never work
   kIOError = 12,         // any other OS error; the message holds errno's text
   kTaskFailed = 13,      // a pool task threw: the message has the exception's type and what()
+  kTooManyPins = 14,     // this handle already pins StoreOptions::max_pins_per_client objects
+  kMisuse = 15,          // (C ABI) a handle used after it was closed or freed, or not a handle
 };
+// The highest code: values above it read from another process are not codes.
+inline constexpr StatusCode kLastStatusCode = StatusCode::kMisuse;
 
 // Returns the code's name without the leading 'k', e.g. "StoreFull".
 ZCSTORE_EXPORT std::string_view StatusCodeName(StatusCode code);
@@ -88,6 +92,8 @@ inline Status InvalidArgument(std::string m) {
 }
 inline Status IOError(std::string m) { return {StatusCode::kIOError, std::move(m)}; }
 inline Status TaskFailed(std::string m) { return {StatusCode::kTaskFailed, std::move(m)}; }
+inline Status TooManyPins(std::string m) { return {StatusCode::kTooManyPins, std::move(m)}; }
+inline Status Misuse(std::string m) { return {StatusCode::kMisuse, std::move(m)}; }
 
 // Either a T or the non-OK Status that explains why there is none.
 //

@@ -94,7 +94,9 @@ struct StoreOptions {
   uint32_t max_objects = 4096;
   // Most Store handles open on this store at once, across all processes.
   uint32_t max_clients = 128;
-  // Most distinct objects one handle can hold pinned at once.
+  // Most distinct objects one handle can hold pinned at once (1..2^20):
+  // a Get past it fails with TooManyPins. Each costs 8 bytes per client in
+  // the tables.
   uint32_t max_pins_per_client = 1024;
   // Most string names bound at once.
   uint32_t max_names = 256;
@@ -369,8 +371,8 @@ class ZCSTORE_EXPORT Store {
   Result<Pinned<T>> Get(ObjectId id, const LoadOptions& options = {}) const;
 
   // A pinned view of a sealed object. NotFound if the id is unknown, unsealed
-  // or deleted; StoreFull if this handle already pins max_pins_per_client
-  // distinct objects; Corrupt if the object's header fails its checks.
+  // or deleted; TooManyPins if this handle already pins max_pins_per_client
+  // distinct objects (release views, or create the store with a larger limit); Corrupt if the object's header fails its checks.
   // Cost: a table lookup and a pin under the store lock; the object's first
   // page is read, no buffer byte is touched or copied, whatever the size.
   Result<ObjectView> Get(ObjectId id) const;

@@ -517,7 +517,19 @@ PYBIND11_MODULE(_core, m) {
            [](const Handle& h) {
              py::list out;
              for (auto& [name, id] : Check(h.Live()->ListNames())) {
-               out.append(py::make_tuple(name, id.hi, id.lo));
+               // Bind takes UTF-8 only, but a store's tables are another
+               // process's bytes: a name that is not UTF-8 comes as bytes
+               // rather than failing the whole listing.
+               PyObject* text = PyUnicode_DecodeUTF8(name.data(), static_cast<Py_ssize_t>(name.size()),
+                                                     "strict");
+               py::object key;
+               if (text != nullptr) {
+                 key = py::reinterpret_steal<py::object>(text);
+               } else {
+                 PyErr_Clear();
+                 key = py::bytes(name);
+               }
+               out.append(py::make_tuple(key, id.hi, id.lo));
              }
              return out;
            })

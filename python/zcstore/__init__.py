@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from . import _core
 from .errors import (AlreadyExists, Cancelled, Corrupt, Error, InvalidArgument,
                      IOError, NotFound, PermissionDenied, StoreFull, TaskFailed,
-                     Timeout, TypeMismatch, VersionMismatch, WorkerCrashed, BY_CODE)
+                     Timeout, TooManyPins, TypeMismatch, VersionMismatch, WorkerCrashed,
+                     BY_CODE)
 
 __all__ = [
     "Store", "Ref", "Pool", "Future", "Shared", "RawObject", "StoreStats", "ObjectInfo",
     "Error", "NotFound", "AlreadyExists", "StoreFull", "Corrupt", "TypeMismatch",
     "VersionMismatch", "PermissionDenied", "WorkerCrashed", "Timeout", "Cancelled",
-    "InvalidArgument", "TaskFailed",
+    "InvalidArgument", "TaskFailed", "TooManyPins",
 ]
 __version__ = _core.version
 

@@ -84,7 +84,14 @@ class TaskFailed(Error):
     code = 13
 
 
+class TooManyPins(Error):
+    """This handle already pins max_pins_per_client objects: release some
+    (drop views, arrays and objects got from the store), or create the store
+    with a larger max_pins_per_client."""
+    code = 14
+
+
 BY_CODE = {cls.code: cls for cls in (
     NotFound, AlreadyExists, StoreFull, Corrupt, TypeMismatch, VersionMismatch,
     PermissionDenied, WorkerCrashed, Timeout, Cancelled, InvalidArgument, IOError,
-    TaskFailed)}
+    TaskFailed, TooManyPins)}
