@@ -1,6 +1,7 @@
 /* zcstore's C ABI: the store, for any runtime that can call C.
  *
- * Plain C11. Handles are opaque pointers; sizes are size_t; everything else
+ * Plain C11. Handles are opaque pointer-sized tokens (never dereference
+ * them); sizes are size_t; everything else
  * is a fixed-width integer. No C++ type and no exception crosses this header.
  * The structs that do cross it are plain data: zcs_id, zcs_buffer and
  * zcs_object_info are fixed for this ABI version; the option and stats
@@ -21,12 +22,23 @@
  *                 even after zcs_store_close or zcs_delete of the object.
  *   zcs_builder*  from zcs_create_object; freed by zcs_builder_seal or
  *                 zcs_builder_abort (both free it, whatever they return).
+ *                 It needs its store: once the store is closed, its calls
+ *                 return ZCS_MISUSE (seal drops the object and frees it).
  *   const char*   returned strings belong to the library: see each function.
- * Using a handle after it was freed is undefined behaviour (like free()).
+ *
+ * Misuse is an error, never a crash (as SQLite's SQLITE_MISUSE): a handle
+ * closed or freed already (zcs_store_close or zcs_view_release twice, a
+ * builder sealed twice, a call after close), a handle of another kind, or
+ * a value that was never a handle gets ZCS_MISUSE, and nothing else
+ * happens. A handle is a token checked against a table with a generation
+ * per slot, so a stale one never reaches a newer handle. A close while
+ * other threads are inside calls on the same handle lets those calls
+ * finish: the handle's resources go when the last of them returns, and
+ * calls that start after the close get ZCS_MISUSE.
  *
  * Threads: a zcs_store may be used from many threads at once; a zcs_view may
- * be read from many threads, released from one; a zcs_builder is used by one
- * thread at a time. Processes: each process opens its own store handle; a
+ * be read from many threads at once; a zcs_builder is used by one thread at
+ * a time. Processes: each process opens its own store handle; a
  * child forked from a process with open handles gets ZCS_INVALID_ARGUMENT
  * from every call on the inherited ones (open the store again). */
 #ifndef ZCSTORE_ZCSTORE_C_H_
@@ -64,7 +76,9 @@ enum {
   ZCS_CANCELLED = 10,        /* the caller cancelled the work */
   ZCS_INVALID_ARGUMENT = 11, /* an argument that can never work (NULL, a bad handle, sizes) */
   ZCS_IO_ERROR = 12,         /* any other OS error; the message holds errno's text */
-  ZCS_TASK_FAILED = 13       /* (pool) a task failed */
+  ZCS_TASK_FAILED = 13,      /* (pool) a task failed */
+  ZCS_TOO_MANY_PINS = 14,    /* this handle already pins max_pins_per_client objects */
+  ZCS_MISUSE = 15            /* a handle closed or freed already, of another kind, or no handle */
 };
 
 /* Backings (zcstore::Backing). */
@@ -104,9 +118,10 @@ typedef struct zcs_store_options {
   uint32_t max_pins_per_client; /* 1024 */
   uint32_t max_names;           /* 256 */
   uint32_t checksums;           /* 0; file stores always have them */
-  uint32_t mode;                /* 0600, applied regardless of umask */
+  uint32_t mode;                /* 0600, applied regardless of umask; bits beyond 0777 are ignored */
   uint32_t persistent;          /* 0: a shm store goes when its creator closes */
-  const char* shm_dir;          /* NULL: /dev/shm. Copied by zcs_store_create. */
+  const char* shm_dir;          /* NULL: /dev/shm; else an absolute path ("" and relative
+                                   paths are INVALID_ARGUMENT). Copied by zcs_store_create. */
 } zcs_store_options;
 
 /* Options for zcs_store_open (zcstore::OpenOptions). Fill with
@@ -116,8 +131,8 @@ typedef struct zcs_open_options {
   uint32_t backing;            /* ZCS_BACKING_SHM; a name with '/' is a path anyway */
   uint32_t read_only;          /* 0 */
   uint32_t allow_shared_write; /* 0: refuse a store group or others may write */
-  uint64_t lock_timeout_ms;    /* 5000 */
-  const char* shm_dir;         /* NULL: /dev/shm */
+  uint64_t lock_timeout_ms;    /* 5000; from 2^63 up: no limit */
+  const char* shm_dir;         /* NULL: /dev/shm; else an absolute path */
 } zcs_open_options;
 
 /* zcstore::StoreStats. */
@@ -153,10 +168,14 @@ typedef struct zcs_object_info {
 
 /* The library's version, "MAJOR.MINOR.PATCH"; a static string. */
 ZCS_API const char* zcs_version(void);
+/* The library's version as a number: MAJOR * 1000000 + MINOR * 1000 +
+ * PATCH (0.1.0 is 1000), to compare against at run time. */
+ZCS_API uint32_t zcs_version_number(void);
 /* The ABI version the library implements (ZCS_ABI_VERSION when it was built). */
 ZCS_API uint32_t zcs_abi_version(void);
 /* This thread's message for its last failed call ("" if none yet). Valid
- * until this thread's next failing zcs_ call. */
+ * until this thread's next failing zcs_ call. Messages begin with the
+ * function's name ("zcs_put: ..."). */
 ZCS_API const char* zcs_last_error(void);
 /* A code's name, "StoreFull"; "Unknown" for a value outside the set. Static. */
 ZCS_API const char* zcs_status_name(int status);
@@ -187,16 +206,31 @@ ZCS_API int zcs_store_create(const char* name, const zcs_store_options* options,
  * VERSION_MISMATCH, STORE_FULL (client table), IO_ERROR, TIMEOUT. */
 ZCS_API int zcs_store_open(const char* name, const zcs_open_options* options, zcs_store** out);
 /* Opens a memfd store from a descriptor its creator handed down; the caller
- * keeps `fd`. Errors as zcs_store_open. */
+ * keeps `fd`. Errors as zcs_store_open; a negative fd is INVALID_ARGUMENT. */
 ZCS_API int zcs_store_open_fd(int fd, int read_only, zcs_store** out);
-/* Closes the handle (and frees it). Views from it stay valid until released.
- * A shm store this handle created is unlinked unless persistent. NULL is a
- * no-op; returns ZCS_OK. */
+/* Closes the handle (and frees it). Views from it stay valid until released;
+ * builders from it do not (their calls get ZCS_MISUSE). A shm store this
+ * handle created is unlinked unless persistent. NULL is a no-op (ZCS_OK);
+ * a handle closed already is ZCS_MISUSE. */
 ZCS_API int zcs_store_close(zcs_store* store);
 /* Removes a shm store's name (shm_dir NULL: /dev/shm), or deletes a file
- * store given its path (a name with '/'). NOT_FOUND, PERMISSION_DENIED,
- * INVALID_ARGUMENT as zcstore::Store::Remove. */
+ * store: a name with '/' or ending in ".zcs" is a file's path, and a bare
+ * name that no shm store has is tried as a file in the working directory
+ * (where zcs_store_create put a file store created by a bare name).
+ * NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT. */
 ZCS_API int zcs_store_remove(const char* name, const char* shm_dir);
+/* The message of the last call on this handle that failed, from any
+ * thread ("" if none): copied into `buf` (at most size - 1 bytes and a
+ * NUL; `buf` may be NULL when size is 0), its full length into *length
+ * (if not NULL). For runtimes whose calls may run on other threads than
+ * the one that reads the error (zcs_last_error is per thread). */
+ZCS_API int zcs_store_last_error(const zcs_store* store, char* buf, size_t size, size_t* length);
+/* The capacity an object of `metadata_size` bytes and `num_buffers` buffers
+ * of `buffer_sizes` takes in a store of `backing` (ZCS_BACKING_*): headers,
+ * alignment and pages included. A store holds objects whose capacities add
+ * up to its capacity. INVALID_ARGUMENT if the sizes overflow. */
+ZCS_API int zcs_capacity_for(size_t metadata_size, const size_t* buffer_sizes, size_t num_buffers,
+                             uint32_t backing, uint64_t* out);
 
 /* The store's name (path for file stores), owned by the handle: valid until
  * zcs_store_close. */
@@ -246,8 +280,10 @@ ZCS_API int zcs_builder_seal(zcs_builder* builder);
 ZCS_API int zcs_builder_abort(zcs_builder* builder);
 
 /* Pins object `id` and returns a read-only view of it. No byte is copied.
- * Errors: NOT_FOUND (unknown, unsealed or deleted), STORE_FULL (this handle
- * pins too many objects), CORRUPT (its header fails a check). */
+ * Errors: NOT_FOUND (unknown, unsealed or deleted), TOO_MANY_PINS (this
+ * handle already pins max_pins_per_client objects: release views first, or
+ * create the store with a larger zcs_store_options.max_pins_per_client),
+ * CORRUPT (its header fails a check). */
 ZCS_API int zcs_get(const zcs_store* store, zcs_id id, zcs_view** out);
 /* The view's id, metadata and buffers. The pointers point into the store's
  * read-only mapping (writing through them faults) and are valid until
@@ -257,7 +293,8 @@ ZCS_API int zcs_view_metadata(const zcs_view* view, const void** data, size_t* s
 ZCS_API int zcs_view_num_buffers(const zcs_view* view, size_t* out);
 /* INVALID_ARGUMENT if index >= the number of buffers. */
 ZCS_API int zcs_view_buffer(const zcs_view* view, size_t index, const void** data, size_t* size);
-/* Unpins the object and frees the view. NULL is a no-op (ZCS_OK). */
+/* Unpins the object and frees the view. NULL is a no-op (ZCS_OK); a view
+ * released already is ZCS_MISUSE. */
 ZCS_API int zcs_view_release(zcs_view* view);
 
 /* Hides the object from new gets; its space is reused when no view pins it.

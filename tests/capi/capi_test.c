@@ -6,10 +6,14 @@
  * named c<pid>-*, and every one is closed (so removed) before exit. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -74,7 +78,9 @@ static void TestLibrary(void) {
   CHECK(strcmp(zcs_status_name(ZCS_STORE_FULL), "StoreFull") == 0);
   CHECK(strcmp(zcs_status_name(ZCS_TASK_FAILED), "TaskFailed") == 0);
   CHECK(strcmp(zcs_status_name(-1), "Unknown") == 0);
-  CHECK(strcmp(zcs_status_name(14), "Unknown") == 0);
+  CHECK(strcmp(zcs_status_name(ZCS_TOO_MANY_PINS), "TooManyPins") == 0);
+  CHECK(strcmp(zcs_status_name(ZCS_MISUSE), "Misuse") == 0);
+  CHECK(strcmp(zcs_status_name(16), "Unknown") == 0);
 }
 
 static void TestIds(void) {
@@ -476,6 +482,218 @@ static void TestThreadLocalError(void) {
   CHECK(strcmp(before, zcs_last_error()) == 0);
 }
 
+
+/* ---- misuse: every case is ZCS_MISUSE, never a crash (run under ASan in CI) ---- */
+
+static void PutOne(zcs_store* s, uint64_t lo) {
+  static const char data[16] = "0123456789abcdef";
+  zcs_buffer b;
+  b.data = data;
+  b.size = sizeof data;
+  OK(zcs_put(s, Id(lo), "m", 1, &b, 1));
+}
+
+static void TestMisuse(void) {
+  zcs_store* s = CreateShm("misuse", 16 << 20, 0);
+  zcs_store* s2 = CreateShm("misuse2", 16 << 20, 0);
+  zcs_view* v = NULL;
+  zcs_view* v2 = NULL;
+  zcs_builder* b = NULL;
+  size_t size = 8;
+  void* data = NULL;
+  const void* cdata = NULL;
+  zcs_id id;
+  int garbage = 0;
+  PutOne(s, 1);
+  OK(zcs_get(s, Id(1), &v));
+  /* A view outlives its store, and keeps working. */
+  OK(zcs_store_close(s));
+  OK(zcs_view_metadata(v, &cdata, &size));
+  CHECK(size == 1 && memcmp(cdata, "m", 1) == 0);
+  /* The store: closed twice, used after close. */
+  CHECK_CODE(zcs_store_close(s), ZCS_MISUSE);
+  CHECK(strstr(zcs_last_error(), "zcs_store_close") == zcs_last_error());
+  CHECK_CODE(zcs_get(s, Id(1), &v2), ZCS_MISUSE);
+  CHECK(strstr(zcs_last_error(), "zcs_get: store is not an open zcs_store") != NULL);
+  CHECK_CODE(zcs_contains(s, Id(1), &garbage), ZCS_MISUSE);
+  /* The view: released twice. */
+  OK(zcs_view_release(v));
+  CHECK_CODE(zcs_view_release(v), ZCS_MISUSE);
+  CHECK_CODE(zcs_view_id(v, &id), ZCS_MISUSE);
+  /* Handles of another kind, and values that were never handles. */
+  CHECK_CODE(zcs_get((zcs_store*)v, Id(1), &v2), ZCS_MISUSE);
+  CHECK_CODE(zcs_store_close((zcs_store*)&garbage), ZCS_MISUSE);
+  CHECK_CODE(zcs_view_release((zcs_view*)(uintptr_t)0xdeadbeef), ZCS_MISUSE);
+  /* A builder: sealed twice; and one that outlives its store. */
+  OK(zcs_create_object(s2, Id(2), 4, &size, 1, &b));
+  OK(zcs_builder_buffer(b, 0, &data, &size));
+  memset(data, 7, size);
+  OK(zcs_builder_seal(b));
+  CHECK_CODE(zcs_builder_seal(b), ZCS_MISUSE);
+  CHECK_CODE(zcs_builder_abort(b), ZCS_MISUSE);
+  OK(zcs_create_object(s2, Id(3), 4, &size, 1, &b));
+  OK(zcs_store_close(s2));
+  CHECK_CODE(zcs_builder_buffer(b, 0, &data, &size), ZCS_MISUSE);
+  CHECK_CODE(zcs_builder_seal(b), ZCS_MISUSE);
+  CHECK(strstr(zcs_last_error(), "store was closed") != NULL);
+  CHECK_CODE(zcs_builder_seal(b), ZCS_MISUSE); /* the seal freed it */
+}
+
+/* One thread closes a store while another loops on zcs_get: the calls in
+ * flight finish, later ones get ZCS_MISUSE, and nothing crashes. */
+struct GetLoop {
+  zcs_store* store;
+  volatile int started;
+  int ok, misuse, other;
+};
+
+static void* GetUntilClosed(void* arg) {
+  struct GetLoop* g = (struct GetLoop*)arg;
+  zcs_view* v = NULL;
+  for (int i = 0; i < 2000000; ++i) {
+    int rc = zcs_get(g->store, Id(1), &v);
+    g->started = 1;
+    if (rc == ZCS_OK) {
+      ++g->ok;
+      OK(zcs_view_release(v));
+    } else if (rc == ZCS_MISUSE) {
+      ++g->misuse;
+      break;
+    } else {
+      ++g->other;
+      break;
+    }
+  }
+  return NULL;
+}
+
+static void TestCloseRacingGets(void) {
+  for (int round = 0; round < 20; ++round) {
+    struct GetLoop g;
+    pthread_t t;
+    memset(&g, 0, sizeof g);
+    g.store = CreateShm("race", 16 << 20, 0);
+    PutOne(g.store, 1);
+    CHECK(pthread_create(&t, NULL, GetUntilClosed, &g) == 0);
+    while (!g.started) sched_yield();
+    OK(zcs_store_close(g.store));
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK(g.misuse == 1 && g.other == 0 && g.ok > 0);
+  }
+}
+
+/* The last error of a handle, read on another thread than the call's. */
+static void* FailOnHandle(void* arg) {
+  zcs_view* v = NULL;
+  return (void*)(intptr_t)zcs_get((zcs_store*)arg, Id(424242), &v);
+}
+
+static void TestLastErrorOfAHandle(void) {
+  zcs_store* s = CreateShm("lasterr", 16 << 20, 0);
+  pthread_t t;
+  void* rc = NULL;
+  char buf[256];
+  char small[8];
+  size_t length = 0;
+  OK(zcs_store_last_error(s, buf, sizeof buf, &length));
+  CHECK(length == 0 && buf[0] == '\0');
+  CHECK(pthread_create(&t, NULL, FailOnHandle, s) == 0);
+  CHECK(pthread_join(t, &rc) == 0);
+  CHECK((intptr_t)rc == ZCS_NOT_FOUND);
+  OK(zcs_store_last_error(s, buf, sizeof buf, &length));
+  CHECK(strstr(buf, "zcs_get: ") == buf && length == strlen(buf));
+  OK(zcs_store_last_error(s, small, sizeof small, &length)); /* cut, NUL-terminated */
+  CHECK(strlen(small) == sizeof small - 1 && length > sizeof small);
+  OK(zcs_store_close(s));
+  CHECK_CODE(zcs_store_last_error(s, buf, sizeof buf, &length), ZCS_MISUSE);
+}
+
+/* ---- the details: arguments refused with their own codes, C names ---- */
+
+static void TestDetails(void) {
+  zcs_store_options o;
+  zcs_open_options oo;
+  zcs_store* s = NULL;
+  zcs_store* again = NULL;
+  char name[64];
+  char path[128];
+  char shm_path[160];
+  size_t sizes[2] = {100, 1 << 20};
+  uint64_t capacity = 0;
+  zcs_buffer b;
+  struct stat st;
+  pid_t holder;
+  int pipefd[2];
+  char c;
+  CHECK(zcs_version_number() >= 1000);
+  OK(zcs_capacity_for(10, sizes, 2, ZCS_BACKING_SHM, &capacity));
+  CHECK(capacity >= 100 + (1 << 20) && capacity % 4096 == 0);
+  CHECK_CODE(zcs_store_open_fd(-1, 0, &s), ZCS_INVALID_ARGUMENT);
+  /* shm_dir: "" and relative directories are refused, for create and remove. */
+  OK(zcs_store_options_init(&o));
+  o.shm_dir = "";
+  Name(name, sizeof name, "dir");
+  CHECK_CODE(zcs_store_create(name, &o, &s), ZCS_INVALID_ARGUMENT);
+  CHECK(strstr(zcs_last_error(), "zcs_store_create: shm_dir") == zcs_last_error());
+  o.shm_dir = "relative/dir";
+  CHECK_CODE(zcs_store_create(name, &o, &s), ZCS_INVALID_ARGUMENT);
+  CHECK_CODE(zcs_store_remove(name, ""), ZCS_INVALID_ARGUMENT);
+  /* Messages use C names, never C++ ones. */
+  CHECK_CODE(zcs_store_remove("bad name!", NULL), ZCS_INVALID_ARGUMENT);
+  CHECK(strstr(zcs_last_error(), "zcs_store_remove: ") == zcs_last_error());
+  CHECK(strstr(zcs_last_error(), "zcs_open_options.backing = ZCS_BACKING_FILE") != NULL);
+  CHECK(strstr(zcs_last_error(), "::") == NULL && strstr(zcs_last_error(), "operator") == NULL);
+  /* mode: permission bits only. */
+  OK(zcs_store_options_init(&o));
+  o.mode = 0xFFFFFFFFu;
+  OK(zcs_store_create(name, &o, &s));
+  snprintf(shm_path, sizeof shm_path, "/dev/shm/zcstore.%d.%s", (int)getuid(), name);
+  CHECK(stat(shm_path, &st) == 0);
+  CHECK((st.st_mode & 07777) == 0777);
+  OK(zcs_store_close(s));
+  OK(zcs_store_create(name, NULL, &s));
+  /* Huge buffer counts: INVALID_ARGUMENT, not an out-of-memory IO_ERROR. */
+  b.data = "x";
+  b.size = 1;
+  CHECK_CODE(zcs_put(s, Id(9), NULL, 0, &b, SIZE_MAX / 2), ZCS_INVALID_ARGUMENT);
+  CHECK_CODE(zcs_create_object(s, Id(9), 0, sizes, SIZE_MAX / 4, NULL), ZCS_INVALID_ARGUMENT);
+  /* Names: UTF-8 only. */
+  PutOne(s, 10);
+  CHECK_CODE(zcs_bind(s, "caf\xc3\xa9", Id(10)), ZCS_OK);
+  CHECK_CODE(zcs_bind(s, "bad\xff", Id(10)), ZCS_INVALID_ARGUMENT);
+  CHECK_CODE(zcs_bind(s, "\xc0\xaf", Id(10)), ZCS_INVALID_ARGUMENT); /* overlong */
+  /* lock_timeout_ms past 2^63 is no limit: it waits for a lock held a while
+   * (a wrap to 0 would give up at once). */
+  CHECK(pipe(pipefd) == 0);
+  holder = fork();
+  CHECK(holder >= 0);
+  if (holder == 0) {
+    int fd = open(shm_path, O_RDONLY);
+    if (fd < 0 || flock(fd, LOCK_EX) != 0) _exit(1);
+    if (write(pipefd[1], "x", 1) != 1) _exit(1);
+    usleep(300 * 1000);
+    _exit(0);
+  }
+  CHECK(read(pipefd[0], &c, 1) == 1);
+  OK(zcs_open_options_init(&oo));
+  oo.lock_timeout_ms = UINT64_MAX;
+  OK(zcs_store_open(name, &oo, &again));
+  OK(zcs_store_close(again));
+  CHECK(waitpid(holder, NULL, 0) == holder);
+  close(pipefd[0]);
+  close(pipefd[1]);
+  OK(zcs_store_close(s));
+  /* A file store created by a bare name is removed by it. */
+  snprintf(path, sizeof path, "c%ld-bare", (long)getpid());
+  OK(zcs_store_options_init(&o));
+  o.backing = ZCS_BACKING_FILE;
+  o.capacity = 1 << 20;
+  OK(zcs_store_create(path, &o, &s));
+  OK(zcs_store_close(s));
+  OK(zcs_store_remove(path, NULL));
+  CHECK(access(path, F_OK) != 0);
+}
+
 int main(void) {
   TestLibrary();
   TestIds();
@@ -487,6 +705,10 @@ int main(void) {
   TestBackings();
   TestFork();
   TestThreadLocalError();
+  TestMisuse();
+  TestCloseRacingGets();
+  TestLastErrorOfAHandle();
+  TestDetails();
   printf("capi_test: %d checks passed\n", checks);
   return 0;
 }

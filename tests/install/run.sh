@@ -12,15 +12,17 @@ cmake --build "$tmp/b" >/dev/null
 PKG_CONFIG_PATH=$(dirname "$(find "$tmp/prefix" -name zcstore.pc)")
 export PKG_CONFIG_PATH
 # No --define-variable: the .pc file must follow the prefix on its own. Given
-# -lzcstore the linker takes the shared library (run it with its directory on
-# the load path); the static archive is linked by naming it.
+# -lzcstore the linker takes the shared library, found at run time through the
+# rpath the .pc file brings (no LD_LIBRARY_PATH); the static archive is linked
+# by naming it.
+unset LD_LIBRARY_PATH
 c++ -std=c++20 "$src/consumer.cc" -o "$tmp/pc" $(pkg-config --cflags --libs zcstore)
-LD_LIBRARY_PATH="$(pkg-config --variable=libdir zcstore)" "$tmp/pc"
+"$tmp/pc"
 c++ -std=c++20 "$src/consumer.cc" -o "$tmp/pc_static" $(pkg-config --cflags zcstore) \
   "$(pkg-config --variable=libdir zcstore)/libzcstore.a" $(pkg-config --libs-only-other --static zcstore) -pthread
 "$tmp/pc_static"
 # The C ABI, from C, through its own .pc file.
 cc -std=c11 -Wall -Werror "$src/consumer_c.c" -o "$tmp/c" $(pkg-config --cflags --libs zcstore_c)
-LD_LIBRARY_PATH="$(pkg-config --variable=libdir zcstore_c)" "$tmp/c"
+"$tmp/c"
 test -x "$tmp/prefix/bin/zcstore"
 echo "install ok"
