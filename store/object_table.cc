@@ -224,7 +224,7 @@ Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
   auto plan = PlanExtent(metadata_size, buffer_sizes, adopt.size(), geo_.alignment);
   if (!plan.ok()) return plan.status();
   uint64_t size = plan->extent_size;
-  Lock();
+  if (Status st = LockForCall(); !st.ok()) return st;
   bool exists = false;
   uint32_t slot = FindInsertSlot(id, &exists);
   if (exists) {
@@ -276,9 +276,12 @@ Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
 
   auto write_data = WritableData();
   if (!write_data.ok()) {
-    Lock();
-    FreeSlot(slot);
-    Unlock();
+    // If the lock cannot be had, the unsealed slot goes when this handle
+    // closes (or its process dies): reclaimed like any dead writer's.
+    if (LockForCall().ok()) {
+      FreeSlot(slot);
+      Unlock();
+    }
     return write_data.status();
   }
   std::byte* extent = *write_data + offset;
@@ -341,7 +344,7 @@ Status StoreImpl::Seal(ObjectBuilder& b) {
     return e.state == kUnsealed && e.creator_client == client_ && e.id_hi == x.id_.hi &&
            e.id_lo == x.id_.lo;
   };
-  Lock();
+  if (Status st = LockForCall(); !st.ok()) return st;
   bool all_ours = ours(b);
   for (const ObjectBuilder& c : b.children_) all_ours = all_ours && ours(c);
   if (!all_ours) {
@@ -369,7 +372,7 @@ Status StoreImpl::Seal(ObjectBuilder& b) {
 Status StoreImpl::Abort(ObjectBuilder& b) {
   if (InForkedChild()) return Status::OK();  // the parent's object, not ours to drop
   ObjectEntry& e = objects_[b.slot_];
-  Lock();
+  if (Status st = LockForCall(); !st.ok()) return st;
   if (e.state == kUnsealed && e.creator_client == client_ && e.id_hi == b.id_.hi &&
       e.id_lo == b.id_.lo) {
     FreeSlot(b.slot_);
@@ -382,7 +385,7 @@ Status StoreImpl::Abort(ObjectBuilder& b) {
 Result<ObjectView> StoreImpl::Get(ObjectId id, std::vector<uint64_t>* checksums) {
   uint32_t slot;
   if (!snapshot_) {
-    Lock();
+    if (Status st = LockForCall(); !st.ok()) return st;
     slot = Find(id);
     if (slot == kNone || objects_[slot].state != kSealed) {
       Unlock();
@@ -401,8 +404,7 @@ Result<ObjectView> StoreImpl::Get(ObjectId id, std::vector<uint64_t>* checksums)
   ObjectView v;
   Status st = ReadObject(slot, id, &v.metadata_, &v.buffers_, &v.metadata_checksum_, checksums);
   if (!st.ok()) {
-    if (!snapshot_) {
-      Lock();
+    if (!snapshot_ && LockForCall().ok()) {  // else the pin goes with this handle
       UnpinLocked(slot);
       Unlock();
     }
@@ -416,7 +418,9 @@ Result<ObjectView> StoreImpl::Get(ObjectId id, std::vector<uint64_t>* checksums)
 
 Status StoreImpl::Release(ObjectView& v) {
   if (!snapshot_ && !InForkedChild()) {  // a fork's pins are its parent's
-    Lock();
+    // A lock held too long by a stuck process: the pin stays until this
+    // handle closes or its process dies, which release every pin of it.
+    if (Status st = LockForCall(); !st.ok()) return st;
     UnpinLocked(v.slot_);
     Unlock();
   }
@@ -425,7 +429,7 @@ Status StoreImpl::Release(ObjectView& v) {
 
 Status StoreImpl::Delete(ObjectId id) {
   if (read_only_) return PermissionDenied(Describe() + " was opened read-only");
-  Lock();
+  if (Status st = LockForCall(); !st.ok()) return st;
   uint32_t slot = Find(id);
   if (slot == kNone || objects_[slot].state != kSealed) {
     Unlock();
@@ -448,7 +452,7 @@ bool StoreImpl::Contains(ObjectId id) {
     uint32_t s = Find(id);
     return s != kNone && objects_[s].state == kSealed;
   }
-  Lock();
+  if (!LockForCall().ok()) return false;  // a stuck lock holder: not known to be there
   uint32_t s = Find(id);
   bool found = s != kNone && objects_[s].state == kSealed;
   Unlock();
@@ -462,7 +466,9 @@ Result<std::vector<ObjectInfo>> StoreImpl::List() {
   std::span<const std::byte> md;
   std::vector<std::span<const std::byte>> bufs;
   Status st;
-  if (!snapshot_) Lock();
+  if (!snapshot_) {
+    if (Status st = LockForCall(); !st.ok()) return st;
+  }
   for (uint32_t slot = 0; slot < geo_.max_objects && st.ok(); ++slot) {
     ObjectEntry e = objects_[slot];
     if (!IsLive(e.state) || e.state == kChild) continue;
@@ -492,7 +498,7 @@ Result<std::vector<ObjectInfo>> StoreImpl::List() {
 Result<StoreStats> StoreImpl::Stats() {
   StoreStats s;
   if (!snapshot_) {
-    Lock();
+    if (Status st = LockForCall(); !st.ok()) return st;
     ReapDeadLocked();
   }
   s.capacity = geo_.data_size;
@@ -584,7 +590,9 @@ bool NameIntact(const NameEntry& n) { return n.checksum == 0 || n.checksum == Na
 }  // namespace
 
 Status StoreImpl::VerifyTables() {
-  if (!snapshot_) Lock();
+  if (!snapshot_) {
+    if (Status st = LockForCall(); !st.ok()) return st;
+  }
   Status st;
   for (uint32_t s = 0; s < geo_.max_objects && st.ok(); ++s) {
     ObjectEntry e = objects_[s];
@@ -626,7 +634,7 @@ Status StoreImpl::Bind(std::string_view name, ObjectId id) {
   if (read_only_) return PermissionDenied(Describe() + " was opened read-only");
   Status st = CheckName(name);
   if (!st.ok()) return st;
-  Lock();
+  if (Status st = LockForCall(); !st.ok()) return st;
   uint32_t slot = Find(id);
   NameEntry* free_entry = nullptr;
   if (slot == kNone || objects_[slot].state != kSealed) {
@@ -660,7 +668,9 @@ Status StoreImpl::Bind(std::string_view name, ObjectId id) {
 Result<ObjectId> StoreImpl::Lookup(std::string_view name) {
   Status st = CheckName(name);
   if (!st.ok()) return st;
-  if (!snapshot_) Lock();
+  if (!snapshot_) {
+    if (Status st = LockForCall(); !st.ok()) return st;
+  }
   Result<ObjectId> out = NotFound("no object is bound to '" + std::string(name) + "' in " +
                                   Describe());
   for (uint32_t i = 0; i < geo_.max_names; ++i) {
@@ -680,7 +690,7 @@ Status StoreImpl::Unbind(std::string_view name) {
   if (read_only_) return PermissionDenied(Describe() + " was opened read-only");
   Status st = CheckName(name);
   if (!st.ok()) return st;
-  Lock();
+  if (Status st = LockForCall(); !st.ok()) return st;
   st = NotFound("no object is bound to '" + std::string(name) + "' in " + Describe());
   for (uint32_t i = 0; i < geo_.max_names; ++i) {
     if (NameIs(names_[i], name)) {
@@ -697,7 +707,9 @@ Status StoreImpl::Unbind(std::string_view name) {
 
 Result<std::vector<std::pair<std::string, ObjectId>>> StoreImpl::ListNames() {
   std::vector<std::pair<std::string, ObjectId>> out;
-  if (!snapshot_) Lock();
+  if (!snapshot_) {
+    if (Status st = LockForCall(); !st.ok()) return st;
+  }
   for (uint32_t i = 0; i < geo_.max_names; ++i) {
     NameEntry n = names_[i];  // a copy: checked, then used
     size_t len = strnlen(n.name, sizeof(n.name));
@@ -712,7 +724,7 @@ Result<std::vector<std::pair<std::string, ObjectId>>> StoreImpl::ListNames() {
 
 Result<uint32_t> StoreImpl::ReclaimDead() {
   if (snapshot_) return 0u;
-  Lock();
+  if (Status st = LockForCall(); !st.ok()) return st;
   uint32_t n = ReapDeadLocked();
   Unlock();
   return n;

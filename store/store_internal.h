@@ -142,6 +142,8 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   // reports an unusable lock as IOError rather than stopping the process:
   // what Open uses, since the store is not known to be healthy yet.
   Status LockWithin(int timeout_ms);
+  // The lock for a call of this handle: LockWithin(lock_timeout_ms_).
+  Status LockForCall() { return LockWithin(lock_timeout_ms_); }
   void Unlock();
   std::string Describe() const;  // "store 'x'" for messages
   Status InheritedByFork() const;
@@ -211,6 +213,9 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   Backing backing_ = Backing::kSharedMemory;
   bool read_only_ = false;
   bool snapshot_ = false;  // read-only file: no lock, no pins
+  // How long a call waits for the store's lock (OpenOptions::lock_timeout;
+  // a created store's handle: its default), then Timeout.
+  int lock_timeout_ms_ = static_cast<int>(OpenOptions{}.lock_timeout.count());
   bool created_ = false;
   bool persistent_ = false;
   int fd_ = -1;

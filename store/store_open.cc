@@ -364,6 +364,7 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::Open(std::string_view name,
   // before it removes a store).
   bool file = options.backing == Backing::kFile;
   int timeout_ms = static_cast<int>(std::clamp<int64_t>(options.lock_timeout.count(), 0, INT32_MAX));
+  s->lock_timeout_ms_ = timeout_ms;
   Status st = platform::LockFile(s->fd_, !snapshot, file ? 0 : timeout_ms, s->Describe());
   if (!st.ok()) return st;
   if (!file && !platform::NamesFile(s->path_, s->fd_)) {
@@ -417,8 +418,9 @@ Status StoreImpl::InheritedByFork() const {
 StoreImpl::~StoreImpl() {
   // In a forked child the registration, the pins and the name are the
   // parent's: drop only this process's mappings and descriptor.
-  if (base_ != nullptr && client_ != kNone && !InForkedChild()) {
-    Lock();
+  // If a stuck process holds the lock too long, the record is left: closing
+  // fd_ drops its liveness lock, so the next locker reaps it as a dead one's.
+  if (base_ != nullptr && client_ != kNone && !InForkedChild() && LockForCall().ok()) {
     ReleaseClientLocked(client_, /*dead=*/false, /*free_record=*/false);
     Unlock();
     // Freed only once we are out of the lock: while the record is live, an
@@ -457,19 +459,21 @@ Status StoreImpl::LockWithin(int timeout_ms) {
     Lock();
     return Status::OK();
   }
-  timespec deadline;
-  clock_gettime(CLOCK_REALTIME, &deadline);
-  deadline.tv_sec += timeout_ms / 1000;
-  deadline.tv_nsec += (timeout_ms % 1000) * 1000000L;
-  if (deadline.tv_nsec >= 1000000000L) {
-    ++deadline.tv_sec;
-    deadline.tv_nsec -= 1000000000L;
-  }
   // Try first: a free lock (the usual case), or one whose owner died, is
   // taken without the timed path (whose EOWNERDEAD ThreadSanitizer does not
-  // count as taking the lock).
+  // count as taking the lock), and without reading the clock.
   int rc = pthread_mutex_trylock(&header_->mutex);
-  if (rc == EBUSY) rc = pthread_mutex_timedlock(&header_->mutex, &deadline);
+  if (rc == EBUSY) {
+    timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+      ++deadline.tv_sec;
+      deadline.tv_nsec -= 1000000000L;
+    }
+    rc = pthread_mutex_timedlock(&header_->mutex, &deadline);
+  }
   if (rc == EOWNERDEAD) {
     RecoverLocked();
     pthread_mutex_consistent(&header_->mutex);

@@ -131,7 +131,13 @@ struct OpenOptions {
   // open a store created with a group-writable StoreOptions::mode on purpose.
   bool allow_shared_write = false;
   // Longest wait for another process that is opening the store, or holding
-  // its lock, before Open gives up with Timeout.
+  // its lock: Open, and every later call of this handle that takes the
+  // store's lock (Get, Put, CreateObject, Seal, Delete, Bind, Lookup, Stats,
+  // List, ...), gives up with Timeout after it. Contains then answers
+  // false. A view's Release, and closing the handle, give up too rather
+  // than hang: what they could not release (a pin, the handle's record) is
+  // reclaimed when the handle closes or its process dies, as a dead
+  // process's is. A handle from Create or OpenFd waits the default, 5 s.
   std::chrono::milliseconds lock_timeout{5000};
 };
 

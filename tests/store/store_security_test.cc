@@ -167,6 +167,49 @@ TEST(StoreSecurityTest, AStuckLockHolderMakesOpenTimeOutNotHang) {
   EXPECT_TRUE(again.ok()) << again.status().ToString();
 }
 
+// Every call that takes the store's lock gives up after lock_timeout when a
+// live process holds the lock and is stopped: Timeout, never a hang. Once
+// the holder dies, the lock is recovered and the handle works again.
+TEST(StoreSecurityTest, AStoppedLockHolderMakesEveryCallTimeOutNotHang) {
+  StoreOptions so;
+  so.capacity = 1 << 20;
+  std::string name = testing::UniqueName();
+  auto owner = Store::Create(name, so);
+  ASSERT_TRUE(owner.ok());
+  ObjectId id = ObjectId::Random();
+  ASSERT_TRUE(owner->Put(id, {}, {}).ok());
+  OpenOptions o;
+  o.lock_timeout = std::chrono::milliseconds(150);
+  auto h = Store::Open(name, o);
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  auto view = h->Get(id);
+  ASSERT_TRUE(view.ok());
+  auto holder = testing::Child::Helper({"lock-hang", name});
+  ASSERT_EQ(holder.ReadLine(), "locked");
+  holder.Kill(SIGSTOP);
+  auto timed_out = [](const Status& st) { return st.code() == StatusCode::kTimeout; };
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(timed_out(h->Get(id).status()));
+  EXPECT_TRUE(timed_out(h->Put(ObjectId::Random(), {}, {})));
+  EXPECT_TRUE(timed_out(h->Delete(id)));
+  EXPECT_TRUE(timed_out(h->Bind("n", id)));
+  EXPECT_TRUE(timed_out(h->Lookup("n").status()));
+  EXPECT_TRUE(timed_out(h->Stats().status()));
+  EXPECT_TRUE(timed_out(h->List().status()));
+  EXPECT_FALSE(h->Contains(id));
+  EXPECT_TRUE(timed_out(view->Release()));
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_LT(took, std::chrono::seconds(5)) << "9 calls of 150 ms each";
+  EXPECT_GE(took, std::chrono::milliseconds(8 * 150));
+  holder.Kill(SIGKILL);
+  holder.Wait();
+  // The holder's death is seen at the next lock: recovered, and the handle
+  // works again (the view's pin, left by its release, went with the retry).
+  auto again = h->Get(id);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_TRUE(h->Contains(id));
+}
+
 TEST(StoreSecurityTest, GcNeverRemovesAStoreThatIsBeingOpened) {
   // An abandoned store (its creator was killed) is opened and collected at
   // the same time, many times over: whenever Open succeeds, the store must
