@@ -1,7 +1,10 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <system_error>
+#include <thread>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -11,28 +14,78 @@
 namespace zcstore::internal {
 
 namespace {
-// Big enough that madvise's cost vanishes beside the copy, small enough that
-// the overlap of the two copies stays a small fraction of any large buffer.
+// Big enough that an madvise's cost vanishes beside the copy, small enough
+// that the overlap of the two copies stays a small fraction of any large
+// buffer, and that the first chunk is ready soon.
 constexpr size_t kChunk = size_t{2} << 20;
 constexpr uintptr_t kPage = 4096;
+// From this size up, a second thread faults the destination in ahead of
+// the copy (below); smaller copies are not worth a thread.
+constexpr size_t kFaultAheadMin = size_t{8} << 20;
+
+// Faults in the whole pages of [p, p + n) for writing in one call, where a
+// plain write takes one fault per page. False if the kernel cannot (before
+// Linux 5.14: the copy then faults as it goes).
+bool PopulateForWrite(std::byte* p, size_t n) {
+#ifdef MADV_POPULATE_WRITE
+  auto begin = (reinterpret_cast<uintptr_t>(p) + kPage - 1) & ~(kPage - 1);
+  auto end = (reinterpret_cast<uintptr_t>(p) + n) & ~(kPage - 1);
+  return end <= begin || madvise(reinterpret_cast<void*>(begin), end - begin,
+                                 MADV_POPULATE_WRITE) == 0;
+#else
+  (void)p;
+  (void)n;
+  return false;
+#endif
+}
 }  // namespace
 
 void CopyOut(std::byte* dst, const std::byte* src, size_t size, bool drop_source) {
-  if (!drop_source || size < 2 * kChunk) {
+  if (size < kFaultAheadMin && (!drop_source || size < 2 * kChunk)) {
     std::memcpy(dst, src, size);
     return;
+  }
+  // Fresh pages of a store cost a fault each (zeroing included), several
+  // times the copy itself on some machines. A second thread faults them in a
+  // chunk at a time (MADV_POPULATE_WRITE) while this one copies the chunks
+  // already faulted: the two costs overlap instead of adding up.
+  std::atomic<size_t> ready{0};  // bytes of dst faulted in
+  std::thread ahead;
+  if (size >= kFaultAheadMin) {
+    try {
+      ahead = std::thread([&] {
+        size_t off = 0;
+        for (; off < size && PopulateForWrite(dst + off, std::min(kChunk, size - off)); off += kChunk) {
+          ready.store(std::min(off + kChunk, size), std::memory_order_release);
+          ready.notify_one();
+        }
+        ready.store(size, std::memory_order_release);  // done, or the kernel cannot
+        ready.notify_one();
+      });
+    } catch (const std::system_error&) {  // no thread to be had: fault as we go
+      ready.store(size, std::memory_order_relaxed);
+    }
+  } else {
+    ready.store(size, std::memory_order_relaxed);
   }
   auto base = reinterpret_cast<uintptr_t>(src);
   uintptr_t dropped = (base + kPage - 1) & ~(kPage - 1);  // first whole page
   for (size_t off = 0; off < size; off += kChunk) {
     size_t n = std::min(kChunk, size - off);
+    for (size_t r; (r = ready.load(std::memory_order_acquire)) < off + n;) {
+      ready.wait(r, std::memory_order_acquire);
+    }
     std::memcpy(dst + off, src + off, n);
+    if (!drop_source) continue;
+    // With `drop_source`, each whole source page goes back to the kernel as
+    // soon as it is copied: the process holds about one copy, not two.
     uintptr_t copied_to = (base + off + n) & ~(kPage - 1);  // end of the last whole page
     if (copied_to > dropped) {
       madvise(reinterpret_cast<void*>(dropped), copied_to - dropped, MADV_DONTNEED);
       dropped = copied_to;
     }
   }
+  if (ahead.joinable()) ahead.join();
 }
 
 uint64_t Checksum(std::span<const std::byte> bytes) {

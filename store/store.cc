@@ -10,6 +10,7 @@
 #include <string>
 #include <utility>
 
+#include "serializer/copy_internal.h"
 #include "store/platform_internal.h"
 #include "store/store_internal.h"
 
@@ -224,7 +225,8 @@ Status Store::Put(ObjectId id, std::span<const std::byte> metadata,
   if (!metadata.empty()) std::memcpy(builder->metadata().data(), metadata.data(), metadata.size());
   for (size_t i = 0; i < buffers.size(); ++i) {
     if (!buffers[i].empty()) {
-      std::memcpy(builder->buffer(i).data(), buffers[i].data(), buffers[i].size());
+      internal::CopyOut(builder->buffer(i).data(), buffers[i].data(), buffers[i].size(),
+                        /*drop_source=*/false);
     }
   }
   return builder->Seal();

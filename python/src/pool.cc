@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "python/src/core_internal.h"
+#include "serializer/copy_internal.h"
 #include "zcstore/zcstore.h"
 
 namespace zcstore::python {
@@ -129,7 +130,8 @@ Result<PyCall> ToCall(Store& store, py::handle stream, py::handle buffers) {
     if (!array.ok()) return array.status();
     {
       py::gil_scoped_release nogil;
-      std::memcpy(array->mutable_data(), source.view.buf, n);
+      internal::CopyOut(reinterpret_cast<std::byte*>(array->mutable_data()),
+                        static_cast<const std::byte*>(source.view.buf), n, /*drop_source=*/false);
     }
     call.buffers.push_back(std::move(*array));
   }

@@ -168,6 +168,29 @@ TEST(StoreTest, DoubleReleaseIsAnError) {
   EXPECT_EQ(s.Stats()->pins, 0u);
 }
 
+// Large puts fault their destination in on a second thread ahead of the
+// copy (serializer/copy.cc): every byte must still land, whatever the size
+// (not a multiple of the chunk or the page) and the source's alignment.
+TEST(StoreTest, LargePutsCopyEveryByte) {
+  StoreOptions o = SmallOptions();
+  o.capacity = 128 << 20;
+  Store s = MakeStore(o);
+  for (size_t size : {size_t{8} << 20, (size_t{20} << 20) + 4097, (size_t{33} << 20) - 1}) {
+    ObjectId id = ObjectId::Random();
+    std::vector<std::byte> pattern = testing::Pattern(id, 0, size);
+    std::vector<std::byte> data(size + 3);  // copied 3 bytes in: a misaligned source
+    std::copy(pattern.begin(), pattern.end(), data.begin() + 3);
+    std::span<const std::byte> bufs[] = {{data.data() + 3, size}};
+    ASSERT_TRUE(s.Put(id, {}, bufs).ok());
+    auto v = s.Get(id);
+    ASSERT_TRUE(v.ok());
+    ASSERT_EQ(v->buffer(0).size(), size);
+    EXPECT_EQ(testing::FirstMismatch(id, 0, v->buffer(0)), -1) << size;
+    ASSERT_TRUE(v->Release().ok());
+    ASSERT_TRUE(s.Delete(id).ok());
+  }
+}
+
 TEST(StoreTest, RepeatedGetsOfOneObjectShareOnePinRecord) {
   StoreOptions o = SmallOptions();
   o.max_pins_per_client = 2;
