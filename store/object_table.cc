@@ -317,7 +317,7 @@ Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
   return b;
 }
 
-Status StoreImpl::Seal(ObjectBuilder& b) {
+Status StoreImpl::Seal(ObjectBuilder& b, ObjectView* pinned) {
   if (Status st = CheckProcess(); !st.ok()) return st;
   // The builder remembers its extent: nothing here is re-read from the
   // shared table, which another process could have scribbled on.
@@ -352,6 +352,13 @@ Status StoreImpl::Seal(ObjectBuilder& b) {
     return Corrupt(Describe() + ": object " + b.id_.ToString() +
                    " was taken away while being written (was this process judged dead?)");
   }
+  // The pin first: if none can be had, nothing is published.
+  if (pinned != nullptr) {
+    if (Status st = PinLocked(b.slot_); !st.ok()) {
+      Unlock();
+      return st;
+    }
+  }
   // Children first: a crash between these stores leaves an unsealed parent,
   // which recovery frees together with the children that name it.
   for (ObjectBuilder& c : b.children_) {
@@ -366,6 +373,22 @@ Status StoreImpl::Seal(ObjectBuilder& b) {
   Unlock();
   for (ObjectBuilder& c : b.children_) c.impl_.reset();  // now owned by the parent
   b.children_.clear();
+  if (pinned != nullptr) {
+    ObjectView v;
+    Status st = ReadObject(b.slot_, b.id_, &v.metadata_, &v.buffers_, &v.metadata_checksum_,
+                           nullptr);
+    if (!st.ok()) {
+      if (LockForCall().ok()) {  // else the pin goes with this handle
+        UnpinLocked(b.slot_);
+        Unlock();
+      }
+      return st;
+    }
+    v.impl_ = shared_from_this();
+    v.slot_ = b.slot_;
+    v.id_ = b.id_;
+    *pinned = std::move(v);
+  }
   return Status::OK();
 }
 

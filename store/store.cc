@@ -103,6 +103,29 @@ Status ObjectBuilder::Seal() {
   return st;
 }
 
+Result<ObjectView> ObjectBuilder::SealPinned() {
+  if (!impl_) return InvalidArgument("this object was already sealed or aborted");
+  ObjectView view;
+  Status st = impl_->Seal(*this, &view);
+  if (st.code() == StatusCode::kTooManyPins) return st;  // nothing sealed: still ours
+  // (Abort drops only an object still unsealed: one that failed only its
+  // reading back stays sealed.)
+  if (!st.ok()) (void)impl_->Abort(*this);
+  impl_.reset();
+  buffers_.clear();
+  metadata_ = {};
+  extent_ = {};
+  if (!st.ok()) return st;
+  return view;
+}
+
+std::vector<ObjectBuilder> ObjectBuilder::ReleaseAdopted() {
+  std::vector<ObjectBuilder> adopted = std::move(children_);
+  children_.clear();
+  if (impl_) (void)Abort();
+  return adopted;
+}
+
 Status ObjectBuilder::Abort() {
   if (!impl_) return InvalidArgument("this object was already sealed or aborted");
   Status st = impl_->Abort(*this);

@@ -74,7 +74,9 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   Result<ObjectBuilder> CreateObject(ObjectId id, size_t metadata_size,
                                      std::span<const size_t> buffer_sizes,
                                      std::span<ObjectBuilder> adopt);
-  Status Seal(ObjectBuilder& builder);
+  // `pinned`, if given, also receives a view pinned under the same lock;
+  // TooManyPins (nothing sealed) if no pin record is free.
+  Status Seal(ObjectBuilder& builder, ObjectView* pinned = nullptr);
   Status Abort(ObjectBuilder& builder);
   // `checksums`, if given, receives each buffer's stored checksum.
   Result<ObjectView> Get(ObjectId id, std::vector<uint64_t>* checksums = nullptr);

@@ -243,6 +243,18 @@ class ZCSTORE_EXPORT ObjectBuilder {
   // object was reclaimed meanwhile (this process was judged dead); then it
   // is aborted. InvalidArgument if already sealed or aborted.
   Status Seal();
+  // Seal, and a view of the sealed object pinned by this handle, taken under
+  // the same lock: no other process can delete the object in between, so
+  // memory that points into it (an array built in place and adopted) stays
+  // valid as long as the view. TooManyPins if this handle's pins are at
+  // their limit: then nothing is sealed and the builder is as it was (to
+  // seal later, abort, or take its adopted builders back). Other errors as
+  // Seal.
+  Result<ObjectView> SealPinned();
+  // Gives back the builders this unsealed object adopted (CreateObject's
+  // `adopt`), unsealed and usable, and aborts this one. Nothing if it adopted
+  // none; empty if it is no longer valid.
+  std::vector<ObjectBuilder> ReleaseAdopted();
   // Drops the object; its space is free at once. InvalidArgument if already
   // sealed or aborted.
   Status Abort();

@@ -15,6 +15,7 @@
 // (set_error_classes); the GIL is released wherever the store copies bytes,
 // checks them, or may wait for a lock.
 #include <Python.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <sys/stat.h>
@@ -55,7 +56,7 @@ using InPlaceRegistry = std::unordered_map<const std::byte*, InPlace*>;
 
 struct InPlace {
   ObjectBuilder builder;
-  ObjectView pin;
+  std::shared_ptr<ObjectView> pin;  // one pin, shared by the arrays one put adopted
   std::byte* data = nullptr;
   size_t size = 0;
   PyObject* exporter = nullptr;  // the Buffer over it (borrowed: it owns us)
@@ -263,6 +264,10 @@ py::tuple Handle::Put(py::object id_arg, py::buffer metadata, py::list buffers, 
     }
   }
 
+  // An adopted array keeps pointing into the object: it gets a pin on it
+  // taken under the lock that seals it, so no other process can delete the
+  // object (and have its pages reused) in between.
+  std::shared_ptr<ObjectView> adopted_pin;
   {
     py::gil_scoped_release nogil;
     if (meta.view.len > 0) {
@@ -274,7 +279,27 @@ py::tuple Handle::Put(py::object id_arg, py::buffer metadata, py::list buffers, 
       internal::CopyOut(object.buffer(i).data(), s.data(), s.size(),
                         s.fate == Fate::kCopyAndEmpty);
     }
-    st = object.Seal();
+    if (any_adopted) {
+      auto pinned = object.SealPinned();
+      if (pinned.ok()) adopted_pin = std::make_shared<ObjectView>(std::move(*pinned));
+      st = pinned.status();
+    } else {
+      st = object.Seal();
+    }
+  }
+  if (st.code() == StatusCode::kTooManyPins) {
+    // Nothing was sealed (and nothing emptied yet): the arrays get their
+    // builders back, writable as before, and the put fails.
+    std::vector<ObjectBuilder> back = object.ReleaseAdopted();
+    size_t k = 0;
+    for (Source& s : sources) {
+      if (s.fate != Fate::kAdopt) {
+        ++k;
+        continue;
+      }
+      if (k < back.size()) s.inplace->builder = std::move(back[k]);
+      ++k;
+    }
   }
   Check(st);
 
@@ -289,11 +314,7 @@ py::tuple Handle::Put(py::object id_arg, py::buffer metadata, py::list buffers, 
       InPlace* in = s.inplace;
       inplace_->erase(in->data);
       in->registry.reset();
-      auto pin = [&] {
-        py::gil_scoped_release nogil;
-        return store->Get(id);
-      }();
-      if (pin.ok()) in->pin = std::move(*pin);
+      in->pin = adopted_pin;
       py::handle(in->exporter).cast<Buffer&>().readonly = true;
       owner.attr("flags").attr("writeable") = false;
       py::handle(in->root).attr("flags").attr("writeable") = false;
@@ -410,10 +431,22 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("__len__", [](const Buffer& b) { return b.size; })
       .def_property_readonly("readonly", [](const Buffer& b) { return b.readonly; })
-      .def("_set_root",
-           [](Buffer& b, py::handle root) {
+      // The array every view of an in-place buffer has as its base (the
+      // "root"), of `count` items of `dtype`. Its own base is this Buffer,
+      // not a memoryview: numpy asks it whether the memory may be written
+      // (a.flags.writeable = True), and after a put adopts the memory the
+      // Buffer says no, as the object is sealed.
+      .def("_root_array",
+           [](py::object self, py::object dtype, size_t count) {
+             Buffer& b = self.cast<Buffer&>();
              if (b.inplace == nullptr) Raise(InvalidArgument("not an in-place buffer"));
+             py::dtype dt = py::dtype::from_args(dtype);
+             if (count * static_cast<size_t>(dt.itemsize()) > b.size) {
+               Raise(InvalidArgument("the array would be larger than its buffer"));
+             }
+             py::array root(dt, {static_cast<py::ssize_t>(count)}, {}, b.data, self);
              b.inplace->root = root.ptr();
+             return root;
            })
       .def_property_readonly("address",
                              [](const Buffer& b) { return reinterpret_cast<uintptr_t>(b.data); });

@@ -21,8 +21,10 @@ the same pages. docs/python.md has the whole story.
 """
 
 import io
+import math
 import os
 import pickle
+import struct
 import weakref
 from dataclasses import dataclass
 
@@ -169,8 +171,24 @@ def close_attached():
 
 # ------------------------------------------------------------- pickling
 
-def _rebuild_memoryview(buffer, fmt, shape):
-    return memoryview(buffer).cast("B").cast(fmt, shape)
+def _rebuild_memoryview(buffer, fmt, shape, dtype=None):
+    raw = memoryview(buffer).cast("B")
+    if dtype is None:
+        return raw.cast(fmt, shape)
+    # A format or shape memoryview.cast refuses (big-endian, complex,
+    # float16, a zero in the shape): numpy exports it, read-only, zero-copy.
+    import numpy as np
+    view = memoryview(np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape))
+    return view
+
+
+def _castable(fmt, shape):
+    """Whether memoryview.cast can make this view again from bytes."""
+    try:
+        memoryview(bytearray(struct.calcsize(fmt) * max(1, math.prod(shape)))).cast(fmt, shape)
+        return 0 not in shape
+    except (TypeError, ValueError, struct.error):
+        return False
 
 
 class _Pickler(pickle.Pickler):
@@ -179,7 +197,11 @@ class _Pickler(pickle.Pickler):
     # of band too, and comes back as a read-only memoryview of the mapping.
     def reducer_override(self, obj):
         if type(obj) is memoryview and obj.c_contiguous:
-            return _rebuild_memoryview, (pickle.PickleBuffer(obj), obj.format, obj.shape)
+            args = (pickle.PickleBuffer(obj), obj.format, obj.shape)
+            if not _castable(obj.format, obj.shape):
+                import numpy as np
+                args += (np.asarray(obj).dtype.str,)
+            return _rebuild_memoryview, args
         return NotImplemented
 
 
@@ -546,8 +568,7 @@ class Store:
         buf = self._h.empty(count * dt.itemsize)
         # Every view of the returned array has `root` as its base, so the
         # store can tell at put time whether another array shares the memory.
-        root = np.frombuffer(buf, dtype=dt, count=count)
-        buf._set_root(root)
+        root = buf._root_array(dt, count)
         return root.reshape(shape, order=order)
 
     def delete(self, ref):

@@ -518,3 +518,52 @@ def test_names_are_text(store):
     ref = store.put(1)
     store.bind("caf\u00e9", ref)
     assert list(store.names()) == ["caf\u00e9"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: memoryview(b""),
+    lambda: memoryview(np.zeros((0, 3))),
+    lambda: memoryview(np.arange(4, dtype=">i4")),
+    lambda: memoryview(np.arange(4, dtype=np.complex128)),
+    lambda: memoryview(np.arange(4, dtype=np.float16)),
+    lambda: memoryview(np.arange(6.0).reshape(2, 3)),
+], ids=["empty", "empty-2d", "big-endian", "complex", "float16", "2d"])
+def test_every_memoryview_put_accepts_comes_back(store, make):
+    view = make()
+    got = store.get(store.put(view))
+    assert (got.format, got.shape, got.readonly) == (view.format, view.shape, True)
+    assert got.tobytes() == view.tobytes()
+
+
+def test_an_adopted_array_cannot_be_made_writable_again(store):
+    a = store.empty((1000,), np.float64)
+    a[:] = 7
+    ref = store.put(a)
+    assert not a.flags.writeable
+    with pytest.raises(ValueError):
+        a.flags.writeable = True  # the object is sealed: every reader sees these pages
+    assert store.get(ref)[0] == 7.0
+
+
+def test_an_adopted_array_keeps_its_object_even_if_another_handle_deletes_it(store):
+    a = store.empty((1 << 16,), np.float64)
+    a[:] = 7
+    ref = store.put(a)
+    with zcstore.Store.open(store.name) as other:  # another handle, as another process would
+        other.delete(other.ref(ref.id))
+        for _ in range(8):  # reuse the space: none of it may be the array's
+            other.put(np.full(1 << 16, 9.0))
+    assert (a == 7.0).all()
+
+
+def test_an_adoption_past_the_pin_limit_fails_and_loses_nothing():
+    with zcstore.Store.create(unique("adopt"), capacity=16 << 20, max_pins_per_client=1) as s:
+        held = s.get(s.put(np.arange(3)))  # the one pin this handle may hold
+        a = s.empty((1000,), np.float64)
+        a[:] = 5
+        with pytest.raises(zcstore.TooManyPins):
+            s.put(a)
+        assert a.flags.writeable and (a == 5.0).all()  # still the caller's, unsealed
+        del held
+        ref = s.put(a)  # and adoptable once a pin is free
+        assert not a.flags.writeable and s.get(ref)[0] == 5.0
