@@ -122,16 +122,10 @@ class Handles {
   // The object of `token` with a use taken (Release it), or nullptr if the
   // token is not an open handle of this kind.
   T* Acquire(const void* token) {
-    uint32_t index = 0, gen = 0;
-    Slot* slot = Find(token, &index, &gen);
-    if (slot == nullptr) return nullptr;
-    uint64_t state = slot->state.load(std::memory_order_acquire);
-    while (true) {
-      if (state >> 32 != gen || !(state & kLive)) return nullptr;
-      if (slot->state.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel)) {
-        return slot->object;
-      }
-    }
+    uint32_t index = 0;
+    uint64_t before = 0;
+    Slot* slot = Update(token, [](uint64_t state) { return state + 1; }, &index, &before);
+    return slot == nullptr ? nullptr : slot->object;
   }
 
   // Ends a use; the last use of a closed handle destroys its object.
@@ -145,17 +139,12 @@ class Handles {
   // Closes the handle: false if `token` is not an open handle of this kind.
   // Its object is destroyed now, or when the last call using it returns.
   bool Close(const void* token) {
-    uint32_t index = 0, gen = 0;
-    Slot* slot = Find(token, &index, &gen);
+    uint32_t index = 0;
+    uint64_t before = 0;
+    Slot* slot = Update(token, [](uint64_t state) { return state & ~kLive; }, &index, &before);
     if (slot == nullptr) return false;
-    uint64_t state = slot->state.load(std::memory_order_acquire);
-    while (true) {
-      if (state >> 32 != gen || !(state & kLive)) return false;
-      if (slot->state.compare_exchange_weak(state, state & ~kLive, std::memory_order_acq_rel)) {
-        if ((state & kUses) == 0) Destroy(index, *slot);
-        return true;
-      }
-    }
+    if ((before & kUses) == 0) Destroy(index, *slot);
+    return true;
   }
 
  private:
@@ -171,6 +160,24 @@ class Handles {
   Slot* At(uint32_t index) const {
     Slot* chunk = chunks_[index / kChunk].load(std::memory_order_acquire);
     return chunk == nullptr ? nullptr : &chunk[index % kChunk];
+  }
+
+  // Moves the slot of `token` from its state to next(state), atomically, if
+  // the token is an open handle of this kind; else changes nothing and
+  // returns nullptr. *index: the slot's; *before: its state before.
+  template <typename Next>
+  Slot* Update(const void* token, Next next, uint32_t* index, uint64_t* before) {
+    uint32_t gen = 0;
+    Slot* slot = Find(token, index, &gen);
+    if (slot == nullptr) return nullptr;
+    uint64_t state = slot->state.load(std::memory_order_acquire);
+    while (state >> 32 == gen && (state & kLive)) {
+      if (slot->state.compare_exchange_weak(state, next(state), std::memory_order_acq_rel)) {
+        *before = state;
+        return slot;
+      }
+    }
+    return nullptr;
   }
 
   // The slot `token` names, if it is a token of this kind at all.
