@@ -666,8 +666,6 @@ class Pool(concurrent.futures.Executor):
     their level, under their logger's name.
     """
 
-    Future = Future
-
     def __init__(self, workers=None, backend=None, initializer=None, initargs=(),
                  max_retries=0, task_timeout=None, store_capacity=1 << 30,
                  store=None, start_timeout=20.0, progress=True, log=None, *,
