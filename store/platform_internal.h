@@ -67,6 +67,11 @@ void CloseFile(int fd);
 // Sets the size and reserves the first `reserve` bytes (posix_fallocate), so
 // writes there cannot fail for lack of space. ENOSPC -> StoreFull naming `what`.
 Status ReserveFile(int fd, uint64_t size, std::string_view what, uint64_t reserve);
+// Bytes free (to this user) and in all on the filesystem holding `dir`.
+struct Space {
+  uint64_t free = 0, total = 0;
+};
+Result<Space> SpaceOf(const std::string& dir);
 // Reserves [offset, offset + length) of a file already sized.
 Status ReserveRange(int fd, uint64_t offset, uint64_t length, std::string_view what);
 Result<uint64_t> FileSize(int fd);

@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <pthread.h>
@@ -192,8 +193,10 @@ Status ReserveRange(int fd, uint64_t offset, uint64_t length, std::string_view w
   if (length == 0) return Status::OK();
   int err = posix_fallocate(fd, static_cast<off_t>(offset), static_cast<off_t>(length));
   if (err == ENOSPC || err == EFBIG || err == EDQUOT) {
-    return StoreFull("no room in /dev/shm or on disk for " + std::string(what) + " (" +
-                     std::to_string(length >> 20) + " MiB): " + std::strerror(err) +
+    char size[32];
+    std::snprintf(size, sizeof(size), "%.1f MiB", static_cast<double>(length) / (1 << 20));
+    return StoreFull("no room in /dev/shm or on disk for " + std::string(what) + " (" + size +
+                     "): " + std::strerror(err) +
                      "; free space in /dev/shm or on disk, or ask for less");
   }
   if (err != 0) return ErrnoStatus(err, "cannot reserve space for " + std::string(what));
@@ -205,6 +208,12 @@ Status ReserveFile(int fd, uint64_t size, std::string_view what, uint64_t reserv
     return ErrnoStatus(errno, "cannot size " + std::string(what));
   }
   return ReserveRange(fd, 0, reserve, what);
+}
+
+Result<Space> SpaceOf(const std::string& dir) {
+  struct statvfs v;
+  if (statvfs(dir.c_str(), &v) != 0) return ErrnoStatus(errno, "statvfs of '" + dir + "'");
+  return Space{uint64_t{v.f_bavail} * v.f_frsize, uint64_t{v.f_blocks} * v.f_frsize};
 }
 
 Result<uint64_t> FileSize(int fd) {

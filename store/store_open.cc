@@ -257,6 +257,24 @@ Result<std::shared_ptr<StoreImpl>> StoreImpl::Create(std::string_view name,
       if (Status st = CheckShmDir(options.shm_dir); !st.ok()) return st;
       s->name_ = n;
       s->path_ = SegmentPath(options.shm_dir, n);
+      // Storage is reserved as objects claim it, so a store larger than its
+      // filesystem could be created, and fail put after put later: a
+      // container's 64 MiB /dev/shm under a 1 GiB store. Say so now.
+      if (auto space = platform::SpaceOf(options.shm_dir);
+          space.ok() && s->geo_.total_size > space->free) {
+        auto mib = [](uint64_t b) {
+          char buf[32];
+          std::snprintf(buf, sizeof(buf), "%.1f MiB", static_cast<double>(b) / (1 << 20));
+          return std::string(buf);
+        };
+        return StoreFull(s->Describe() + " cannot be created: it needs " +
+                         mib(s->geo_.total_size) + " (capacity and tables) but " +
+                         options.shm_dir + " has " + mib(space->free) + " free of " +
+                         mib(space->total) +
+                         "; ask for less capacity, free space in /dev/shm (a container: "
+                         "--shm-size), or use a file store (Python: backing=\"auto\" falls "
+                         "back to one)");
+      }
       // A store of this name whose users all died is replaced, as `gc` would.
       (void)RemoveIfAbandoned(s->path_);
     } else {

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/mount.h>
 #include <unistd.h>
 
@@ -360,18 +361,29 @@ int CreateOnSmallTmpfs(const std::vector<std::string>& a) {
   auto s = Store::Create("small", so);
   std::string big = "-", small = "-", kept = "-";
   if (s.ok()) {
-    // An object larger than the tmpfs has room for, then a small one; the
-    // small one must still work, and the first object must survive.
+    // A small object; then another process's file fills the tmpfs, and an
+    // object that fits the store's capacity but not the filesystem must be
+    // StoreFull (its space is reserved before a byte is written: never a
+    // SIGBUS); the first object must survive.
     ObjectId first = ObjectId::Random();
     std::vector<std::byte> kb(100 << 10, std::byte{7});
     std::span<const std::byte> one[] = {kb};
     small = std::string(StatusCodeName(s->Put(first, {}, one).code()));
-    std::vector<std::byte> mb(size_t{4} << 20, std::byte{1});
+    std::string filler = std::string(dir) + "/filler";
+    int ffd = open(filler.c_str(), O_RDWR | O_CREAT, 0600);
+    struct statvfs v;
+    if (ffd >= 0 && statvfs(dir, &v) == 0) {
+      uint64_t free = uint64_t{v.f_bavail} * v.f_frsize;
+      if (free > (16 << 10)) (void)!posix_fallocate(ffd, 0, static_cast<off_t>(free - (16 << 10)));
+    }
+    std::vector<std::byte> mb(size_t{256} << 10, std::byte{1});
     std::span<const std::byte> huge[] = {mb};
     Status st = s->Put(ObjectId::Random(), {}, huge);
     big = std::string(StatusCodeName(st.code())) + (st.ok() ? "" : " (" + st.message() + ")");
-    auto v = s->Get(first);
-    kept = v.ok() && v->buffer(0)[12345] == std::byte{7} ? "yes" : "no";
+    auto got = s->Get(first);
+    kept = got.ok() && got->buffer(0)[12345] == std::byte{7} ? "yes" : "no";
+    if (ffd >= 0) close(ffd);
+    unlink(filler.c_str());
   }
   // Count every file, temporaries included: a failed Create must leave none.
   int files = 0;

@@ -24,7 +24,10 @@ import io
 import math
 import os
 import pickle
+import shutil
 import struct
+import tempfile
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -351,7 +354,32 @@ class Store:
         (until ``Store.remove``). ``checksums`` (always on for files) lets
         ``verify`` check every byte. Raises AlreadyExists, PermissionDenied,
         StoreFull, InvalidArgument.
+
+        ``backing="auto"``: a shm store if its filesystem has room for the
+        capacity, else (a container's 64 MiB /dev/shm, say) a file store in
+        a temporary directory on disk, with one RuntimeWarning saying so;
+        that file is removed when the store is closed, unless persistent.
         """
+        if backing == "auto":
+            args = dict(capacity=capacity, persistent=persistent, checksums=checksums,
+                        max_objects=max_objects, max_clients=max_clients,
+                        max_pins_per_client=max_pins_per_client, max_names=max_names,
+                        mode=mode, shm_dir=shm_dir)
+            try:
+                return cls.create(name, backing="shm", **args)
+            except StoreFull as e:
+                directory = tempfile.mkdtemp(prefix="zcstore-")
+                path = os.path.join(directory, (name or "anon") + ".zcs")
+                warnings.warn(f"{e}; using a file store at {path} instead", RuntimeWarning,
+                              stacklevel=2)
+                try:
+                    store = cls.create(path, backing="file", **args)
+                except BaseException:
+                    os.rmdir(directory)
+                    raise
+                if not persistent:
+                    store._fallback_dir = directory
+                return store
         h = _core.Handle.create(name, _backing_code(backing), int(capacity), max_objects,
                                 max_clients, max_pins_per_client, max_names, bool(checksums),
                                 mode, bool(persistent), shm_dir)
@@ -412,6 +440,9 @@ class Store:
             self._h.close()
             if _live.get(self._key) is not None and _live[self._key]() is self:
                 del _live[self._key]
+            directory = getattr(self, "_fallback_dir", None)
+            if directory is not None:  # backing="auto" fell back to a file: it was ours
+                shutil.rmtree(directory, ignore_errors=True)
 
     def __enter__(self):
         return self

@@ -567,3 +567,62 @@ def test_an_adoption_past_the_pin_limit_fails_and_loses_nothing():
         del held
         ref = s.put(a)  # and adoptable once a pin is free
         assert not a.flags.writeable and s.get(ref)[0] == 5.0
+
+
+SMALL_SHM_SCRIPT = r"""
+import os, re, warnings, numpy as np, zcstore
+
+def score(model, i):
+    return float(model["w"][i * 1000:(i + 1) * 1000].sum())
+
+if __name__ == "__main__":
+    big = 256 << 20
+    # /dev/shm is 64 MiB here: a 256 MiB shm store is refused at once, with the numbers.
+    try:
+        zcstore.Store.create("small-shm", capacity=big)
+        print("shm: created")
+    except zcstore.StoreFull as e:
+        print("shm: StoreFull", bool(re.search(r"it needs 25\d\.\d MiB", str(e))),
+              "free of 64.0 MiB" in str(e))
+    # backing="auto": a file store on disk instead, with one warning.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = zcstore.Store.create("small-shm", capacity=big, backing="auto")
+    print("auto:", s.backing, len(caught), caught[0].category.__name__)
+    a = np.arange(100 << 17, dtype=np.float64)  # 100 MiB: more than /dev/shm has
+    print("auto put/get:", bool((s.get(s.put(a)) == a).all()))
+    directory = os.path.dirname(s.name)
+    s.close()
+    print("auto cleaned:", not os.path.exists(directory))
+    # The pool's store is a memfd, which /dev/shm's size does not limit.
+    w = np.arange(big // 4, dtype=np.float32)
+    with zcstore.Pool(2) as pool:
+        model = pool.share({"w": w})
+        got = list(pool.map(score, [model] * 4, range(4)))
+    print("pool:", got == [float(w[i * 1000:(i + 1) * 1000].sum()) for i in range(4)])
+"""
+
+
+def test_a_small_dev_shm_is_said_at_once_and_auto_falls_back_to_a_file(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    script = tmp_path / "small_shm.py"
+    script.write_text(SMALL_SHM_SCRIPT)
+    r = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         f"mount --make-rprivate / && mount -t tmpfs -o size=64m tmpfs /dev/shm && "
+         f"exec {sys.executable} {script}"],
+        capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 and ("unshare" in r.stderr or "mount" in r.stderr):
+        pytest.skip(f"no private mount namespace here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "shm: StoreFull True True",
+        "auto: file 1 RuntimeWarning",
+        "auto put/get: True",
+        "auto cleaned: True",
+        "pool: True",
+    ], r.stdout + r.stderr

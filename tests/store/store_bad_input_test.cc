@@ -435,9 +435,13 @@ TEST(BadInputTest, FullDevShmIsStoreFullAtCreateOrPutNeverSigbus) {
   if (line.rfind("skip", 0) == 0) GTEST_SKIP() << line;
   EXPECT_EQ(line.rfind("create=StoreFull files=0 ", 0), 0u) << line;
   EXPECT_NE(line.find("free space in /dev/shm"), std::string::npos) << line;
-  // Tables that fit in 1 MiB, an object that does not: StoreFull from Put
-  // (the write never happens, so no SIGBUS), and the store goes on working.
-  auto second = testing::Child::Helper({"create-on-small-tmpfs", "1024", std::to_string(8 << 20), "64"});
+  // At once, with the numbers: what it needs, and what is free of what.
+  EXPECT_NE(line.find("it needs 8."), std::string::npos) << line;
+  EXPECT_NE(line.find(" free of 0.1 MiB"), std::string::npos) << line;
+  // A store that fits the 1 MiB tmpfs, then the tmpfs filled by another
+  // file: an object that fits the store but not the filesystem is StoreFull
+  // from Put (the write never happens, so no SIGBUS), and the store goes on.
+  auto second = testing::Child::Helper({"create-on-small-tmpfs", "1024", std::to_string(512 << 10), "64"});
   line = second.ReadLine();
   ASSERT_EQ(second.Wait(), 0);
   EXPECT_EQ(line.rfind("create=OK files=1 small=OK kept=yes big=StoreFull ", 0), 0u) << line;
