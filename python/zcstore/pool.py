@@ -441,13 +441,17 @@ class _Engine:
         future.set_exception(error)
         return future
 
+    # (Not in a forked child: the C++ pool's mutex there is a copy that a
+    # thread the child does not have may have held.)
     def cancel_task(self, token):
         core = self.core
-        return core is not None and not self.stop and core.cancel(token)
+        return (core is not None and not self.stop and os.getpid() == self.pid
+                and core.cancel(token))
 
     def task_running(self, token):
         core = self.core
-        return core is not None and not self.stop and core.running(token)
+        return (core is not None and not self.stop and os.getpid() == self.pid
+                and core.running(token))
 
     def forget(self, token):
         with self.lock:
@@ -455,7 +459,7 @@ class _Engine:
 
     def wait_one(self, future, timeout):
         core = self.core
-        if core is None or self.stop:
+        if core is None or self.stop or os.getpid() != self.pid:
             return
         outcome = core.wait_one(future._token, -1 if timeout is None else int(timeout * 1000))
         if outcome is not None:
