@@ -528,22 +528,17 @@ int zcs_store_backing(const zcs_store* store, uint32_t* backing, int* read_only)
 }
 
 int zcs_store_last_error(const zcs_store* store, char* buf, size_t size, size_t* length) {
-  const char* fn = __func__;
   if (buf == nullptr && size > 0) return Invalid("zcs_store_last_error: buf is NULL with size > 0");
-  if (store == nullptr) return Invalid("zcs_store_last_error: store is NULL");
-  zcs_store* s = Table<zcs_store>().Acquire(store);
-  if (s == nullptr) return NotAHandle(fn, "store", "zcs_store");
-  {
-    std::lock_guard<std::mutex> lock(s->mu);
+  return With<zcs_store>(__func__, "store", store, [&](zcs_store& s) {
+    std::lock_guard<std::mutex> lock(s.mu);
     if (size > 0) {
-      size_t n = std::min(size - 1, s->last_error.size());
-      std::memcpy(buf, s->last_error.data(), n);
+      size_t n = std::min(size - 1, s.last_error.size());
+      std::memcpy(buf, s.last_error.data(), n);
       buf[n] = '\0';
     }
-    if (length != nullptr) *length = s->last_error.size();
-  }
-  Table<zcs_store>().Release(store);
-  return ZCS_OK;
+    if (length != nullptr) *length = s.last_error.size();
+    return ZCS_OK;
+  });
 }
 
 int zcs_stats_get(const zcs_store* store, zcs_stats* out) {

@@ -279,7 +279,10 @@ class ZCSTORE_EXPORT Store {
   // Errors: AlreadyExists (a live store or existing file has that name; a
   // shared-memory store whose users all died is replaced), PermissionDenied
   // (the OS refused, or the name is taken by another user's file or a link),
-  // StoreFull (no room in /dev/shm or on disk for the tables), InvalidArgument.
+  // StoreFull (no room in /dev/shm or on disk for the tables; or, for
+  // kSharedMemory, capacity and tables larger than shm_dir's free space:
+  // the message says what it needs and what is free), InvalidArgument (an
+  // options limit out of range; shm_dir "" or relative).
   // Cost: O(1) in capacity: the data region is reserved as objects claim it.
   static Result<Store> Create(std::string_view name, const StoreOptions& options = {});
 
@@ -400,7 +403,8 @@ class ZCSTORE_EXPORT Store {
   // deleted; PermissionDenied if read-only.
   Status Delete(ObjectId id);
 
-  // True if `id` names a sealed, undeleted object.
+  // True if `id` names a sealed, undeleted object; false also if the store's
+  // lock could not be had within OpenOptions::lock_timeout.
   bool Contains(ObjectId id) const;
 
   // Every object (unsealed and deleted-but-pinned ones too), in table order.

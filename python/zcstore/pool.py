@@ -283,7 +283,8 @@ class Future(concurrent.futures.Future):
     def _wait_here(self, timeout):
         if self.done() or self._engine is None:
             return timeout
-        if timeout is not None and timeout <= 0:  # a look, not a wait
+        if timeout is not None and timeout <= 0:  # a look, not a wait: an answer
+            self._engine.wait_one(self, 0)         # already in is taken
             return timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         self._engine.wait_one(self, timeout)
