@@ -192,6 +192,81 @@ void BM_PutIntoFreshPages(benchmark::State& state) {
   state.counters["put_over_memcpy"] = put_s / memcpy_s;
 }
 
+// What the object table costs: Create (which reserves the whole table) and
+// Stats (which reads it) of a 1 GiB store with max_objects = the argument.
+// Counters: the table's MiB, and both times over those of a 4,096-slot table
+// made in the same iteration (the baseline: the default before 65,536).
+void BM_StoreTable(benchmark::State& state) {
+  auto make = [](uint32_t slots, double* create_s, double* stats_s) {
+    zcstore::StoreOptions o;
+    o.max_objects = slots;
+    auto t0 = std::chrono::steady_clock::now();
+    auto s = Store::Create("", o);
+    if (!s.ok()) Die(s.status());
+    *create_s += Seconds(t0);
+    t0 = std::chrono::steady_clock::now();
+    auto st = s->Stats();
+    if (!st.ok()) Die(st.status());
+    *stats_s += Seconds(t0);
+  };
+  uint32_t slots = static_cast<uint32_t>(state.range(0));
+  double create_s = 0, stats_s = 0, base_create_s = 0, base_stats_s = 0;
+  for (auto _ : state) {
+    make(4096, &base_create_s, &base_stats_s);
+    double before = create_s;
+    make(slots, &create_s, &stats_s);
+    state.SetIterationTime(create_s - before);
+  }
+  double n = static_cast<double>(state.iterations());
+  state.counters["table_mib"] = slots * 64.0 / (1 << 20);
+  state.counters["create_ms"] = create_s / n * 1e3;
+  state.counters["stats_ms"] = stats_s / n * 1e3;
+  state.counters["create_over_4096"] = create_s / base_create_s;
+  state.counters["stats_over_4096"] = stats_s / base_stats_s;
+}
+
+// A put and delete of one small object in a store that already holds
+// `range(0)` objects (a model of many arrays), beside the same in an empty
+// store in the same iteration. `over_empty` near 1: allocation does not walk
+// the objects already there.
+void BM_PutAmongManyObjects(benchmark::State& state) {
+  auto filled = [](int n) {
+    zcstore::StoreOptions o;
+    o.backing = zcstore::Backing::kMemfd;
+    o.capacity = (uint64_t{static_cast<uint64_t>(n)} + 64) * 4096;
+    auto s = Store::Create("", o);
+    if (!s.ok()) Die(s.status());
+    std::byte b[8] = {};
+    std::span<const std::byte> bufs[] = {b};
+    for (int i = 0; i < n; ++i) {
+      if (auto st = s->Put(ObjectId::Random(), {}, bufs); !st.ok()) Die(st);
+    }
+    return std::move(*s);
+  };
+  Store many = filled(static_cast<int>(state.range(0)));
+  Store none = filled(0);
+  std::byte b[100] = {};
+  std::span<const std::byte> bufs[] = {b};
+  double many_s = 0, none_s = 0;
+  auto put_delete = [&](Store& store) {
+    auto t0 = std::chrono::steady_clock::now();
+    ObjectId id = ObjectId::Random();
+    if (auto st = store.Put(id, {}, bufs); !st.ok()) Die(st);
+    if (auto st = store.Delete(id); !st.ok()) Die(st);
+    return Seconds(t0);
+  };
+  for (auto _ : state) {
+    none_s += put_delete(none);
+    double t = put_delete(many);
+    many_s += t;
+    state.SetIterationTime(t);
+  }
+  double n = static_cast<double>(state.iterations());
+  state.counters["put_delete_us"] = many_s / n * 1e6;
+  state.counters["empty_store_us"] = none_s / n * 1e6;
+  state.counters["over_empty"] = many_s / none_s;
+}
+
 void Sizes(benchmark::internal::Benchmark* b) {
   for (int64_t s : {int64_t{4} << 10, int64_t{64} << 10, int64_t{1} << 20, int64_t{16} << 20,
                     int64_t{64} << 20, int64_t{256} << 20, int64_t{1} << 30}) {
@@ -204,6 +279,18 @@ BENCHMARK(BM_Memcpy)->Apply(Sizes)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_StorePut)->Apply(Sizes)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_StoreGet)->Apply(Sizes)->Unit(benchmark::kNanosecond);
 BENCHMARK(BM_StoreCreateSeal)->Apply(Sizes)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_StoreTable)
+    ->Arg(4096)
+    ->Arg(65536)
+    ->Arg(262144)
+    ->Iterations(20)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_PutAmongManyObjects)
+    ->Arg(0)
+    ->Arg(20000)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_PutIntoFreshPages)
     ->Arg(int64_t{64} << 20)
     ->Arg(int64_t{1} << 30)

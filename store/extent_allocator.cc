@@ -42,18 +42,38 @@ Result<ExtentPlan> PlanExtent(size_t metadata_size, std::span<const size_t> size
 }
 
 bool StoreImpl::Allocate(uint64_t size, uint32_t slot) {
+  // First fit over the list, from the end of the run without gaps that
+  // starts at offset 0 (fit_hint_plus1) when that is known and sane: a
+  // store of many objects then allocates in steps proportional to the
+  // objects after its first gap, not to all of them.
   uint64_t prev_end = 0;
   uint32_t prev = kNone;
   uint32_t cur = header_->extent_head;
+  if (uint32_t h = header_->fit_hint_plus1 - 1; h < geo_.max_objects && IsLive(objects_[h].state)) {
+    const ObjectEntry& e = objects_[h];
+    if (e.offset <= geo_.data_size && e.size <= geo_.data_size - e.offset) {
+      prev = h;
+      prev_end = e.offset + e.size;
+      cur = e.next;
+    }
+  }
+  if (cur != kNone && cur >= geo_.max_objects) return false;  // torn list: recovery fixes it
+  bool no_gap = true;  // nothing free between offset 0 and prev_end
+  uint32_t hint = prev;
   for (uint32_t steps = 0; cur != kNone && steps <= geo_.max_objects; ++steps) {
     const ObjectEntry& e = objects_[cur];
     if (e.offset >= prev_end && e.offset - prev_end >= size) break;
+    no_gap = no_gap && e.offset == prev_end;
+    if (no_gap) hint = cur;
     prev_end = e.offset + e.size;
     prev = cur;
     cur = e.next;
     if (cur != kNone && cur >= geo_.max_objects) return false;  // torn list: recovery fixes it
   }
-  if (cur == kNone && (prev_end > geo_.data_size || geo_.data_size - prev_end < size)) return false;
+  if (cur == kNone && (prev_end > geo_.data_size || geo_.data_size - prev_end < size)) {
+    header_->fit_hint_plus1 = hint + 1;  // kNone + 1 == 0
+    return false;
+  }
   ObjectEntry& n = objects_[slot];
   n.offset = prev_end;
   n.size = size;
@@ -63,6 +83,7 @@ bool StoreImpl::Allocate(uint64_t size, uint32_t slot) {
   if (prev != kNone) objects_[prev].next = slot;
   else header_->extent_head = slot;
   header_->used += size;
+  header_->fit_hint_plus1 = (no_gap ? slot : hint) + 1;
   return true;
 }
 

@@ -83,12 +83,20 @@ struct alignas(64) StoreHeader {
   // Bytes at the start of the data region whose storage is reserved
   // (fallocate). Grown by CreateObject, only after the reservation succeeded.
   uint64_t reserved_bytes;
-  uint8_t reserved3[4096 - 256 - 32];
+  // Derived: 1 + the slot whose extent ends a run from offset 0 with no
+  // gap, so that allocation need not walk it again; 0 when none is known
+  // (then it walks from extent_head). A wrong value (stores written by
+  // builds before it) costs free space, never an overlap: the walk from it
+  // still follows the list's offset order.
+  uint32_t fit_hint_plus1;
+  uint32_t reserved2;
+  uint8_t reserved3[4096 - 256 - 40];
 };
 static_assert(sizeof(pthread_mutex_t) <= 64);
 static_assert(offsetof(StoreHeader, mutex) == 192);
 static_assert(offsetof(StoreHeader, extent_head) == 256);
 static_assert(offsetof(StoreHeader, reserved_bytes) == 280);
+static_assert(offsetof(StoreHeader, fit_hint_plus1) == 288);
 static_assert(sizeof(StoreHeader) == 4096);
 
 enum ObjectState : uint32_t {

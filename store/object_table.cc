@@ -86,6 +86,11 @@ void StoreImpl::FreeSlot(uint32_t slot) {
   // Hide first (one store), then unlink: a crash in between leaves a
   // tombstone still in the list, which recovery drops when it relinks.
   __atomic_store_n(&e.state, kTombstone, __ATOMIC_RELEASE);
+  // A gap opens at e.offset: the run without gaps now ends before it.
+  if (uint32_t h = header_->fit_hint_plus1 - 1;
+      h == slot || (h < geo_.max_objects && objects_[h].offset >= e.offset)) {
+    header_->fit_hint_plus1 = e.prev < geo_.max_objects ? e.prev + 1 : 0;
+  }
   if (e.prev < geo_.max_objects) objects_[e.prev].next = e.next;
   else header_->extent_head = e.next;
   if (e.next < geo_.max_objects) objects_[e.next].prev = e.prev;

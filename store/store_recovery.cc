@@ -123,6 +123,7 @@ void StoreImpl::RecoverLocked() {
   uint32_t prev = kNone;
   uint64_t prev_end = 0, used = 0;
   header_->extent_head = kNone;
+  header_->fit_hint_plus1 = 0;
   for (uint32_t s : kept) {
     ObjectEntry& e = objects_[s];
     if (e.offset < prev_end) {

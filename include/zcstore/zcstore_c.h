@@ -113,7 +113,7 @@ typedef struct zcs_store_options {
   uint32_t struct_size;         /* set by zcs_store_options_init */
   uint32_t backing;             /* ZCS_BACKING_SHM */
   uint64_t capacity;            /* 1 GiB: bytes available to objects */
-  uint32_t max_objects;         /* 4096 */
+  uint32_t max_objects;         /* 65536: 64 bytes of tables each */
   uint32_t max_clients;         /* 128 handles, all processes together */
   uint32_t max_pins_per_client; /* 1024 */
   uint32_t max_names;           /* 256 */

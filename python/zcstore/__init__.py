@@ -342,7 +342,7 @@ class Store:
 
     @classmethod
     def create(cls, name="", *, capacity=1 << 30, backing="shm", persistent=False,
-               checksums=False, max_objects=4096, max_clients=128, max_pins_per_client=1024,
+               checksums=False, max_objects=65536, max_clients=128, max_pins_per_client=1024,
                max_names=256, mode=0o600, shm_dir="/dev/shm"):
         """Creates a store and returns the creator's handle.
 

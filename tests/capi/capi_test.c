@@ -116,7 +116,7 @@ static void TestOptionsAndCreate(void) {
   CHECK_CODE(zcs_open_options_init(NULL), ZCS_INVALID_ARGUMENT);
   OK(zcs_store_options_init(&o));
   CHECK(o.struct_size == sizeof o && o.backing == ZCS_BACKING_SHM);
-  CHECK(o.capacity == (uint64_t)1 << 30 && o.max_objects == 4096 && o.mode == 0600);
+  CHECK(o.capacity == (uint64_t)1 << 30 && o.max_objects == 65536 && o.mode == 0600);
   CHECK(o.persistent == 0 && o.checksums == 0 && o.shm_dir == NULL);
   OK(zcs_open_options_init(&oo));
   CHECK(oo.struct_size == sizeof oo && oo.lock_timeout_ms == 5000 && oo.read_only == 0);

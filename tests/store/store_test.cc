@@ -254,6 +254,28 @@ TEST(StoreTest, FullObjectTableIsStoreFull) {
   for (ObjectId id : {ids[0], ids[2], ids[3], fresh}) EXPECT_TRUE(s.Contains(id));
 }
 
+// The default table holds what users have: a model of 20,000 arrays and a
+// task of 5,000 more, each its own object (4096 slots did not).
+TEST(StoreTest, DefaultTableHoldsAModelOf20kArraysAndA5kArgumentTask) {
+  StoreOptions o;
+  o.backing = Backing::kMemfd;
+  o.capacity = 25000 * 4096 + (1 << 20);  // every object takes at least a page
+  auto s = Store::Create("", o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  std::vector<ObjectId> ids;
+  for (int i = 0; i < 25000; ++i) {
+    ids.push_back(ObjectId::Random());
+    Status st = PutPattern(*s, ids.back(), {8});
+    ASSERT_TRUE(st.ok()) << "object " << i << ": " << st.ToString();
+  }
+  EXPECT_EQ(s->Stats()->objects, 25000u);
+  for (int i = 0; i < 25000; i += 997) {
+    auto v = s->Get(ids[i]);
+    ASSERT_TRUE(v.ok()) << v.status().ToString();
+    EXPECT_EQ(FirstMismatch(ids[i], 0, v->buffer(0)), -1);
+  }
+}
+
 TEST(StoreTest, FreeSpaceIsReusedAcrossManyPutsAndDeletes) {
   Store s = MakeStore(SmallOptions(2 << 20));
   std::vector<ObjectId> live;
@@ -278,6 +300,44 @@ TEST(StoreTest, FreeSpaceIsReusedAcrossManyPutsAndDeletes) {
   auto st = s.Stats();
   EXPECT_EQ(st->used, 0u);
   EXPECT_EQ(st->largest_free, st->capacity);
+}
+
+// Allocation starts after the run of extents without gaps from offset 0;
+// a gap that opens inside that run (or at its end) must be found again.
+TEST(StoreTest, AGapFreedAnywhereIsFoundByTheNextPut) {
+  Store s = MakeStore(SmallOptions(64 * 4096));
+  std::vector<ObjectId> ids;
+  for (;;) {  // one page each, until full
+    ObjectId id = ObjectId::Random();
+    Status st = PutPattern(s, id, {100});
+    if (st.code() == StatusCode::kStoreFull) break;
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    ids.push_back(id);
+  }
+  ASSERT_GE(ids.size(), 40u);
+  for (size_t victim : {size_t{0}, ids.size() / 2, ids.size() - 1, size_t{7}}) {
+    ASSERT_TRUE(s.Delete(ids[victim]).ok());
+    ids[victim] = ObjectId::Random();
+    ASSERT_TRUE(PutPattern(s, ids[victim], {100}).ok()) << "gap at object " << victim;
+    EXPECT_EQ(PutPattern(s, ObjectId::Random(), {100}).code(), StatusCode::kStoreFull);
+  }
+  // Random churn keeps every byte and gives all space back.
+  uint64_t x = 12345;
+  for (int round = 0; round < 2000; ++round) {
+    x = x * 6364136223846793005u + 1442695040888963407u;
+    size_t i = (x >> 33) % ids.size();
+    ASSERT_TRUE(s.Delete(ids[i]).ok());
+    ids[i] = ObjectId::Random();
+    ASSERT_TRUE(PutPattern(s, ids[i], {static_cast<size_t>(1 + (x >> 20) % 3000)}).ok());
+  }
+  for (ObjectId id : ids) {
+    auto v = s.Get(id);
+    ASSERT_TRUE(v.ok());
+    EXPECT_EQ(FirstMismatch(id, 0, v->buffer(0)), -1);
+  }
+  for (ObjectId id : ids) ASSERT_TRUE(s.Delete(id).ok());
+  EXPECT_EQ(s.Stats()->used, 0u);
+  EXPECT_EQ(s.Stats()->largest_free, s.Stats()->capacity);
 }
 
 TEST(StoreTest, NamesBindLookupAndUnbind) {
