@@ -95,6 +95,15 @@ class PoolCore {
   // workers it sent to are woken now, or, if `defer_wakes` is given, left
   // there for the caller to wake once it lets go of `mu`.
   void Dispatch(std::vector<Ring>* defer_wakes = nullptr);
+  // Sends `w` one chunk: a retry, else the next items of the oldest job it
+  // may take. False when there is none for it (or its ring is full).
+  bool DispatchOne(Worker& w, std::vector<Ring>* defer_wakes);
+  // Whether `w` is up and has room for another chunk.
+  bool CanTake(const Worker& w) const;
+  // For each worker with nothing in flight (when nothing waits to be sent):
+  // withdraws the chunk with the most items not started from a worker busy
+  // with a task, and re-queues them. True if it re-queued any. Holds `mu`.
+  bool Steal();
   // Takes every answer waiting in the response rings, then dispatches. Holds
   // `mu`. Run by the pool thread, and by callers that spin while they wait.
   bool DrainLocked();
@@ -192,6 +201,7 @@ class PoolCore {
   // Buffers reused under `mu`, so that a task costs no allocations here.
   std::vector<std::byte> drain_buffer, encode_scratch;
   MessageWriter dispatch_msg;
+  std::vector<bool> dispatch_skip;  // Dispatch: workers with nothing to take this round
 };
 
 // The next result of unordered job `job`, waiting for it (false once every

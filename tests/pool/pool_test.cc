@@ -140,6 +140,16 @@ int Touch(TaskContext&, const std::string& path) {
 }
 ZCSTORE_TASK("touch", Touch);
 
+// Waits until the file `path` exists (at most 60 s): a task that runs
+// until the test lets it end.
+int WaitFile(TaskContext&, const std::string& path) {
+  for (int i = 0; i < 60000 && !std::filesystem::exists(path); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return 7;
+}
+ZCSTORE_TASK("wait_file", WaitFile);
+
 // Set by the fork hooks' child hook, in the worker only.
 int fork_child_mark = 0;
 int ForkChildMark(TaskContext&, const int&) { return fork_child_mark; }
@@ -965,6 +975,81 @@ TEST(PoolTest, CancelTakesATaskBackFromABusyWorkersQueue) {
     EXPECT_FALSE(std::filesystem::exists(path)) << "a withdrawn task ran";
     EXPECT_EQ(pool->Stats().tasks_done, 2u);  // the skipped one is not counted as done
   }
+}
+
+// Runs `body` on each backend with a two-worker pool whose workers are both
+// up, and `dir` for wait_file's files.
+template <typename Body>
+void OnEveryBackendWithTwoReadyWorkers(Body body) {
+  for (auto backend : {PoolOptions::Backend::kSpawn, PoolOptions::Backend::kFork,
+                       PoolOptions::Backend::kThreads}) {
+    SCOPED_TRACE(static_cast<int>(backend));
+    PoolOptions o = Small(2);
+    o.backend = backend;
+    o.max_in_flight_per_worker = 2;
+    auto pool = MakePool(o);
+    ASSERT_TRUE(pool);
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (pool->Stats().workers_ready < 2 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ASSERT_EQ(pool->Stats().workers_ready, 2u);
+    testing::TempDir dir;
+    body(*pool, dir.path());
+    ASSERT_TRUE(pool->Shutdown().ok());
+  }
+}
+
+// Waits (at most 20 s) until `f`'s task runs in a worker.
+template <typename F>
+bool StartsRunning(F& f) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!f.handle().Running() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return f.handle().Running();
+}
+
+TEST(PoolTest, AQuickTaskGoesToTheIdleWorkerNotBehindALongOne) {
+  OnEveryBackendWithTwoReadyWorkers([](Pool& pool, const std::string& dir) {
+    auto slow = pool.Submit<int>("wait_file", dir + "/end");
+    ASSERT_TRUE(StartsRunning(slow));
+    auto quick = pool.Submit<int>("square", 5);
+    EXPECT_EQ(quick.Get().value(), 25);
+    EXPECT_FALSE(slow.Ready()) << "the quick task waited for the slow one";
+    std::FILE* f = std::fopen((dir + "/end").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fclose(f);
+    EXPECT_EQ(slow.Get().value(), 7);
+  });
+}
+
+TEST(PoolTest, AnIdleWorkerTakesWhatWaitsBehindABusyWorkersTask) {
+  OnEveryBackendWithTwoReadyWorkers([](Pool& pool, const std::string& dir) {
+    // One long task on each worker, and one quick task queued behind each.
+    auto long0 = pool.Submit<int>("wait_file", dir + "/end0");
+    auto long1 = pool.Submit<int>("wait_file", dir + "/end1");
+    ASSERT_TRUE(StartsRunning(long0));
+    ASSERT_TRUE(StartsRunning(long1));
+    auto quick0 = pool.Submit<int>("square", 2);
+    auto quick1 = pool.Submit<int>("square", 3);
+    EXPECT_FALSE(quick0.Ready());
+    EXPECT_FALSE(quick1.Ready());
+    // One long task ends: its worker runs its own quick task, then takes
+    // the other one from behind the long task still running.
+    std::FILE* f = std::fopen((dir + "/end1").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fclose(f);
+    EXPECT_EQ(long1.Get().value(), 7);
+    EXPECT_EQ(quick0.Get().value(), 4);
+    EXPECT_EQ(quick1.Get().value(), 9);
+    EXPECT_FALSE(long0.Ready()) << "a quick task waited behind a long one";
+    f = std::fopen((dir + "/end0").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fclose(f);
+    EXPECT_EQ(long0.Get().value(), 7);
+    EXPECT_EQ(pool.Stats().tasks_done, 4u);  // the stolen task is counted once
+  });
 }
 
 std::vector<float> BigResult(TaskContext&, const int& n) { return std::vector<float>(n, 2.f); }
