@@ -211,6 +211,18 @@ Result<std::byte*> StoreImpl::WritableData() {
   return write_data_;
 }
 
+Result<uint64_t> StoreImpl::FileOffsetOf(const void* p) const {
+  auto at = reinterpret_cast<uintptr_t>(p);
+  auto in = [&](const std::byte* region) {
+    return region != nullptr && at >= reinterpret_cast<uintptr_t>(region) &&
+           at - reinterpret_cast<uintptr_t>(region) < geo_.data_size;
+  };
+  if (in(data_)) return geo_.data_offset + (at - reinterpret_cast<uintptr_t>(data_));
+  std::lock_guard<std::mutex> guard(write_map_mutex_);
+  if (in(write_data_)) return geo_.data_offset + (at - reinterpret_cast<uintptr_t>(write_data_));
+  return InvalidArgument("FileOffsetOf: the address is not in this store's data region");
+}
+
 Result<ObjectBuilder> StoreImpl::CreateObject(ObjectId id, size_t metadata_size,
                                               std::span<const size_t> buffer_sizes,
                                               std::span<ObjectBuilder> adopt) {

@@ -319,6 +319,7 @@ bool Store::created() const { return impl_->created(); }
 Backing Store::backing() const { return impl_->backing(); }
 bool Store::read_only() const { return impl_->read_only(); }
 int Store::fd() const { return impl_->fd(); }
+Result<uint64_t> Store::FileOffsetOf(const void* p) const { return impl_->FileOffsetOf(p); }
 
 }  // namespace zcstore
 

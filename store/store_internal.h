@@ -114,6 +114,7 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   Backing backing() const { return backing_; }
   bool read_only() const { return read_only_; }
   int fd() const { return fd_; }
+  Result<uint64_t> FileOffsetOf(const void* p) const;
 
   // Shared-memory path of store `name` in `dir` for the calling user.
   static std::string SegmentPath(const std::string& dir, std::string_view name);
@@ -238,7 +239,7 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   // views, even in this process) never see writable pages, and sealing an
   // object costs no mprotect (which is O(pages) once pages are mapped).
   std::byte* write_data_ = nullptr;
-  std::mutex write_map_mutex_;
+  mutable std::mutex write_map_mutex_;
   uint32_t client_ = kNone;  // our ClientEntry, kNone for snapshots
   // Process-local index of our own PinRecords (only this handle writes
   // them while it lives), so a pin or unpin is O(1) rather than a scan of

@@ -456,6 +456,13 @@ class ZCSTORE_EXPORT Store {
   // The segment's file descriptor; for kMemfd stores, what child processes
   // pass to OpenFd (clear FD_CLOEXEC or dup2 it for them: it is close-on-exec).
   int fd() const;
+  // Where byte `p` of an object's buffer got through this handle (a view's
+  // or a builder's) lies in the file fd(): to map the buffer again with
+  // MAP_PRIVATE, as a copy-on-write copy its holder may write to. (Keep the
+  // object pinned while that mapping lives: pages not yet written show the
+  // file's bytes, which a reused extent would change.) InvalidArgument if
+  // `p` is not in this handle's data region.
+  Result<uint64_t> FileOffsetOf(const void* p) const;
 
   // Sweeps `shm_dir` for this user's shared-memory stores whose every user has
   // died (and half-created segments of dead creators), removes them and returns

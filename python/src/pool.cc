@@ -11,6 +11,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -103,13 +104,40 @@ void AfterForkChild(PyObject* run, PyObject* init, const std::shared_ptr<Store>&
   (void)PyEval_SaveThread();
 }
 
-// Buffer exporters over `call`'s arrays; each holds the call (and so its pins).
-py::list Exporters(const std::shared_ptr<PyCall>& call) {
+// Buffers from here on are mapped privately rather than copied.
+constexpr size_t kMapFrom = 64 << 10;
+
+// Writable buffer exporters over `call`'s arrays, got through `store`: the
+// caller's own copies, as ProcessPoolExecutor's arguments and results are
+// (only shared objects are read-only). A large array is a private,
+// copy-on-write mapping of its bytes in the store's file: no copy until
+// written, and a write changes only this process's pages. The mapping holds
+// `call`, and so the object's pin: its unwritten pages show the file, which
+// must not be reused under it. A small array (or one not in the store) is
+// copied into a bytearray.
+py::list Exporters(const std::shared_ptr<PyCall>& call, const Store& store) {
   py::list out;
   for (const Array<uint8_t>& a : call->buffers) {
-    out.append(py::cast(Buffer{call, const_cast<std::byte*>(
-                                         reinterpret_cast<const std::byte*>(a.data())),
-                               a.size(), true}));
+    size_t n = a.size();
+    Result<uint64_t> at = n >= kMapFrom ? store.FileOffsetOf(a.data())
+                                        : Result<uint64_t>(InvalidArgument("small"));
+    void* map = MAP_FAILED;
+    uint64_t page = 0, skip = 0, len = 0;
+    if (at.ok()) {
+      page = *at & ~uint64_t{4095};
+      skip = *at - page;
+      len = (skip + n + 4095) & ~uint64_t{4095};
+      map = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, store.fd(),
+                 static_cast<off_t>(page));
+    }
+    if (map == MAP_FAILED) {
+      out.append(py::reinterpret_steal<py::object>(PyByteArray_FromStringAndSize(
+          reinterpret_cast<const char*>(a.data()), static_cast<Py_ssize_t>(n))));
+      if (PyErr_Occurred()) throw py::error_already_set();
+      continue;
+    }
+    std::shared_ptr<void> keeper(map, [call, len](void* p) { munmap(p, len); });
+    out.append(py::cast(Buffer{std::move(keeper), static_cast<std::byte*>(map) + skip, n, false}));
   }
   return out;
 }
@@ -146,7 +174,8 @@ PyCall RunPython(TaskContext& ctx, const PyCall& call) {
   auto arrays = std::make_shared<PyCall>(PyCall{{}, call.buffers});
   py::object out;
   try {
-    out = py::reinterpret_borrow<py::object>(runner)(py::bytes(call.stream), Exporters(arrays));
+    out = py::reinterpret_borrow<py::object>(runner)(py::bytes(call.stream),
+                                                     Exporters(arrays, internal::WorkerStore(ctx)));
     py::tuple pair = out.cast<py::tuple>();
     auto result = ToCall(internal::WorkerStore(ctx), pair[0], pair[1]);
     if (!result.ok()) throw TaskError(result.status());
@@ -180,13 +209,13 @@ struct LogQueue {
 };
 
 // (token, code, message, stream or None, buffers) of one finished task.
-py::tuple Outcome(uint64_t token, Result<PyCall>& r) {
+py::tuple Outcome(uint64_t token, Result<PyCall>& r, const Store& store) {
   if (!r.ok()) {
     return py::make_tuple(token, static_cast<int>(r.status().code()), r.status().message(),
                           py::none(), py::list());
   }
   auto call = std::make_shared<PyCall>(std::move(*r));
-  return py::make_tuple(token, 0, "", py::bytes(call->stream), Exporters(call));
+  return py::make_tuple(token, 0, "", py::bytes(call->stream), Exporters(call, store));
 }
 
 using Clock = std::chrono::steady_clock;
@@ -323,7 +352,7 @@ class PyPool {
     }
     Forget(done);
     py::list out;
-    for (auto& [token, r] : done) out.append(Outcome(token, r));
+    for (auto& [token, r] : done) out.append(Outcome(token, r, pool().store()));
     return out;
   }
 
@@ -387,7 +416,7 @@ class PyPool {
       }
     }
     if (!f) return py::none();
-    return Outcome(token, r);
+    return Outcome(token, r, pool().store());
   }
 
   // Runs the call once on every worker; an Outcome per worker (token 0).
@@ -399,7 +428,7 @@ class PyPool {
       return p.Broadcast<PyCall>("zcstore.python", call);
     }();
     py::list out;
-    for (Result<PyCall>& r : Check(std::move(results))) out.append(Outcome(0, r));
+    for (Result<PyCall>& r : Check(std::move(results))) out.append(Outcome(0, r, p.store()));
     return out;
   }
 

@@ -94,19 +94,31 @@ def _store_of(ref):
 
 # ------------------------------------------------------------ pickling
 
+# Buffers (arrays' bytes) smaller than this travel inside the pickle
+# stream; larger ones out of band, each an object in the pool's store. So a
+# call with 5,000 small arrays is one stream, not 5,000 objects.
+IN_BAND_BELOW = 64 << 10
+
+
 def dumps(obj):
     """obj as (pickle-5 stream, out-of-band buffers); functions by reference,
     or by value through cloudpickle when plain pickle cannot name them."""
     buffers = []
+
+    def out_of_band(b):  # False: out of band (pickle's convention)
+        if memoryview(b).nbytes < IN_BAND_BELOW:
+            return True
+        buffers.append(b)
+        return False
     stream = io.BytesIO()
     try:
-        _Pickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
+        _Pickler(stream, protocol=5, buffer_callback=out_of_band).dump(obj)
     except (pickle.PicklingError, AttributeError, TypeError):
         if _cloudpickle is None:
             raise
-        buffers = []
+        buffers.clear()
         stream = io.BytesIO()
-        _cloudpickle.CloudPickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
+        _cloudpickle.CloudPickler(stream, protocol=5, buffer_callback=out_of_band).dump(obj)
     return stream.getbuffer(), buffers
 
 
@@ -211,7 +223,13 @@ class _Bar:
         sys.stderr.flush()
 
     def close(self):
-        pass
+        """Ends the line of a bar that stopped short (its map was left or
+        interrupted), showing what was done."""
+        if self.done < self.total:
+            self.shown = 0.0
+            self.update(0)
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 class _Callback:
@@ -279,6 +297,7 @@ class Future(concurrent.futures.Future):
     def __init__(self, engine=None, token=None):
         super().__init__()
         self._engine, self._token = engine, token
+        self._calls = 1  # calls of map's chunk it runs
 
     def _wait_here(self, timeout):
         if self.done() or self._engine is None:
@@ -374,6 +393,8 @@ class _Engine:
             main_name, create_args, timeout_ms, log)
         self.pid = os.getpid()
         self.log_lines_dropped = 0
+        self.calls_done = 0  # calls, not tasks: a map chunk counts its calls
+        self.calls_failed = 0
         self.lock = threading.Lock()
         self.start_lock = threading.Lock()  # one start at a time, and none after close
         self.core = None  # the C++ pool, once started
@@ -423,13 +444,14 @@ class _Engine:
 
     # --- tasks
 
-    def submit(self, stream, buffers, name):
-        """A Future for the pickled call, submitted."""
+    def submit(self, stream, buffers, name, calls=1):
+        """A Future for the pickled call (a chunk of `calls` calls), submitted."""
         core = self.core or self.start()
         with self.lock:  # a submit racing shutdown: refused, or waited for by it
             self.check_open()
             token = core.submit(stream, buffers, self.timeout_ms, name)
             future = self.futures[token] = Future(self, token)
+            future._calls = calls
         return future
 
     def failed(self, error):
@@ -497,6 +519,11 @@ class _Engine:
         ok, value = self.outcome(code, message, stream, buffers)
         if ok is None:  # the worker's initializer failed: the pool is broken
             value = self.break_(value)
+        with self.lock:
+            if ok:
+                self.calls_done += future._calls
+            else:  # a chunk stops at its first failing call
+                self.calls_failed += 1
         if ok:
             future.set_result(value)
         else:
@@ -685,6 +712,10 @@ class Pool(concurrent.futures.Executor):
             raise InvalidArgument(f"max_workers must be greater than 0, not {workers}")
         if store is not None and (not isinstance(store, Store) or store.closed):
             raise InvalidArgument(f"store must be an open zcstore.Store, not {store!r}")
+        if backend == "threads" and task_timeout:
+            raise InvalidArgument(
+                "task_timeout needs worker processes: a thread running a stuck task cannot "
+                "be stopped; use backend='spawn' or 'fork'")
         from .pool_worker import ForkChild, Runner, thread_runner
         self._backend = backend
         self._progress_setting = progress
@@ -760,14 +791,20 @@ class Pool(concurrent.futures.Executor):
               "log_lines", "log_lines_dropped")
 
     def stats(self):
-        """The C++ pool's counters: workers, workers_ready (up now),
-        tasks_done, tasks_failed, workers_replaced, log_lines,
-        log_lines_dropped (a dict). A fork pool before its first task:
-        workers and zeros."""
-        core = self._e.core
-        if core is None:
-            return dict.fromkeys(self._STATS, 0) | {"workers": self._e.n}
-        return core.stats()
+        """The pool's counters (a dict): workers, workers_ready (up now),
+        tasks_done (calls that returned: each call of a map counts, not
+        its chunk), tasks_failed (calls that raised, or were lost with
+        their worker; a map chunk stops at its first failing call, so the
+        calls after it count nowhere), workers_replaced, log_lines,
+        log_lines_dropped. A fork pool before its first task: workers and
+        zeros."""
+        e = self._e
+        core = e.core
+        stats = (dict.fromkeys(self._STATS, 0) | {"workers": e.n} if core is None
+                 else core.stats())
+        with e.lock:
+            stats["tasks_done"], stats["tasks_failed"] = e.calls_done, e.calls_failed
+        return stats
 
     # --- sharing
 
@@ -810,7 +847,7 @@ class Pool(concurrent.futures.Executor):
         PicklingError), as with ProcessPoolExecutor."""
         return self._submit(fn, (fn, args, kwargs))
 
-    def _submit(self, fn, call):
+    def _submit(self, fn, call, calls=1):
         e = self._e
         e.check_process()
         try:
@@ -823,7 +860,7 @@ class Pool(concurrent.futures.Executor):
             failure.__cause__ = error
             return e.failed(failure)
         try:
-            return e.submit(stream, buffers, _name_of(fn))
+            return e.submit(stream, buffers, _name_of(fn), calls)
         finally:
             stream.release()
 
@@ -832,19 +869,30 @@ class Pool(concurrent.futures.Executor):
         # a tuple per call), cut to the shortest, as zip and map do.
         columns = [list(it) for it in iterables]
         n = min(map(len, columns), default=0)
-        if chunksize is None:  # about four per worker, small enough for a quick first result
+        ramp = chunksize is None
+        if ramp:  # about four per worker, reached by doubling from one call
             chunksize = max(1, min(-(-n // (4 * self.workers)), 1024))
         chunksize = int(chunksize)
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         bar = _progress(self._progress_setting if progress is None else progress, n)
         futures = []
-        for i in range(0, n, chunksize):
-            k = min(chunksize, n - i)
-            f = self._submit(fn, (call_chunk, (fn, [c[i:i + k] for c in columns]), {}))
+        i, size = 0, 1 if ramp else chunksize
+        while i < n:
+            # The first chunk of each worker is one call, the next two, and
+            # so on up to chunksize: the first result comes after one call,
+            # not after a whole chunk (joblib's auto-batching ramps alike).
+            k = min(size, n - i)
+            f = self._submit(fn, (call_chunk, (fn, [c[i:i + k] for c in columns]), {}), k)
             if bar is not None:
-                f.add_done_callback(lambda _, k=k: bar.update(k))
+                # Calls that returned count: not a chunk cancelled (at
+                # Ctrl-C, say) nor one that failed.
+                f.add_done_callback(
+                    lambda f, k=k: f.cancelled() or f.exception() is not None or bar.update(k))
             futures.append(f)
+            i += k
+            if len(futures) % self.workers == 0:
+                size = min(chunksize, 2 * size)
         return futures, bar
 
     def map(self, fn, *iterables, timeout=None, chunksize=None, progress=None):

@@ -148,9 +148,58 @@ def test_a_task_exception_comes_back_with_its_traceback(pool):
     assert pool.submit(square, 2).result(TIMEOUT) == 4  # the pool goes on
 
 
-def test_large_results_come_back_as_read_only_views(pool):
-    r = pool.submit(big_result, 4 << 20).result(TIMEOUT)
-    assert r.shape == (4 << 20,) and r[-1] == (4 << 20) - 1 and not r.flags.writeable
+def center(x):
+    x -= x.mean()
+    return x
+
+
+def count_arrays(xs):
+    return len(xs)
+
+
+def test_arguments_and_results_arrive_writable_only_shared_objects_are_read_only(pool):
+    # As with ProcessPoolExecutor: each side gets its own copy. A large one
+    # is a private copy-on-write mapping of the store, a small one a copy.
+    small, big = np.arange(3.0), np.arange(1 << 17, dtype=np.float64)
+    assert pool.submit(center, small).result(TIMEOUT).tolist() == [-1.0, 0.0, 1.0]
+    r = pool.submit(center, big).result(TIMEOUT)
+    assert r.flags.writeable and r[0] == -((1 << 17) - 1) / 2
+    r += 1
+    assert small[0] == 0 and big[0] == 0  # the caller's arrays are untouched
+    large = pool.submit(big_result, 4 << 20).result(TIMEOUT)  # 32 MiB, through the store
+    assert large.shape == (4 << 20,) and large[-1] == (4 << 20) - 1 and large.flags.writeable
+    large[:] = -1.0
+    again = pool.submit(big_result, 4 << 20).result(TIMEOUT)
+    assert again[0] == 0 and again[-1] == (4 << 20) - 1
+
+
+def test_a_call_with_5000_small_arrays_fits(pool):
+    # Small arrays travel inside the call's pickle, not one store object each.
+    assert pool.submit(count_arrays, [np.zeros(3) for _ in range(5000)]).result(TIMEOUT) == 5000
+
+
+def test_stats_count_calls_and_progress_counts_calls_done(pool):
+    before = pool.stats()["tasks_done"]
+    assert len(list(pool.map(square, range(100), chunksize=10))) == 100
+    assert pool.stats()["tasks_done"] - before == 100
+    # The first chunk of each worker is one call: the first result (and the
+    # first progress) comes after one call, not a whole chunk.
+    seen = []
+    assert len(list(pool.map(square, range(1000), progress=lambda d, t: seen.append(d)))) == 1000
+    assert seen[0] == 1 and seen[-1] == 1000
+    # A map left early (as at Ctrl-C): what was cancelled is not shown as done.
+    seen.clear()
+    it = pool.map(sleep_for, [0.02] * 200, progress=lambda d, t: seen.append(d))
+    next(it)
+    it.close()
+    time.sleep(0.5)  # what had started ends
+    assert 1 <= seen[-1] < 200
+
+
+def test_the_threads_backend_refuses_task_timeout():
+    # A thread running a stuck task cannot be stopped: refused, not ignored.
+    with pytest.raises(zcstore.InvalidArgument, match="task_timeout"):
+        zcstore.Pool(1, backend="threads", task_timeout=1.0)
 
 
 def test_an_unpicklable_result_is_an_error_on_its_future(pool):

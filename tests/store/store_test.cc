@@ -340,6 +340,31 @@ TEST(StoreTest, AGapFreedAnywhereIsFoundByTheNextPut) {
   EXPECT_EQ(s.Stats()->largest_free, s.Stats()->capacity);
 }
 
+TEST(StoreTest, FileOffsetOfABufferLetsItBeMappedPrivately) {
+  Store s = MakeStore();
+  ObjectId id = ObjectId::Random();
+  ASSERT_TRUE(PutPattern(s, id, {100000}).ok());
+  auto v = s.Get(id);
+  ASSERT_TRUE(v.ok());
+  auto at = s.FileOffsetOf(v->buffer(0).data());
+  ASSERT_TRUE(at.ok()) << at.status().ToString();
+  std::vector<std::byte> read(100000);
+  ASSERT_EQ(pread(s.fd(), read.data(), read.size(), static_cast<off_t>(*at)), 100000);
+  EXPECT_EQ(FirstMismatch(id, 0, read), -1);
+  // A private mapping there is writable, and writing it changes nothing shared.
+  uint64_t page = *at & ~uint64_t{4095};
+  size_t len = (*at - page + 100000 + 4095) & ~size_t{4095};
+  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, s.fd(), static_cast<off_t>(page));
+  ASSERT_NE(m, MAP_FAILED);
+  auto* mine = static_cast<std::byte*>(m) + (*at - page);
+  EXPECT_EQ(std::memcmp(mine, v->buffer(0).data(), 100000), 0);
+  mine[0] = ~mine[0];
+  EXPECT_EQ(FirstMismatch(id, 0, v->buffer(0)), -1);
+  munmap(m, len);
+  int local = 0;
+  EXPECT_EQ(s.FileOffsetOf(&local).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(StoreTest, NamesBindLookupAndUnbind) {
   Store s = MakeStore();
   ObjectId id = ObjectId::Random();
