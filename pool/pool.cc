@@ -318,6 +318,7 @@ PoolStats Pool::Stats() const {
   return s;
 }
 
+std::vector<std::pair<int, std::string>> Pool::TakeLogLines() { return core_->TakeLogLines(); }
 int Pool::workers() const { return core_->n; }
 Store& Pool::store() { return *core_->store; }
 

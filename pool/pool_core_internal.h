@@ -22,6 +22,10 @@ namespace zcstore::internal {
 
 using Clock = std::chrono::steady_clock;
 
+// Lines a draining ReadLogs keeps past max_log_lines: more than a dead
+// worker's pipe (64 KiB) can hold.
+inline constexpr size_t kDrainSlack = 65536;
+
 // Results of an unordered map waiting for its caller, at most (backpressure).
 inline constexpr size_t kMaxUntakenResults = 4096;
 
@@ -154,8 +158,13 @@ class PoolCore {
   bool WaitFor(std::span<Job* const> jobs, std::unique_lock<std::mutex>& lock, Ready ready,
                Clock::time_point deadline, int spin_us = 0);
   Status Spawn(Worker& w);
-  void ReadLogs(Worker& w);  // what the pipe holds now; never waits for more
+  // What `w`'s pipe holds now, while fewer than max_log_lines lines wait
+  // (`draining`: all of it; see the comment inside). Never waits for more.
+  void ReadLogs(Worker& w, bool draining);
+  bool LogsFull();  // max_log_lines lines wait. Takes log_mu.
+  // Lines to log_sink (or stderr), unless opts.take_logs.
   void DeliverLogs();
+  std::vector<std::pair<int, std::string>> TakeLogLines();
   void Progress(bool final);
   // What messages call job's task: its label (SubmitOptions::label), else
   // its registered name.

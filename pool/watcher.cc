@@ -140,7 +140,7 @@ void PoolCore::HandleDeath(Worker& w) {
   int status = 0;
   platform::ReapResult reaped = platform::TryReap(w.pid, w.pidfd, &status);
   if (reaped == platform::ReapResult::kRunning) return;
-  ReadLogs(w);
+  ReadLogs(w, /*draining=*/true);
   std::string how = "worker " + std::to_string(w.index) + " (pid " + std::to_string(w.pid) + ") " +
                     (reaped == platform::ReapResult::kReaped
                          ? platform::DescribeExit(status)
@@ -257,10 +257,17 @@ void PoolCore::Retire(Worker& w, const std::string& why) {
   }
 }
 
-void PoolCore::ReadLogs(Worker& w) {
+void PoolCore::ReadLogs(Worker& w, bool draining) {
   if (w.log_fd < 0) return;
   char buf[16384];
   while (true) {
+    // Back-pressure: while max_log_lines wait, the rest stays in the pipe,
+    // and a worker that writes on waits for room. Only `draining` (a dead
+    // worker's pipe; a shutdown whose lines wait for TakeLogLines) reads it
+    // all, and drops what finds kDrainSlack more lines waiting: a dead
+    // worker's pipe holds fewer, so only a taker that stopped taking loses
+    // lines, never the pool its shutdown.
+    if (!draining && LogsFull()) break;
     ssize_t got = read(w.log_fd, buf, sizeof(buf));
     if (got <= 0) {
       if (got < 0 && errno == EINTR) continue;
@@ -275,7 +282,7 @@ void PoolCore::ReadLogs(Worker& w) {
            w.partial_line.size() - start > 65536) {
       size_t end = nl == std::string::npos ? start + 65536 : nl;
       ++stats.log_lines;
-      if (log_lines.size() < opts.max_log_lines) {
+      if (log_lines.size() < opts.max_log_lines + kDrainSlack) {
         log_lines.emplace_back(w.index, w.partial_line.substr(start, end - start));
       } else {
         ++stats.log_lines_dropped;
@@ -286,7 +293,27 @@ void PoolCore::ReadLogs(Worker& w) {
   }
 }
 
+bool PoolCore::LogsFull() {
+  std::lock_guard<std::mutex> lock(log_mu);
+  return log_lines.size() >= opts.max_log_lines;
+}
+
+std::vector<std::pair<int, std::string>> PoolCore::TakeLogLines() {
+  std::vector<std::pair<int, std::string>> out;
+  bool was_full;
+  {
+    std::lock_guard<std::mutex> lock(log_mu);
+    was_full = log_lines.size() >= opts.max_log_lines;
+    out.reserve(log_lines.size());
+    for (auto& l : log_lines) out.push_back(std::move(l));
+    log_lines.clear();
+  }
+  if (was_full) platform::RingDoorbell(doorbell);  // read the workers' pipes again
+  return out;
+}
+
 void PoolCore::DeliverLogs() {
+  if (opts.take_logs) return;  // they wait for TakeLogLines
   std::deque<std::pair<int, std::string>> lines;
   {
     std::lock_guard<std::mutex> lock(log_mu);
@@ -382,8 +409,11 @@ void PoolCore::Run() {
     fds.push_back({doorbell, POLLIN, 0});
     owner.push_back(-1);
     int timeout_ms = 100;
+    bool logs_full = LogsFull();
+    bool draining = false;
     {
       std::lock_guard<std::mutex> lock(mu);
+      draining = stop && opts.take_logs;  // a sink is fed below, after each read
       if (launched < workers.size() && hellos > 0) {  // the next late start is due then
         auto left =
             std::chrono::duration_cast<std::chrono::milliseconds>(late_start_due() - Clock::now())
@@ -395,7 +425,7 @@ void PoolCore::Run() {
           fds.push_back({w.pidfd, POLLIN, 0});
           owner.push_back(w.index);
         }
-        if (w.log_fd >= 0) {
+        if (w.log_fd >= 0 && (stop || !logs_full)) {  // full: TakeLogLines rings the doorbell
           fds.push_back({w.log_fd, POLLIN, 0});
           owner.push_back(w.index);
         }
@@ -448,7 +478,7 @@ void PoolCore::Run() {
         }
       }
     }
-    for (Worker& w : workers) ReadLogs(w);
+    for (Worker& w : workers) ReadLogs(w, draining);
     DeliverLogs();
     if (Clock::now() - last_progress > std::chrono::milliseconds(100)) {
       Progress(false);
@@ -484,7 +514,7 @@ void PoolCore::Run() {
       pollfd p{w->pidfd, POLLIN, 0};
       poll(&p, 1, 50);
     }
-    ReadLogs(*w);
+    ReadLogs(*w, /*draining=*/true);
     platform::CloseFile(w->pidfd);
     platform::CloseFile(w->log_fd);
     w->pidfd = w->log_fd = -1;
@@ -493,8 +523,10 @@ void PoolCore::Run() {
   DeliverLogs();
   if (stats.log_lines_dropped > 0) {
     std::fprintf(stderr,
-                 "zcstore pool: %llu log lines from workers were dropped (max_log_lines %zu)\n",
-                 static_cast<unsigned long long>(stats.log_lines_dropped), opts.max_log_lines);
+                 "zcstore pool: %llu lines of the workers' output were lost while it shut down "
+                 "(%zu lines waited to be taken)\n",
+                 static_cast<unsigned long long>(stats.log_lines_dropped),
+                 opts.max_log_lines + kDrainSlack);
   }
   std::lock_guard<std::mutex> lock(mu);
   finished = true;

@@ -427,7 +427,17 @@ struct PoolOptions {
   // order per worker, on the pool's thread. Default: the parent's stderr,
   // prefixed "[worker N] ".
   std::function<void(int worker, std::string_view line)> log_sink;
-  // Lines held for the sink at most; more are dropped and counted.
+  // Instead of going to log_sink, lines wait in the pool until the caller
+  // takes them with Pool::TakeLogLines, on a thread of its own.
+  bool take_logs = false;
+  // Lines read from the workers and not yet delivered (or taken), at most.
+  // While that many wait, the pool reads no more of its workers' output:
+  // a worker writing faster than its lines are delivered waits for room
+  // (its write blocks on the full pipe), and no line is lost. Only a dead
+  // worker's pipe, and with take_logs a shutting-down pool's, are read
+  // regardless (the taker must go on taking until Shutdown returns); lines
+  // that find 65,536 more than max_log_lines waiting then are dropped,
+  // counted in PoolStats::log_lines_dropped and reported on stderr.
   size_t max_log_lines = 10000;
   // Workers must report in within this time at start; one that has not (a
   // replacement too) is killed, and counts as a death without an answer.
@@ -662,6 +672,10 @@ class ZCSTORE_EXPORT Pool {
   Status Shutdown();
 
   PoolStats Stats() const;
+  // With PoolOptions::take_logs: every line waiting, oldest first, as
+  // (worker, line), and the pool reads its workers' output again. Also
+  // after Shutdown, which reads the workers' last lines. Otherwise empty.
+  std::vector<std::pair<int, std::string>> TakeLogLines();
   int workers() const;
   // The pool's store (for sharing by hand, or inspecting).
   Store& store();

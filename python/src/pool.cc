@@ -189,25 +189,6 @@ PyCall RunPython(TaskContext& ctx, const PyCall& call) {
 
 ZCSTORE_TASK("zcstore.python", RunPython);
 
-// The parent's side of one pool.
-// Worker lines on their way to Python: the C++ pool's thread adds them
-// without the GIL (it must never wait for Python); the collector takes them.
-// Bounded: past kMaxLines queued, lines are dropped and counted.
-struct LogQueue {
-  static constexpr size_t kMaxLines = 10000;
-  std::mutex mu;
-  std::deque<std::pair<int, std::string>> lines;
-  uint64_t dropped = 0;
-  void Add(int worker, std::string_view line) {
-    std::lock_guard lock(mu);
-    if (lines.size() >= kMaxLines) {
-      ++dropped;
-      return;
-    }
-    lines.emplace_back(worker, std::string(line));
-  }
-};
-
 // (token, code, message, stream or None, buffers) of one finished task.
 py::tuple Outcome(uint64_t token, Result<PyCall>& r, const Store& store) {
   if (!r.ok()) {
@@ -238,8 +219,8 @@ struct Incoming {
 
 class PyPool {
  public:
-  PyPool(std::unique_ptr<Pool> pool, std::shared_ptr<LogQueue> logs, py::object keep)
-      : keep_(std::move(keep)), pool_(std::move(pool)), logs_(std::move(logs)) {}
+  PyPool(std::unique_ptr<Pool> pool, py::object keep)
+      : keep_(std::move(keep)), pool_(std::move(pool)) {}
   // Without the GIL, as every call that can take the pool's mutex: the
   // fork backend's pool thread may be waiting for the GIL while it holds it.
   ~PyPool() {
@@ -258,21 +239,31 @@ class PyPool {
     pool_.reset();
   }
 
+  // The pool's counters; after Shutdown, as they were at its end (no
+  // worker is up then).
   PoolStats Stats() {
-    Pool& p = pool();
     py::gil_scoped_release nogil;
-    return p.Stats();
+    std::lock_guard lock(mu_);
+    if (!pool_) return last_stats_;
+    return pool_->Stats();
   }
 
-  // The lines queued since the last call, as [(worker, line)], and how many
-  // were dropped in all.
+  // The workers' lines waiting since the last call, as [(worker, line)],
+  // and how many were lost in all (only ever while shutting down: the C++
+  // pool holds lines back rather than drop them; PoolOptions::take_logs).
   py::tuple TakeLogs() {
-    std::deque<std::pair<int, std::string>> taken;
+    std::vector<std::pair<int, std::string>> taken;
     uint64_t dropped;
     {
-      std::lock_guard lock(logs_->mu);
-      taken.swap(logs_->lines);
-      dropped = logs_->dropped;
+      py::gil_scoped_release nogil;
+      std::lock_guard lock(mu_);
+      if (pool_) {
+        taken = pool_->TakeLogLines();
+        dropped = pool_->Stats().log_lines_dropped;
+      } else {
+        taken.swap(last_logs_);
+        dropped = last_dropped_;
+      }
     }
     py::list out;
     for (auto& [w, line] : taken) out.append(py::make_tuple(w, line));
@@ -450,7 +441,15 @@ class PyPool {
     }
     incoming.clear();  // dropping a future takes the pool's mutex
     pending.clear();
-    p.reset();  // stops the workers
+    if (p) {
+      (void)p->Shutdown();  // stops the workers, and reads their last lines
+      std::lock_guard lock(mu_);
+      for (auto& l : p->TakeLogLines()) last_logs_.push_back(std::move(l));
+      last_stats_ = p->Stats();
+      last_stats_.workers_ready = 0;
+      last_dropped_ = last_stats_.log_lines_dropped;
+    }
+    p.reset();
   }
 
  private:
@@ -483,7 +482,10 @@ class PyPool {
   pid_t owner_ = getpid();  // the process that made the pool
   py::object keep_;  // what the fork hooks call, alive as long as the pool
   std::unique_ptr<Pool> pool_;
-  std::shared_ptr<LogQueue> logs_;
+  // The lines the workers wrote last, taken at Shutdown for TakeLogs.
+  std::vector<std::pair<int, std::string>> last_logs_;
+  uint64_t last_dropped_ = 0;
+  PoolStats last_stats_;
   std::mutex mu_;
   std::condition_variable wake_;
   bool stopping_ = false;
@@ -533,14 +535,15 @@ void RegisterPool(py::module_& m) {
                                 AfterForkChild(run, init, store);
                               }};
             }
-            auto logs = std::make_shared<LogQueue>();
-            o.log_sink = [logs](int worker, std::string_view line) { logs->Add(worker, line); };
+            // The collector takes the lines (take_logs): the C++ pool's thread
+            // never waits for Python, and a worker that writes faster than
+            // Python takes its lines waits, rather than lose them.
+            o.take_logs = true;
             auto pool = [&] {
               py::gil_scoped_release nogil;
               return Pool::Create(o);
             }();
-            return new PyPool(Check(std::move(pool)), std::move(logs),
-                              py::make_tuple(fork_runner, fork_init));
+            return new PyPool(Check(std::move(pool)), py::make_tuple(fork_runner, fork_init));
           })
       .def("submit", &PyPool::Submit)
       .def("wait", &PyPool::Wait)
