@@ -171,20 +171,50 @@ def call_chunk(fn, columns):
 
 
 def call_with_context(fn, param, context):
+    """In a worker: fn(param, context), and the context's state after it,
+    with each shared object in it (an object a Shared handle attached
+    here) as its handle again, so that it goes back as a handle."""
     result = fn(param, context)
-    return result, _state_of(context)
+    handles = {id(obj): ref for ref, obj in _attached.items()}
+    state = {k: _AsHandle(handles[id(v)]) if id(v) in handles else v
+             for k, v in _state_of(context).items()}
+    return result, state
+
+
+class _AsHandle:
+    """Unpickles as the Shared handle of `ref` (a Shared unpickles as its
+    object, attached)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref):
+        self.ref = ref
+
+    def __reduce__(self):
+        return Shared, (self.ref,)
 
 
 def _state_of(context):
-    return dict(context) if isinstance(context, dict) else vars(context)
+    if isinstance(context, dict):
+        return context
+    try:
+        return vars(context)
+    except TypeError:
+        raise TypeError(f"a context must be a dict or an object with a __dict__, not "
+                        f"{type(context).__qualname__}") from None
 
 
 def _apply_state(context, state):
+    """The state a task left its context in, onto the caller's context: keys
+    (or attributes) set, changed and deleted."""
     if isinstance(context, dict):
         context.clear()
         context.update(state)
     else:
-        vars(context).update(state)
+        attributes = vars(context)
+        for k in [k for k in attributes if k not in state]:
+            del attributes[k]
+        attributes.update(state)
 
 
 # A worker's logging record travels as one line on its stderr:
@@ -937,16 +967,69 @@ class Pool(concurrent.futures.Executor):
         return [value for _, value in results]
 
     def map_with_context(self, fn, params, contexts, timeout=None):
-        """fn(param, context) for each pair, in the workers; what each task
-        changes in its context (a dict, or an object's attributes) comes
-        back and is applied to the caller's context object, in order.
-        Returns the results in order."""
-        futures = [self.submit(call_with_context, fn, p, c) for p, c in zip(params, contexts)]
-        results = []
-        for f, context in zip(futures, contexts):
-            result, state = f.result(timeout)
-            _apply_state(context, state)
-            results.append(result)
+        """fn(param, context) for each pair, in the workers; returns the
+        results in order.
+
+        A context is a dict, or an object whose attributes are its state
+        (its ``__dict__``): per-task state that changes as the work goes on
+        (counters, caches, a best value so far). What a task leaves in its
+        context (keys or attributes set, changed or deleted, and objects in
+        it changed in place) is applied to the caller's context object when
+        the task ends. Tasks given the same context object run one after
+        another, in the order of ``params``, each getting the context as the
+        one before left it, so no update is lost; tasks on different
+        contexts run in parallel. A shared object (a ``share`` handle) in a
+        context reaches the task as the object, and comes back as its
+        handle, never copied. A context travels with each of its tasks:
+        share what is large in it.
+
+        If a task raises, no task starts after that; those running finish
+        and their changes are applied; then its exception is raised. A
+        context is thus updated by each of its tasks that returned, and by
+        none that raised or did not run. ``timeout`` (seconds, for the whole
+        call): TimeoutError, with the tasks not started cancelled."""
+        params, contexts = list(params), list(contexts)
+        if len(params) != len(contexts):
+            raise ValueError(f"map_with_context needs a context per param: got {len(params)} "
+                             f"params and {len(contexts)} contexts")
+        for c in contexts:
+            _state_of(c)  # a TypeError now, before any task runs
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chains = {}  # id(context) -> the indices of its tasks not yet submitted
+        for i, c in enumerate(contexts):
+            chains.setdefault(id(c), []).append(i)
+        for chain in chains.values():
+            chain.reverse()
+        results = [None] * len(params)
+        running = {}
+        failure = None
+
+        def start(chain):
+            i = chain.pop()
+            running[self.submit(call_with_context, fn, params[i], contexts[i])] = i
+        for chain in chains.values():
+            start(chain)
+        while running:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = concurrent.futures.wait(running, left, concurrent.futures.FIRST_COMPLETED)
+            if not done:
+                for f in running:
+                    f.cancel()
+                raise concurrent.futures.TimeoutError(
+                    f"map_with_context: {len(running)} tasks not done after {timeout} s")
+            for f in done:
+                i = running.pop(f)
+                try:
+                    results[i], state = f.result()
+                except BaseException as e:
+                    failure = failure or e
+                    continue
+                _apply_state(contexts[i], state)
+                chain = chains[id(contexts[i])]
+                if chain and failure is None:
+                    start(chain)
+        if failure is not None:
+            raise failure
         return results
 
     def shutdown(self, wait=True, *, cancel_futures=False):

@@ -376,6 +376,54 @@ def test_map_with_context_applies_the_changes_in_order(pool):
     assert contexts == [{"seen": 2}, {"seen": 2}, {"other": "x", "seen": 3}]
 
 
+class Fit:
+    def __init__(self, model):
+        self.model, self.n_evals, self.best, self.scratch = model, 0, None, "gone after a task"
+
+
+def evaluate(x, fit):
+    fit.n_evals += 1
+    value = float(fit.model["W"][:4].sum()) * x
+    if fit.best is None or value < fit.best:
+        fit.best = value
+    vars(fit).pop("scratch", None)
+    fit.scratch_seen = fit.n_evals
+    return value
+
+
+def fail_on_3(x, context):
+    context["ran"] = context.get("ran", []) + [x]
+    if x == 3:
+        raise ValueError("bad x 3")
+    return x
+
+
+def test_map_with_context_loses_no_update_and_keeps_handles(pool):
+    model = pool.share({"W": np.ones(1 << 16, np.float32)})
+    one, other = Fit(model), Fit(model)
+    xs = list(range(20)) + [-1, -2]
+    contexts = [one] * 20 + [other] * 2
+    assert pool.map_with_context(evaluate, xs, contexts) == [4.0 * x for x in xs]
+    # Twenty tasks on one context: each saw the one before (it was 1, not 20).
+    assert one.n_evals == 20 and one.best == 0.0 and one.scratch_seen == 20
+    assert other.n_evals == 2 and other.best == -8.0
+    assert not hasattr(one, "scratch")  # deleted in the worker, deleted here
+    # The shared model came back as its handle, not as a copy of the object.
+    assert isinstance(one.model, zcstore.Shared) and one.model.ref == model.ref
+    with pytest.raises(ValueError, match="2 params and 3 contexts"):
+        pool.map_with_context(evaluate, [1, 2], [one, one, other])
+    with pytest.raises(TypeError, match="dict or an object"):
+        pool.map_with_context(evaluate, [1], [5])
+
+
+def test_map_with_context_applies_what_returned_when_a_task_raises(pool):
+    a, b = {}, {}
+    with pytest.raises(ValueError, match="bad x 3"):
+        pool.map_with_context(fail_on_3, [1, 3, 5, 2], [a, a, a, b])
+    # a: the task of 1 returned, 3 raised (its change is not applied), 5 never ran.
+    assert a == {"ran": [1]} and b == {"ran": [2]}
+
+
 # ------------------------------------------------------------ killing the parent
 
 PARENT = r"""
