@@ -315,9 +315,11 @@ class PyPool {
             if (!incoming_.empty()) until = std::min(until, incoming_.front().queued + kWaiterFirst);
             collector_idle_ = incoming_.empty();
             wake_.wait_until(lock, until, [&] {
-              return stopping_ || stop_waiting_ || (collector_idle_ && !incoming_.empty());
+              return stopping_ || stop_waiting_ || watch_now_ ||
+                     (collector_idle_ && !incoming_.empty());
             });
             collector_idle_ = false;
+            watch_now_ = false;
           }
           TakeDueLocked();
         }
@@ -424,6 +426,23 @@ class PyPool {
   }
 
   // Stops the workers. The collector must have stopped calling Wait.
+  // Someone waits for task `token` without waiting on its own thread
+  // (concurrent.futures.wait, as_completed): the collector watches it now,
+  // not kWaiterFirst after its submit.
+  void WatchNow(uint64_t token) {
+    std::lock_guard lock(mu_);
+    for (size_t i = 0; i < incoming_.size(); ++i) {
+      if (incoming_[i].token != token) continue;
+      Incoming in = std::move(incoming_[i]);
+      incoming_.erase(incoming_.begin() + static_cast<ptrdiff_t>(i));
+      in.queued = Clock::time_point::min();
+      incoming_.push_front(std::move(in));
+      watch_now_ = true;
+      wake_.notify_one();
+      return;
+    }
+  }
+
   void Shutdown() {
     py::gil_scoped_release nogil;
     std::unique_ptr<Pool> p;
@@ -496,6 +515,7 @@ class PyPool {
   // and is woken by its answer directly; then the collector watches it.
   std::deque<Incoming> incoming_;
   bool collector_idle_ = false;  // the collector waits for a task to be queued
+  bool watch_now_ = false;       // WatchNow put a task at the front of incoming_
   std::vector<Future<PyCall>> pending_;  // the collector's own
   std::vector<uint64_t> tokens_;
   // Every unfinished task's handle, for cancels and running() from any thread.
@@ -553,6 +573,7 @@ void RegisterPool(py::module_& m) {
       .def("running", &PyPool::Running)
       .def("shutdown", &PyPool::Shutdown)
       .def("take_logs", &PyPool::TakeLogs)
+      .def("watch_now", &PyPool::WatchNow)
       .def("broadcast", &PyPool::Broadcast)
       .def("stats", [](PyPool& p) {
         PoolStats s = p.Stats();

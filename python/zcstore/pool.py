@@ -313,6 +313,23 @@ def _name_of(fn):
     return f"{module}.{qualname}" if module else qualname
 
 
+class _Waiters(list):
+    """A Future's waiters list (concurrent.futures.wait and as_completed
+    add theirs to it): the first one added has the pool watch the task at
+    once, rather than leave it a millisecond to a thread waiting on it
+    with result()."""
+
+    __slots__ = ("engine", "token")
+
+    def __init__(self, engine, token):
+        super().__init__()
+        self.engine, self.token = engine, token
+
+    def append(self, waiter):
+        super().append(waiter)
+        self.engine.watch_now(self.token)
+
+
 class Future(concurrent.futures.Future):
     """The Future of a task submitted to a zcstore.Pool.
 
@@ -328,6 +345,8 @@ class Future(concurrent.futures.Future):
         super().__init__()
         self._engine, self._token = engine, token
         self._calls = 1  # calls of map's chunk it runs
+        if engine is not None:
+            self._waiters = _Waiters(engine, token)
 
     def _wait_here(self, timeout):
         if self.done() or self._engine is None:
@@ -505,6 +524,11 @@ class _Engine:
         core = self.core
         return (core is not None and not self.stop and os.getpid() == self.pid
                 and core.running(token))
+
+    def watch_now(self, token):
+        core = self.core
+        if core is not None and not self.stop and os.getpid() == self.pid:
+            core.watch_now(token)
 
     def forget(self, token):
         with self.lock:
