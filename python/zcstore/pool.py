@@ -70,6 +70,21 @@ _pins = {}  # in a worker: its pins of the objects it inherited
 
 
 def _attach(ref):
+    try:
+        return _attach_here(ref)
+    except NotFound as e:
+        if "is not open in this process" not in str(e):
+            raise  # unshared: its own message
+        raise NotFound(
+            f"{ref!r} was shared by another zcstore.Pool, whose store this pool's workers "
+            "do not have: share the object with the pool that runs the task "
+            "(pool.share(obj)); to share one object with several pools, give them one "
+            "store: store = zcstore.Store.create(backing='memfd'), "
+            "zcstore.Pool(store=store), and store.put(obj) shared with each pool's "
+            "share(ref)") from None
+
+
+def _attach_here(ref):
     # The cache holds the object while it is shared; an unshared one is
     # dropped and reported, never served stale.
     obj = _attached.get(ref)
@@ -100,9 +115,116 @@ def _store_of(ref):
 IN_BAND_BELOW = 64 << 10
 
 
-def dumps(obj):
+def _main_names(path):
+    """The names a spawned worker's __mp_main__ defines: those bound at the
+    top level of the script at `path`, outside its `if __name__ ==
+    "__main__":` blocks (which a worker does not run). None if unreadable."""
+    import ast
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+    def is_main_guard(node):
+        t = node.test
+        return (isinstance(t, ast.Compare) and isinstance(t.left, ast.Name)
+                and t.left.id == "__name__" and len(t.comparators) == 1
+                and isinstance(t.comparators[0], ast.Constant)
+                and t.comparators[0].value == "__main__")
+
+    names = set()
+
+    def visit(body):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+            elif isinstance(node, ast.If) and not is_main_guard(node):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, (ast.Try, ast.With, ast.For, ast.While)):
+                for part in ("body", "orelse", "finalbody"):
+                    visit(getattr(node, part, []))
+                for h in getattr(node, "handlers", []):
+                    visit(h.body)
+    visit(tree.body)
+    return names
+
+
+def _resolve(namespace, qualname):
+    obj = namespace.get(qualname.split(".")[0], _MISSING)
+    for part in qualname.split(".")[1:]:
+        obj = getattr(obj, part, _MISSING)
+    return obj
+
+
+_MISSING = object()
+
+
+class _MainFunctions:
+    """Which functions of ``__main__`` a pool's workers cannot import by
+    name, and so get by value (cloudpickle): under spawn, those of an
+    interactive session (a REPL, ``python -c``, stdin: no script to import)
+    and those not defined at the script's top level (inside its
+    ``if __name__ == "__main__":``); under fork, those not in ``__main__``
+    as it was when the workers were forked (defined after the first task)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.forked = None  # fork: __main__'s namespace when the workers were forked
+        self.script = {}    # spawn: path -> its top-level names
+
+    def snapshot(self):
+        if self.backend == "fork":
+            self.forked = dict(vars(sys.modules["__main__"]))
+
+    def by_value(self, fn):
+        if _cloudpickle is None or self.backend == "threads":
+            return False
+        qualname = getattr(fn, "__qualname__", "")
+        if self.backend == "fork":
+            return self.forked is not None and _resolve(self.forked, qualname) is not fn
+        path = getattr(sys.modules["__main__"], "__file__", None)
+        if path is None or not os.path.isfile(path):
+            return True
+        if path not in self.script:
+            self.script[path] = _main_names(path)
+        names = self.script[path]
+        return names is not None and qualname.split(".")[0] not in names
+
+
+def _by_value(fn):
+    return _cloudpickle.loads, (_cloudpickle.dumps(fn, protocol=5),)
+
+
+class _CallPickler(_Pickler):
+    """The store's pickler, sending ``__main__``'s functions that a worker
+    could not import by value."""
+
+    def __init__(self, file, main, **kwargs):
+        super().__init__(file, **kwargs)
+        self._main = main
+
+    def reducer_override(self, obj):
+        if (type(obj) is _FunctionType and obj.__module__ == "__main__"
+                and self._main is not None and self._main.by_value(obj)):
+            return _by_value(obj)
+        return super().reducer_override(obj)
+
+
+_FunctionType = type(_resolve)
+
+
+def dumps(obj, main=None):
     """obj as (pickle-5 stream, out-of-band buffers); functions by reference,
-    or by value through cloudpickle when plain pickle cannot name them."""
+    or by value through cloudpickle when plain pickle cannot name them, or
+    (`main`, a _MainFunctions) when a worker could not import them."""
     buffers = []
 
     def out_of_band(b):  # False: out of band (pickle's convention)
@@ -112,7 +234,7 @@ def dumps(obj):
         return False
     stream = io.BytesIO()
     try:
-        _Pickler(stream, protocol=5, buffer_callback=out_of_band).dump(obj)
+        _CallPickler(stream, main, protocol=5, buffer_callback=out_of_band).dump(obj)
     except (pickle.PicklingError, AttributeError, TypeError):
         if _cloudpickle is None:
             raise
@@ -441,6 +563,7 @@ class _Engine:
         self.main_name, self.create_args, self.timeout_ms, self.log = (
             main_name, create_args, timeout_ms, log)
         self.pid = os.getpid()
+        self.main = _MainFunctions(backend)
         self.log_lines_dropped = 0
         self.calls_done = 0  # calls, not tasks: a map chunk counts its calls
         self.calls_failed = 0
@@ -480,6 +603,7 @@ class _Engine:
             if self.stop:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self.core is None:
+                self.main.snapshot()  # what the forked workers will have
                 self.core = _core.Pool.create(*self.create_args)
                 self.started.set()
             return self.core
@@ -766,6 +890,14 @@ class Pool(concurrent.futures.Executor):
             raise InvalidArgument(f"max_workers must be greater than 0, not {workers}")
         if store is not None and (not isinstance(store, Store) or store.closed):
             raise InvalidArgument(f"store must be an open zcstore.Store, not {store!r}")
+        if backend != "threads" and getattr(
+                multiprocessing.process.current_process(), "_inheriting", False):
+            raise RuntimeError(
+                "zcstore.Pool() was called while a spawned worker was importing the main "
+                "module: a script that starts a process pool must do so under\n\n"
+                "    if __name__ == '__main__':\n\n"
+                "(as with multiprocessing's spawn and ProcessPoolExecutor), or each worker "
+                "would start a pool of its own")
         if backend == "threads" and task_timeout:
             raise InvalidArgument(
                 "task_timeout needs worker processes: a thread running a stuck task cannot "
@@ -791,8 +923,12 @@ class Pool(concurrent.futures.Executor):
                 # As bytes: the key refuses to be pickled outside a spawn
                 # (the worker's prepare() makes it an AuthenticationString).
                 prepare["authkey"] = bytes(prepare["authkey"])
+                # A main module that is no file (stdin reports "<stdin>"): not
+                # run in the workers; its functions travel by value instead.
+                if not os.path.isfile(prepare.get("init_main_from_path") or ""):
+                    prepare.pop("init_main_from_path", None)
                 try:
-                    init = _dumps_bytes((initializer, tuple(initargs)))
+                    init = _dumps_bytes((initializer, tuple(initargs)), _MainFunctions(backend))
                 except Exception as e:
                     raise pickle.PicklingError(
                         f"the initializer or its initargs cannot be sent to spawned workers: {e} "
@@ -905,7 +1041,7 @@ class Pool(concurrent.futures.Executor):
         e = self._e
         e.check_process()
         try:
-            stream, buffers = dumps(call)
+            stream, buffers = dumps(call, e.main)
         except Exception as error:
             failure = pickle.PicklingError(
                 f"{_name_of(fn)} or its arguments cannot be sent to a worker: {error} "
@@ -982,8 +1118,9 @@ class Pool(concurrent.futures.Executor):
         The first failure is raised (after every worker has answered)."""
         e = self._e
         e.check_process()
-        stream, buffers = dumps((fn, args, {}))
-        outcomes = e.start().broadcast(stream, buffers)
+        core = e.start()
+        stream, buffers = dumps((fn, args, {}), e.main)
+        outcomes = core.broadcast(stream, buffers)
         results = [e.outcome(code, message, st, bufs) for _, code, message, st, bufs in outcomes]
         for ok, value in results:
             if not ok:
@@ -1065,8 +1202,8 @@ class Pool(concurrent.futures.Executor):
         self._e.shutdown(wait, cancel_futures)
 
 
-def _dumps_bytes(obj):
-    stream, buffers = dumps(obj)
+def _dumps_bytes(obj, main=None):
+    stream, buffers = dumps(obj, main)
     if buffers:  # out-of-band buffers go in band here: this is start-up data
         return pickle.dumps(loads(stream, buffers), protocol=5)
     return bytes(stream)

@@ -56,7 +56,15 @@ class Runner:
             # unpickled only now that its module can be found.
             start = self._store.get(self._store.lookup(self._main_name))
             logging.getLogger().setLevel(start["log_level"])
-            multiprocessing.spawn.prepare(start["prepare"])
+            # Marked as multiprocessing's spawn marks it, so that a script
+            # without its __main__ guard gets the usual RuntimeError (from
+            # Pool(), or a ProcessPoolExecutor) rather than start pools.
+            me = multiprocessing.process.current_process()
+            me._inheriting = True
+            try:
+                multiprocessing.spawn.prepare(start["prepare"])
+            finally:
+                me._inheriting = False
             self._initializer, self._initargs = pickle.loads(start["init"])
             self._store = None
         if self._initializer is not None:

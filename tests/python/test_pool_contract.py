@@ -450,3 +450,88 @@ def test_a_manager_proxy_works_in_spawned_workers():
         with zcstore.Pool(2) as pool:
             assert list(pool.map(append_to, [shared] * 4, range(4), chunksize=1)) == [0, 1, 2, 3]
         assert sorted(shared) == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------ interactive use
+
+INTERACTIVE = """\
+import zcstore
+def cube(x):
+    return x ** 3
+
+with zcstore.Pool(2) as pool:
+    print(list(pool.map(cube, range(4))), pool.submit(cube, 5).result())
+
+"""
+
+
+@pytest.mark.skipif(zcstore.pool._cloudpickle is None, reason="needs python3-cloudpickle")
+@pytest.mark.parametrize("how", ["-c", "stdin", "repl"])
+def test_functions_of_a_repl_python_c_or_stdin_reach_spawned_workers(how):
+    # A spawned worker cannot import them (there is no script): they travel
+    # by value. Before, stdin broke the pool and -c failed every task.
+    args = {"-c": ["-c", INTERACTIVE], "stdin": [], "repl": ["-i", "-q"]}[how]
+    r = subprocess.run([sys.executable, *args], input=None if how == "-c" else INTERACTIVE,
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    assert "[0, 1, 8, 27] 125" in r.stdout, r.stderr
+
+
+@pytest.mark.skipif(zcstore.pool._cloudpickle is None, reason="needs python3-cloudpickle")
+def test_functions_a_worker_cannot_import_travel_by_value():
+    r = run_script("""
+        import zcstore
+        def top(x):
+            return x + 1
+        if __name__ == "__main__":
+            def inner(x):  # under the guard: not in a spawned worker's __mp_main__
+                return x * 2
+            with zcstore.Pool(2) as pool:
+                print(pool.submit(top, 1).result(), pool.submit(inner, 4).result())
+            with zcstore.Pool(2, backend="fork") as pool:
+                print(pool.submit(top, 1).result())  # the workers are forked here
+                def later(x):  # defined after: not in the workers' __main__
+                    return x - 1
+                print(pool.submit(later, 10).result(), list(pool.map(later, [3, 4])))
+        """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n") == ["2 8", "2", "9 [2, 3]", ""]
+
+
+def test_a_script_without_its_main_guard_gets_the_guidance_not_nested_pools():
+    r = run_script("""
+        import os, zcstore
+        def pid(_):
+            return os.getpid()
+        with zcstore.Pool(2) as pool:  # no `if __name__ == "__main__":`
+            try:
+                pool.submit(pid, 0).result(30)
+            except Exception as e:
+                print(type(e).__name__, "|", e.__cause__)
+        """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("BrokenProcessPool | zcstore.Pool() was called while a spawned "
+                               "worker was importing the main module"), r.stdout
+    assert "if __name__ == '__main__':" in r.stdout
+
+
+def total(model):
+    return float(model["w"].sum())
+
+
+def test_another_pool_s_handle_says_what_to_do():
+    import numpy as np
+    with zcstore.Pool(1) as a, zcstore.Pool(1) as b:
+        handle = a.share({"w": np.ones(10)})
+        with pytest.raises(zcstore.NotFound, match="shared by another zcstore.Pool") as e:
+            b.submit(total, handle).result(TIMEOUT)
+        assert "open_fd" not in str(e.value)
+    # What it advises: one store for both pools, the object shared with each.
+    store = zcstore.Store.create(backing="memfd")
+    try:
+        with zcstore.Pool(1, store=store) as a, zcstore.Pool(1, store=store) as b:
+            ref = store.put({"w": np.ones(10)})
+            assert a.submit(total, a.share(ref)).result(TIMEOUT) == 10.0
+            assert b.submit(total, b.share(ref)).result(TIMEOUT) == 10.0
+    finally:
+        store.close()
