@@ -45,16 +45,23 @@ class Shared:
     """A handle on an object shared with the workers (Pool.share).
 
     Put it anywhere in a task's arguments: the task receives the object
-    itself, got from the pool's store once per worker and cached, its arrays
-    read-only views of the store.
+    itself, its arrays read-only views of the store. By default it is got
+    from the pool's store once per worker and cached, so what a task
+    changes in its Python objects (a dict's keys, a DataFrame's columns, a
+    fitted estimator's attributes) the worker's later tasks see; with
+    ``fresh`` each task gets its own unpickled copy of those objects (the
+    arrays still zero-copy views), at the cost of unpickling the
+    structure once per task.
     """
 
-    __slots__ = ("ref",)
+    __slots__ = ("ref", "fresh")
 
-    def __init__(self, ref):
-        self.ref = ref
+    def __init__(self, ref, fresh=False):
+        self.ref, self.fresh = ref, fresh
 
     def __reduce__(self):
+        if self.fresh:
+            return _fresh, (self.ref,)
         return _attach, (self.ref,)
 
     def __repr__(self):
@@ -69,8 +76,16 @@ _inherited = {}
 _pins = {}  # in a worker: its pins of the objects it inherited
 
 
-def _attach(ref):
+def _fresh(ref):
+    """The object of `ref` unpickled anew, for one task (Shared.fresh)."""
+    return _attach(ref, fresh=True)
+
+
+def _attach(ref, fresh=False):
     try:
+        if fresh:
+            _attach_here(ref)  # checks it is shared, and pins it here
+            return ref.get()
         return _attach_here(ref)
     except NotFound as e:
         if "is not open in this process" not in str(e):
@@ -998,12 +1013,16 @@ class Pool(concurrent.futures.Executor):
 
     # --- sharing
 
-    def share(self, obj, move=False):
+    def share(self, obj, move=False, fresh=False):
         """Puts ``obj`` in the pool's store once; returns its Shared handle.
 
         ``obj`` may also be a Ref of an object already in the pool's store
         (put there through the store given as ``store=``, say): its handle,
-        with nothing put."""
+        with nothing put. Its arrays are read-only in the workers. Its other
+        objects are cached per worker: a task that changes them (``df["a"]
+        = ...``, ``est.fit(...)``, a list's append) changes them for that
+        worker's later tasks. ``fresh=True``: each task gets them unpickled
+        anew, so no task sees another's changes."""
         e = self._e
         e.check_process()
         if isinstance(obj, Ref):
@@ -1015,7 +1034,7 @@ class Pool(concurrent.futures.Executor):
         if self._backend == "fork":  # attached here once, inherited by every worker
             _inherited[ref] = e.store.get(ref)
             e.shared.add(ref)
-        return Shared(ref)
+        return Shared(ref, fresh)
 
     def empty(self, shape, dtype=float, order="C"):
         """A writable array in the pool's store, to fill and then share with

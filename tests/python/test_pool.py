@@ -577,3 +577,25 @@ def test_forked_workers_neither_repeat_the_parents_buffered_output_nor_its_handl
                for line in r.stdout.splitlines() if line.startswith("parent-handler")]
     assert all(records) and sorted(int(m[1]) for m in records) == [0, 1, 2, 3], r.stdout
     assert "parent-handler" not in r.stderr, r.stderr  # the workers' inherited handler is gone
+
+
+def grow(model, x):
+    model["seen"].append(x)
+    model["extra"] = x
+    return list(model["seen"]), "extra" in model
+
+
+def test_a_task_s_changes_to_a_shared_object_stay_in_its_worker_unless_fresh():
+    # The documented rule: shared objects are cached per worker, so their
+    # Python-level changes reach that worker's later tasks; fresh=True
+    # gives each task its own.
+    with zcstore.Pool(1) as pool:
+        cached = pool.share({"seen": [], "w": np.zeros(4)})
+        fresh = pool.share({"seen": [], "w": np.zeros(4)}, fresh=True)
+        assert [pool.submit(grow, cached, x).result(TIMEOUT) for x in (1, 2)] == [
+            ([1], True), ([1, 2], True)]
+        assert [pool.submit(grow, fresh, x).result(TIMEOUT) for x in (1, 2)] == [
+            ([1], True), ([2], True)]
+        pool.unshare(fresh)
+        with pytest.raises(zcstore.NotFound):
+            pool.submit(grow, fresh, 3).result(TIMEOUT)
