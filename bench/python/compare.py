@@ -226,6 +226,25 @@ def system_zcstore(backend):
     return run
 
 
+def system_zcstore_heap(backend, move=False):
+    """The model on the heap, as users have it, shared as it is: a fork
+    pool's workers inherit it (copy-on-write, nothing copied); a spawn
+    pool copies it into its store once (`move`: freeing the heap pages as
+    it goes, so the peak stays near one copy; the model is then gone, so
+    each run gets a copy of it made before its clock starts)."""
+    def run(model, workers, users, seeds):
+        if move:
+            model = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in model.items()}
+        t0 = time.perf_counter()
+        with zcstore.Pool(workers, backend=backend, progress=False,
+                          store_capacity=model_bytes(model) + 256 * MIB) as pool:
+            shared = pool.share(model, move=move)
+            return run_tasks(t0, lambda *a: pool.submit(best_item, *a),
+                             lambda *a: pool.map(best_item, *a, chunksize=CHUNK),
+                             ([shared] * len(users), users, seeds))
+    return run
+
+
 def system_ppe_pickled(model, workers, users, seeds):
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
@@ -288,6 +307,9 @@ def system_joblib(model, workers, users, seeds):
 
 
 SYSTEMS = {
+    "zcstore spawn (heap)": system_zcstore_heap("spawn"),
+    "zcstore spawn move (heap)": system_zcstore_heap("spawn", move=True),
+    "zcstore fork (heap)": system_zcstore_heap("fork"),
     "zcstore spawn": system_zcstore("spawn"),
     "zcstore fork": system_zcstore("fork"),
     "zcstore threads": system_zcstore("threads"),

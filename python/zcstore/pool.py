@@ -110,11 +110,21 @@ def _attach_here(ref):
         _pins.pop(ref, None)
     elif ref in _inherited:
         _pins[ref] = _store_of(ref)._pin(ref)  # NotFound once unshared
-        obj = _attached[ref] = _inherited.pop(ref)
+        obj = _attached[ref] = _inherited[ref]
         return obj
     obj = ref.get()
+    if type(obj) is _HeldByForkedWorkers:
+        raise NotFound(
+            f"{ref!r} was shared with a fork pool's workers by inheritance (copy-on-write, "
+            "not copied into the store), and this process did not inherit it: share it "
+            "with inherit=False to reach other processes")
     _attached[ref] = obj
     return obj
+
+
+class _HeldByForkedWorkers:
+    """What the store holds for an object a fork pool's workers inherit:
+    only its name, so that unshare and the checks of a handle work alike."""
 
 
 def _store_of(ref):
@@ -1013,7 +1023,7 @@ class Pool(concurrent.futures.Executor):
 
     # --- sharing
 
-    def share(self, obj, move=False, fresh=False):
+    def share(self, obj, move=False, fresh=False, inherit=None):
         """Puts ``obj`` in the pool's store once; returns its Shared handle.
 
         ``obj`` may also be a Ref of an object already in the pool's store
@@ -1022,13 +1032,33 @@ class Pool(concurrent.futures.Executor):
         objects are cached per worker: a task that changes them (``df["a"]
         = ...``, ``est.fit(...)``, a list's append) changes them for that
         worker's later tasks. ``fresh=True``: each task gets them unpickled
-        anew, so no task sees another's changes."""
+        anew, so no task sees another's changes.
+
+        A fork pool whose workers are not forked yet (before its first
+        task) lets them inherit ``obj`` copy-on-write from this process, as
+        ProcessPoolExecutor's fork workers inherit globals: nothing is
+        copied, and it costs nothing that grows with the object. (A worker
+        then shares the object's pages with this process until either
+        writes them; Python's reference counts write only object headers,
+        never an array's data.) The workers see the object as it is when
+        they are forked: do not change it after sharing. ``inherit=False``
+        puts it in the store instead, as every later share does, and every
+        share of a spawn pool or of a pool given ``store=`` (whose objects
+        may be shared with other pools by their Ref), and ``fresh=True``."""
         e = self._e
         e.check_process()
         if isinstance(obj, Ref):
             if obj not in e.store:
                 raise NotFound(f"{obj!r} is not an object of this pool's store")
             ref = obj
+        elif (self._backend == "fork" and e.core is None and e.own_store and not fresh
+                and inherit is not False):
+            # Inherited by the workers when they are forked: the store
+            # holds only a name for it.
+            ref = e.store.put(_HeldByForkedWorkers())
+            _inherited[ref] = obj
+            e.shared.add(ref)
+            return Shared(ref)
         else:
             ref = e.store.put(obj, move=move)
         if self._backend == "fork":  # attached here once, inherited by every worker

@@ -537,7 +537,7 @@ def test_a_fork_pool_s_workers_inherit_what_it_shared_and_pin_it_themselves(tmp_
     # under the task (the worker pinned it when the task got it).
     n = 1 << 20
     with zcstore.Pool(1, backend="fork") as pool:
-        shared = pool.share({"W": np.ones(n, np.float32)})
+        shared = pool.share({"W": np.ones(n, np.float32)}, inherit=False)  # through the store
         flag = tmp_path / "attached"
         f = pool.submit(hold_and_check, shared, str(flag), 1.0)
         deadline = time.monotonic() + TIMEOUT
@@ -547,6 +547,31 @@ def test_a_fork_pool_s_workers_inherit_what_it_shared_and_pin_it_themselves(tmp_
         for _ in range(4):  # puts that would take the freed space
             pool.share(np.full(n, 7, np.float32))
         assert f.result(TIMEOUT) == (n, n, False)
+        with pytest.raises(zcstore.NotFound):
+            pool.submit(total, shared, 0).result(TIMEOUT)
+
+
+def scribble_and_sum(model):
+    model["W"][0] = 5.0  # the worker's own copy-on-write page
+    return float(model["W"].sum())
+
+
+def test_a_fork_pool_s_workers_inherit_a_heap_object_with_no_copy():
+    # As ProcessPoolExecutor's fork workers inherit globals: nothing goes
+    # into the store (before, the whole object was copied there first).
+    w = np.ones(4 << 20, np.float32)  # 16 MiB
+    with zcstore.Pool(2, backend="fork") as pool:
+        shared = pool.share({"W": w})
+        assert pool._e.store.stats().used < (1 << 20)  # a name, not 16 MiB
+        assert pool.submit(total, shared, 0).result(TIMEOUT) == float(w.size)
+        # A worker's write stays in that worker: neither the parent nor the
+        # store sees it.
+        assert pool.submit(scribble_and_sum, shared).result(TIMEOUT) == float(w.size) + 4
+        assert w[0] == 1.0
+        late = pool.share({"W": w})  # the workers exist: through the store
+        assert pool._e.store.stats().used > (16 << 20)
+        assert pool.submit(total, late, 1).result(TIMEOUT) == float(w.size) + 1
+        pool.unshare(shared)
         with pytest.raises(zcstore.NotFound):
             pool.submit(total, shared, 0).result(TIMEOUT)
 
