@@ -1103,9 +1103,10 @@ class Pool(concurrent.futures.Executor):
         finally:
             stream.release()
 
-    def _chunks(self, fn, iterables, chunksize, progress):
-        # A chunk travels as one list per iterable (cheaper to pickle than
-        # a tuple per call), cut to the shortest, as zip and map do.
+    def _plan(self, iterables, chunksize):
+        """map's calls as chunks: (columns, [(first, count)]). A chunk
+        travels as one list per iterable (cheaper to pickle than a tuple
+        per call), cut to the shortest, as zip and map do."""
         columns = [list(it) for it in iterables]
         n = min(map(len, columns), default=0)
         ramp = chunksize is None
@@ -1114,25 +1115,59 @@ class Pool(concurrent.futures.Executor):
         chunksize = int(chunksize)
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        bar = _progress(self._progress_setting if progress is None else progress, n)
-        futures = []
+        chunks = []
         i, size = 0, 1 if ramp else chunksize
         while i < n:
             # The first chunk of each worker is one call, the next two, and
             # so on up to chunksize: the first result comes after one call,
             # not after a whole chunk (joblib's auto-batching ramps alike).
             k = min(size, n - i)
-            f = self._submit(fn, (call_chunk, (fn, [c[i:i + k] for c in columns]), {}), k)
-            if bar is not None:
-                # Calls that returned count: not a chunk cancelled (at
-                # Ctrl-C, say) nor one that failed.
-                f.add_done_callback(
-                    lambda f, k=k: f.cancelled() or f.exception() is not None or bar.update(k))
-            futures.append(f)
+            chunks.append((i, k))
             i += k
-            if len(futures) % self.workers == 0:
+            if len(chunks) % self.workers == 0:
                 size = min(chunksize, 2 * size)
-        return futures, bar
+        return columns, chunks
+
+    def _submit_chunk(self, fn, columns, i, k, bar=None):
+        f = self._submit(fn, (call_chunk, (fn, [c[i:i + k] for c in columns]), {}), k)
+        if bar is not None:
+            # Calls that returned count: not a chunk cancelled (at Ctrl-C,
+            # say) nor one that failed.
+            f.add_done_callback(
+                lambda f, k=k: f.cancelled() or f.exception() is not None or bar.update(k))
+        return f
+
+    def _chunks(self, fn, iterables, chunksize, progress):
+        columns, chunks = self._plan(iterables, chunksize)
+        n = sum(k for _, k in chunks)
+        bar = _progress(self._progress_setting if progress is None else progress, n)
+        return [self._submit_chunk(fn, columns, i, k, bar) for i, k in chunks], bar
+
+    async def amap(self, fn, *iterables, chunksize=None):
+        """map for asyncio: ``async for result in pool.amap(fn, items)``,
+        results in order. The event loop is never blocked: results come
+        through asyncio.wrap_future (a worker's answer is unpickled on the
+        pool's collector thread), and chunks are submitted a few at a time
+        (at most four per worker ahead of the one awaited), each submit
+        followed by a turn of the loop. Leaving the loop early (break, an
+        exception, cancellation) cancels what has not started."""
+        import asyncio
+        columns, chunks = self._plan(iterables, chunksize)
+        ahead = 4 * self.workers
+        futures = []  # submitted, not yet yielded, oldest first
+        chunks.reverse()
+        try:
+            while chunks or futures:
+                while chunks and len(futures) < ahead:
+                    i, k = chunks.pop()
+                    futures.append(self._submit_chunk(fn, columns, i, k))
+                    await asyncio.sleep(0)
+                for result in await asyncio.wrap_future(futures[0]):
+                    yield result
+                futures.pop(0)
+        finally:
+            for f in futures:
+                f.cancel()
 
     def map(self, fn, *iterables, timeout=None, chunksize=None, progress=None):
         """Like Executor.map: results in order, as they are needed. Calls

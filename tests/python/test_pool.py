@@ -624,3 +624,34 @@ def test_a_task_s_changes_to_a_shared_object_stay_in_its_worker_unless_fresh():
         pool.unshare(fresh)
         with pytest.raises(zcstore.NotFound):
             pool.submit(grow, fresh, 3).result(TIMEOUT)
+
+
+# ------------------------------------------------------------ asyncio
+
+@pytest.mark.parametrize("backend", PROCESSES + ["threads"])
+def test_the_pool_under_a_running_event_loop(backend):
+    import asyncio
+
+    async def main():
+        with zcstore.Pool(2, backend=backend) as pool:
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(pool, square, 7) == 49
+            assert await asyncio.wrap_future(pool.submit(square, 3)) == 9
+            with pytest.raises(KeyError, match="no item 4"):
+                await asyncio.wrap_future(pool.submit(fail, 4))
+            ticks = 0
+
+            async def ticker():  # the loop runs other tasks meanwhile
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0)
+                    ticks += 1
+            t = asyncio.create_task(ticker())
+            got = [r async for r in pool.amap(square, range(2000))]
+            t.cancel()
+            assert got == [x * x for x in range(2000)] and ticks > 10
+            # Leaving early cancels what has not started; nothing hangs.
+            async for r in pool.amap(sleep_for, [0.01] * 200):
+                break
+            assert [r async for r in pool.amap(square, [])] == []
+    asyncio.run(main())
