@@ -20,7 +20,7 @@ DEPS     := cmake g++ make pkg-config libflatbuffers-dev flatbuffers-compiler \
             libxxhash-dev libgtest-dev libgmock-dev libbenchmark-dev \
             python3-dev pybind11-dev python3-numpy python3-pytest \
             python3-venv python3-pip python3-setuptools python3-wheel python3-pybind11 \
-            python3-joblib python3-cloudpickle python3-tqdm \
+            python3-joblib python3-cloudpickle python3-tqdm python3-pandas \
             libopenmpi-dev openmpi-bin
 
 .PHONY: all deps configure build test cpython-tests demo demo-mpi bench bench-python bench-mpi compare fuzz clean

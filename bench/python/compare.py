@@ -306,6 +306,32 @@ def system_joblib(model, workers, users, seeds):
     return wall, wall
 
 
+def system_joblib_zcstore(start_method):
+    def run(model, workers, users, seeds):
+        return joblib_zcstore(start_method, model, workers, users, seeds)
+    return run
+
+
+def joblib_zcstore(start_method, model, workers, users, seeds):
+    """joblib's Parallel as its users write it, on the "zcstore" backend:
+    the model passed to every call; its arrays put in the store once
+    (spawn), or inherited by workers forked at the first batch (fork)."""
+    import joblib
+    import zcstore.joblib
+    t0 = time.perf_counter()
+    try:
+        with joblib.parallel_backend("zcstore", n_jobs=workers, start_method=start_method):
+            out = joblib.Parallel(batch_size=CHUNK)(
+                joblib.delayed(best_item)(model, u, s) for u, s in zip(users, seeds))
+    finally:
+        for pool in list(zcstore.joblib._pools.values()):  # as loky's, shut down each run
+            pool.shutdown()
+        zcstore.joblib._pools.clear()
+    assert len(out) == len(users)
+    wall = time.perf_counter() - t0
+    return wall, wall
+
+
 SYSTEMS = {
     "zcstore spawn (heap)": system_zcstore_heap("spawn"),
     "zcstore spawn move (heap)": system_zcstore_heap("spawn", move=True),
@@ -317,6 +343,8 @@ SYSTEMS = {
     "ProcessPoolExecutor fork": system_ppe_fork,
     "shared_memory + pickle 5": system_shared_memory,
     "joblib (loky)": system_joblib,
+    "joblib (zcstore backend)": system_joblib_zcstore("spawn"),
+    "joblib (zcstore backend fork)": system_joblib_zcstore("fork"),
 }
 
 

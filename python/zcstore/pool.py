@@ -127,6 +127,31 @@ class _HeldByForkedWorkers:
     only its name, so that unshare and the checks of a handle work alike."""
 
 
+_last_sweep = [0.0]
+
+
+def drop_unshared():
+    """In a worker, before each task: lets go of the cached objects that
+    were unshared since (their pins keep their space in the store, which
+    would fill up over many shares: joblib shares each call's arrays). A
+    look per cached object, each about a microsecond; past 64 of them, at
+    most every 100 ms."""
+    if not _attached:
+        return
+    now = time.monotonic()
+    if len(_attached) > 64 and now - _last_sweep[0] < 0.1:
+        return
+    _last_sweep[0] = now
+    for ref in list(_attached):
+        try:
+            gone = ref not in _store_of(ref)
+        except Exception:
+            gone = True
+        if gone:
+            _attached.pop(ref, None)
+            _pins.pop(ref, None)
+
+
 def _store_of(ref):
     from . import _resolve
     return _resolve(ref)
@@ -232,24 +257,41 @@ class _CallPickler(_Pickler):
     """The store's pickler, sending ``__main__``'s functions that a worker
     could not import by value."""
 
-    def __init__(self, file, main, **kwargs):
+    def __init__(self, file, main, extra=None, **kwargs):
         super().__init__(file, **kwargs)
-        self._main = main
+        self._main, self._extra = main, extra
 
     def reducer_override(self, obj):
+        if self._extra is not None:
+            reduced = self._extra(obj)
+            if reduced is not NotImplemented:
+                return reduced
         if (type(obj) is _FunctionType and obj.__module__ == "__main__"
                 and self._main is not None and self._main.by_value(obj)):
             return _by_value(obj)
         return super().reducer_override(obj)
 
 
+def _cloud_pickler(file, extra, **kwargs):
+    """cloudpickle's pickler, with `extra` reducing first (as _CallPickler's)."""
+    if extra is None:
+        return _cloudpickle.CloudPickler(file, **kwargs)
+
+    class Pickler(_cloudpickle.CloudPickler):
+        def reducer_override(self, obj):
+            reduced = extra(obj)
+            return reduced if reduced is not NotImplemented else super().reducer_override(obj)
+    return Pickler(file, **kwargs)
+
+
 _FunctionType = type(_resolve)
 
 
-def dumps(obj, main=None):
+def dumps(obj, main=None, extra=None):
     """obj as (pickle-5 stream, out-of-band buffers); functions by reference,
     or by value through cloudpickle when plain pickle cannot name them, or
-    (`main`, a _MainFunctions) when a worker could not import them."""
+    (`main`, a _MainFunctions) when a worker could not import them.
+    `extra(obj)`: a reducer_override asked first (NotImplemented: no)."""
     buffers = []
 
     def out_of_band(b):  # False: out of band (pickle's convention)
@@ -259,13 +301,13 @@ def dumps(obj, main=None):
         return False
     stream = io.BytesIO()
     try:
-        _CallPickler(stream, main, protocol=5, buffer_callback=out_of_band).dump(obj)
+        _CallPickler(stream, main, extra, protocol=5, buffer_callback=out_of_band).dump(obj)
     except (pickle.PicklingError, AttributeError, TypeError):
         if _cloudpickle is None:
             raise
         buffers.clear()
         stream = io.BytesIO()
-        _cloudpickle.CloudPickler(stream, protocol=5, buffer_callback=out_of_band).dump(obj)
+        _cloud_pickler(stream, extra, protocol=5, buffer_callback=out_of_band).dump(obj)
     return stream.getbuffer(), buffers
 
 
@@ -961,6 +1003,9 @@ class Pool(concurrent.futures.Executor):
                         "inheritance: use a Manager's, or backend='fork')") from e
                 store.bind(main_name, store.put({
                     "prepare": prepare, "init": init,
+                    # joblib's "zcstore" backend, registered in the workers too
+                    # (for nested Parallel calls that name it)
+                    "imports": [m for m in ("zcstore.joblib",) if m in sys.modules],
                     "log_level": logging.getLogger().getEffectiveLevel()}))
             fork = backend == "fork"
             create_args = (
@@ -1086,11 +1131,11 @@ class Pool(concurrent.futures.Executor):
         PicklingError), as with ProcessPoolExecutor."""
         return self._submit(fn, (fn, args, kwargs))
 
-    def _submit(self, fn, call, calls=1):
+    def _submit(self, fn, call, calls=1, extra=None):
         e = self._e
         e.check_process()
         try:
-            stream, buffers = dumps(call, e.main)
+            stream, buffers = dumps(call, e.main, extra)
         except Exception as error:
             failure = pickle.PicklingError(
                 f"{_name_of(fn)} or its arguments cannot be sent to a worker: {error} "

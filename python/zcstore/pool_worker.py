@@ -8,6 +8,7 @@ backend) starts in a ForkChild its pool made ready, run by the C++ pool in
 the new child before its loop, and runs the Runner its parent made. The
 threads backend runs a Runner in each of its threads.
 """
+import importlib
 import io
 import logging
 import multiprocessing.spawn
@@ -18,7 +19,7 @@ import sys
 import threading
 
 from . import Store, _core
-from .pool import STDOUT, dumps, exception_payload, loads, record_line
+from .pool import STDOUT, drop_unshared, dumps, exception_payload, loads, record_line
 
 STORE_FD = 4  # where the pool puts its store's descriptor (pool/pool_internal.h)
 _store = None  # a forked worker's handle on the pool's store
@@ -65,6 +66,8 @@ class Runner:
                 multiprocessing.spawn.prepare(start["prepare"])
             finally:
                 me._inheriting = False
+            for module in start.get("imports", ()):
+                importlib.import_module(module)
             self._initializer, self._initargs = pickle.loads(start["init"])
             self._store = None
         if self._initializer is not None:
@@ -89,6 +92,8 @@ class Runner:
         if local.failure is not None:
             outcome = (None, exception_payload(local.failure))
         else:
+            if self._process:
+                drop_unshared()
             try:
                 fn, args, kwargs = loads(stream, buffers)
                 outcome = (True, fn(*args, **kwargs))

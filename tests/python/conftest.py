@@ -35,6 +35,23 @@ def store():
         yield s
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test module that adapts another project's tests keeps only some of
+    them: its `select(item)` answers True (keep), False (drop) or a string
+    (skip, with that reason)."""
+    keep = []
+    for item in items:
+        select = getattr(item.module, "select", None) if hasattr(item, "module") else None
+        verdict = True if select is None else select(item)
+        if verdict is False:
+            config.hook.pytest_deselected(items=[item])
+            continue
+        if isinstance(verdict, str):
+            item.add_marker(pytest.mark.skip(reason=verdict))
+        keep.append(item)
+    items[:] = keep
+
+
 def pytest_sessionfinish(session, exitstatus):
     left = [n for n in os.listdir("/dev/shm") if n.startswith(f"zcstore.{os.getuid()}.{TAG}")]
     if left:
