@@ -8,6 +8,7 @@
 #   make bench-python                Python benchmarks -> bench/results/python.json
 #   make compare                     the demo's scenario through every Python way -> bench/results/compare.md
 #   make demo-mpi                    the demo over MPI: 4 ranks as 2 simulated nodes of 2
+#   make demo-mpi-python             the same from Python (zcstore.mpi over mpi4py), beside comm.bcast
 #   make bench-mpi                   Share over MPI beside MPI_Bcast to every rank -> bench/results/mpi.json
 #   make build BENCHMARKS=ON         build everything, the benchmarks too (CI)
 #   make test SANITIZE=address+undefined BUILD=build-asan
@@ -20,10 +21,10 @@ DEPS     := cmake g++ make pkg-config libflatbuffers-dev flatbuffers-compiler \
             libxxhash-dev libgtest-dev libgmock-dev libbenchmark-dev \
             python3-dev pybind11-dev python3-numpy python3-pytest \
             python3-venv python3-pip python3-setuptools python3-wheel python3-pybind11 \
-            python3-joblib python3-cloudpickle python3-tqdm python3-pandas \
+            python3-joblib python3-cloudpickle python3-tqdm python3-pandas python3-mpi4py \
             libopenmpi-dev openmpi-bin
 
-.PHONY: all deps configure build test cpython-tests demo demo-mpi bench bench-python bench-mpi compare fuzz clean
+.PHONY: all deps configure build test cpython-tests demo demo-mpi demo-mpi-python bench bench-python bench-mpi compare fuzz clean
 
 all: build
 
@@ -84,6 +85,9 @@ MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm
           ZCSTORE_MPI_RANKS_PER_NODE=2 mpirun --oversubscribe -np 4
 demo-mpi: build
 	$(MPIRUN) ./$(BUILD)/examples/mpi_shared_model $(DEMO_ARGS)
+
+demo-mpi-python: build
+	PYTHONPATH=$(BUILD)/python $(MPIRUN) /usr/bin/python3 examples/python/mpi_shared_model.py $(DEMO_ARGS)
 
 bench-mpi: build
 	@mkdir -p bench/results

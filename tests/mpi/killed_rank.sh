@@ -1,16 +1,19 @@
 #!/bin/bash
 # A rank killed mid-map takes the MPI job down (Open MPI 4.1 has no fault
 # tolerance), and leaves no rank running and no zcstore segment behind.
-# Usage: killed_rank.sh MPIRUN MPI_TEST_BINARY
+# Usage: killed_rank.sh MPIRUN PROGRAM [ARGS...] (run with --kill-a-rank added;
+# its rank 3 prints "rank 3 (pid N)" and kills itself)
 set -u
-mpirun=$1 bin=$2
+mpirun=$1
+shift
+bin="$*"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm=isolated \
   ZCSTORE_MPI_RANKS_PER_NODE=2
 # Segments are compared by name: tests running beside this one (ctest -j)
 # create and remove their own meanwhile.
 segments() { ls /dev/shm | grep '^zcstore' | sort || true; }
 before=$(segments)
-out=$(timeout 120 "$mpirun" --oversubscribe -np 4 "$bin" --kill-a-rank 2>&1)
+out=$(timeout 120 "$mpirun" --oversubscribe -np 4 "$@" --kill-a-rank 2>&1)
 rc=$?
 echo "$out" | tail -15
 [ "$rc" -ne 124 ] || { echo "FAIL: the job hung"; exit 1; }
