@@ -231,10 +231,11 @@ def system_zcstore_heap(backend, move=False):
     pool's workers inherit it (copy-on-write, nothing copied); a spawn
     pool copies it into its store once (`move`: freeing the heap pages as
     it goes, so the peak stays near one copy; the model is then gone, so
-    each run gets a copy of it made before its clock starts)."""
+    each run builds its own before its clock starts, and nothing else holds
+    it)."""
     def run(model, workers, users, seeds):
-        if move:
-            model = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in model.items()}
+        if move:  # given its size only: the model is built here, its one reference
+            model = make_model(model.mib)
         t0 = time.perf_counter()
         with zcstore.Pool(workers, backend=backend, progress=False,
                           store_capacity=model_bytes(model) + 256 * MIB) as pool:
@@ -242,7 +243,16 @@ def system_zcstore_heap(backend, move=False):
             return run_tasks(t0, lambda *a: pool.submit(best_item, *a),
                              lambda *a: pool.map(best_item, *a, chunksize=CHUNK),
                              ([shared] * len(users), users, seeds))
+    run.builds_model = move
     return run
+
+
+class ModelSize:
+    """What a system that builds its own model is given (see builds_model):
+    nothing else may hold the model that `share(move=True)` empties."""
+
+    def __init__(self, mib):
+        self.mib = mib
 
 
 def system_ppe_pickled(model, workers, users, seeds):
@@ -409,9 +419,16 @@ def _measure_child(name, mib, workers, tasks, q):
 
         # The tree's PSS with the system's workers but no model: the same
         # runs on a one-item model.
-        base = peak_pss(InStore(0) if in_store else make_model(0))
-        model = InStore(mib) if in_store else make_model(mib)
-        mb = model_bytes(model.model if in_store else model)
+        builds = getattr(system, "builds_model", False)
+
+        def model_of(mib):
+            if builds:
+                return ModelSize(mib)
+            return InStore(mib) if in_store else make_model(mib)
+        base = peak_pss(model_of(0))
+        model = model_of(mib)
+        mb = (model_bytes(make_model(mib)) if builds else
+              model_bytes(model.model if in_store else model))
         # Timed without the sampler (its readings hold each process's mmap
         # lock, which a fork waits for), then sampled. The first result is
         # the median of FIRST_RUNS starts (this one, then runs of one task),
@@ -542,7 +559,9 @@ def loop_gaps(workers, n):
                     last = now
             t = asyncio.create_task(ticker())
             t0 = time.perf_counter()
-            got = sum(1 async for _ in pool.amap(identity, range(n)))
+            got = 0
+            async for _ in pool.amap(identity, range(n)):
+                got += 1
             seconds = time.perf_counter() - t0
             done = True
             await t

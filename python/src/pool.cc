@@ -541,12 +541,11 @@ void RegisterPool(py::module_& m) {
             o.task_timeout = std::chrono::milliseconds(task_timeout_ms);
             o.start_timeout = std::chrono::milliseconds(start_timeout_ms);
             o.progress_bar = false;  // the Python side draws its own
-            // Interpreters are slow to start: work begins on the first one
-            // up. A fork pool is started by its first task (pool.py), which
-            // waits in the queue while the first worker gets ready.
-            o.create_waits_for = o.backend == PoolOptions::Backend::kFork
-                                     ? PoolOptions::StartWait::kFirstLaunch
-                                     : PoolOptions::StartWait::kFirstWorker;
+            // Create returns once the first worker is launched: a spawn
+            // pool's interpreters start while the caller goes on (sharing a
+            // model, say), and tasks wait in the queue for the first one up.
+            // A fork pool is started by its first task (pool.py).
+            o.create_waits_for = PoolOptions::StartWait::kFirstLaunch;
             if (o.backend == PoolOptions::Backend::kFork) {
               PyObject* run = fork_runner.ptr();
               PyObject* init = fork_init.ptr();

@@ -25,6 +25,7 @@ from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 
 from . import _core
 from . import Ref, Store, _Pickler, InvalidArgument, NotFound
+from . import errors as zcstore_errors
 from .errors import BY_CODE, Cancelled
 
 _BACKENDS = {"spawn": 0, "fork": 1, "threads": 2}
@@ -928,7 +929,7 @@ class Pool(concurrent.futures.Executor):
     ``max_retries`` times, then fails with WorkerCrashed (a
     BrokenProcessPool; the worker is replaced and the pool goes on); one
     running longer than ``task_timeout`` seconds is killed with its worker
-    and fails with Timeout. ``store_capacity``: bytes of the pool's store
+    and fails with Timeout. ``store_capacity``: bytes of the pool's store (None: the machine's memory)
     (shared objects, large arguments and results), reserved as they are
     used. ``store``: a memfd Store of the caller's to work in instead
     (store_capacity is then unused): arrays built in it with
@@ -944,7 +945,7 @@ class Pool(concurrent.futures.Executor):
     """
 
     def __init__(self, workers=None, backend=None, initializer=None, initargs=(),
-                 max_retries=0, task_timeout=None, store_capacity=1 << 30,
+                 max_retries=0, task_timeout=None, store_capacity=None,
                  store=None, start_timeout=20.0, progress=True, log=None, *,
                  max_workers=None, mp_context=None):
         if max_workers is not None:  # ProcessPoolExecutor's name for it
@@ -978,6 +979,8 @@ class Pool(concurrent.futures.Executor):
         # put through it, arrays made with its empty() are adopted, not copied.
         own_store = store is None
         if own_store:
+            if store_capacity is None:  # reserved as it is used: the machine's memory costs nothing
+                store_capacity = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
             store = Store.create("pool", backing="memfd", capacity=int(store_capacity),
                                  max_clients=4 * workers + 16)
         try:
@@ -1136,6 +1139,8 @@ class Pool(concurrent.futures.Executor):
         e.check_process()
         try:
             stream, buffers = dumps(call, e.main, extra)
+        except zcstore_errors.Error:
+            raise  # the store's own (a share made while pickling did not fit): as it is
         except Exception as error:
             failure = pickle.PicklingError(
                 f"{_name_of(fn)} or its arguments cannot be sent to a worker: {error} "
