@@ -353,8 +353,8 @@ SYSTEMS = {
     "ProcessPoolExecutor fork": system_ppe_fork,
     "shared_memory + pickle 5": system_shared_memory,
     "joblib (loky)": system_joblib,
-    "joblib (zcstore backend)": system_joblib_zcstore("spawn"),
-    "joblib (zcstore backend fork)": system_joblib_zcstore("fork"),
+    "joblib (zcstore backend)": system_joblib_zcstore("fork"),
+    "joblib (zcstore backend spawn)": system_joblib_zcstore("spawn"),
 }
 
 

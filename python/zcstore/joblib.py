@@ -6,30 +6,37 @@ the backend "zcstore".
         results = joblib.Parallel()(joblib.delayed(score)(model, x) for x in xs)
 
 What joblib's default backend (loky) does with a memory map on disk, this
-one does with the pool's store: every numpy array of ``max_nbytes`` or more
+one does with zcstore: every numpy array of ``max_nbytes`` or more
 (joblib's default, "1M") found in a batch's arguments, alone or inside a
 container (a dict, a pandas DataFrame, a scipy sparse matrix, a fitted
-estimator), is put in the store once per object and per Parallel call,
-and the workers get it as a read-only view, with no copy (``mmap_mode``
-"r", joblib's default). A model passed to every call thus costs one copy
-in all, not one per worker or per batch. Differences from loky's
-memory-mapping, each deliberate:
+estimator), reaches the workers once per object and per Parallel call, and
+the tasks get it as a read-only view, with no copy (``mmap_mode`` "r",
+joblib's default). How it reaches them is the pool's start method
+(``start_method``, given to parallel_backend):
+
+- "fork" (the default): a pool is forked for each Parallel call at its
+  first batch, after the caller's arrays exist, and its workers inherit
+  them copy-on-write: no copy at all, one copy of the model in memory
+  however many workers. Arrays that first appear in later batches go
+  through the pool's store. (The caveats of forking a process with threads
+  are ProcessPoolExecutor's on Linux, whose default this is too.)
+- "spawn": fresh interpreters, as loky's, one pool per n_jobs kept between
+  calls (as loky keeps its executor) and stopped at interpreter exit; each
+  array is copied into the pool's store once per call: two copies in all,
+  the caller's and the store's.
+
+Differences from loky's memory-mapping, each deliberate:
 
 - ``mmap_mode="r+"`` or ``"w+"`` (workers writing into the caller's array)
-  is refused: a store object is immutable once shared. ``"c"`` gives each
-  task a writable copy of each shared array, made in the worker (numpy's
-  "c" maps copy-on-write instead).
+  is refused: shared arrays are read-only. ``"c"`` gives each task a
+  writable copy of each shared array, made in the worker (numpy's "c" maps
+  copy-on-write instead).
 - ``max_nbytes=None`` turns the sharing off (arrays are pickled with each
   batch, as loky then does).
-- Nothing is written to disk, and ``temp_folder`` is unused.
+- Nothing is written to disk, and ``temp_folder`` is unused; arrays are not
+  ``numpy.memmap`` instances.
 
-With ``parallel_backend("zcstore", n_jobs=4, start_method="fork")`` the pool
-is forked at each Parallel call's first batch, after the caller's arrays
-exist, and its workers inherit those arrays copy-on-write (read-only
-views in the tasks): no copy at all. The spawn pools are kept between
-Parallel calls (as loky keeps its executor), one per n_jobs, and stop at
-interpreter exit. Nested
-Parallel calls in a worker run on threads, as under loky.
+Nested Parallel calls in a worker run on threads, as under loky.
 """
 import concurrent.futures
 import multiprocessing
@@ -72,16 +79,14 @@ def _nbytes(limit):
 class ZcstoreBackend(AutoBatchingMixin, ParallelBackendBase):
     """joblib's ParallelBackend over a zcstore.Pool (see the module's doc).
 
-    ``start_method``: the pool's. "spawn" (the default, as loky's
-    workers are fresh interpreters): one pool per n_jobs, kept between
-    calls, each array copied into its store once per call. "fork": a pool
-    forked at each Parallel call's first batch, whose workers inherit that
-    batch's arrays copy-on-write from the caller, so they cost no copy at
-    all (later batches' new arrays go through the store)."""
+    ``start_method``: the pool's, "fork" (the default: a pool forked at
+    each Parallel call's first batch, whose workers inherit the caller's
+    arrays, no copy) or "spawn" (pools kept between calls, each array
+    copied into the store once per call)."""
 
     supports_timeout = True
 
-    def __init__(self, nesting_level=None, inner_max_num_threads=None, start_method="spawn",
+    def __init__(self, nesting_level=None, inner_max_num_threads=None, start_method="fork",
                  **kwargs):
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads, **kwargs)

@@ -44,15 +44,16 @@ def shares(monkeypatch):
     return count
 
 
-def test_a_model_passed_to_every_call_is_put_in_the_store_once(shares):
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_model_passed_to_every_call_reaches_the_workers_once(shares, start_method):
     model = {"w": np.ones((1 << 18, 4), np.float32)}  # 4 MiB, over max_nbytes' 1M
-    with joblib.parallel_backend("zcstore", n_jobs=2):
+    with joblib.parallel_backend("zcstore", n_jobs=2, start_method=start_method):
         out = joblib.Parallel()(joblib.delayed(column_sum)(model, i % 4) for i in range(200))
     assert out[0] == (float(1 << 18), False, False)  # a read-only view of the store
     assert len(out) == 200 and shares == [4 << 20]
     # Under the limit, or with max_nbytes=None: pickled with each batch.
     shares.clear()
-    with joblib.parallel_backend("zcstore", n_jobs=2):
+    with joblib.parallel_backend("zcstore", n_jobs=2, start_method=start_method):
         out = joblib.Parallel(max_nbytes=None)(
             joblib.delayed(column_sum)(model, 0) for _ in range(4))
     assert shares == [] and out[0][0] == float(1 << 18)
@@ -95,7 +96,7 @@ def test_exceptions_n_jobs_and_nesting_behave_as_under_loky():
 def test_the_store_does_not_fill_up_over_parallel_calls():
     # Each call shares its own arrays and unshares them at its end; the
     # workers let go of what was unshared before their next task.
-    with joblib.parallel_backend("zcstore", n_jobs=2):
+    with joblib.parallel_backend("zcstore", n_jobs=2, start_method="spawn"):
         for _ in range(6):
             model = {"w": np.ones((1 << 20, 4), np.float32)}  # 16 MiB each
             joblib.Parallel()(joblib.delayed(column_sum)(model, 0) for _ in range(10))
@@ -103,7 +104,7 @@ def test_the_store_does_not_fill_up_over_parallel_calls():
     assert pools and all(p._e.store.stats().used < (40 << 20) for p in pools)
 
 
-def test_the_fork_start_method_inherits_the_caller_s_arrays_with_no_copy():
+def test_the_fork_start_method_the_default_inherits_the_caller_s_arrays_with_no_copy():
     model = {"w": np.ones((1 << 18, 4), np.float32)}
     seen = []
     real = zcstore.Pool.share
@@ -114,7 +115,7 @@ def test_the_fork_start_method_inherits_the_caller_s_arrays_with_no_copy():
         return shared
     zcstore.Pool.share = watched
     try:
-        with joblib.parallel_backend("zcstore", n_jobs=2, start_method="fork"):
+        with joblib.parallel_backend("zcstore", n_jobs=2):
             out = joblib.Parallel()(joblib.delayed(column_sum)(model, i % 4) for i in range(50))
     finally:
         zcstore.Pool.share = real
