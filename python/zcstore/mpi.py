@@ -38,7 +38,7 @@ from mpi4py import MPI
 
 from . import Store, _dumps
 
-__all__ = ["share", "map", "Contexts", "nodes"]
+__all__ = ["share", "map", "Contexts", "nodes", "copies_per_node"]
 
 # Largest count of one MPI call: counts are C ints, so bigger buffers go in
 # pieces of this many bytes (ZCSTORE_MPI_MAX_CHUNK lowers it, for tests).
@@ -93,6 +93,41 @@ def nodes(comm=None, ranks_per_node=None):
         return n.node, n.count
     finally:
         n.free()
+
+
+def _pss_of_memory_of(address):
+    """Pss bytes of what holds `address` in this process: every mapping of
+    its file (a store is mapped twice in a process that wrote it), or the
+    anonymous mapping itself."""
+    vmas, current = [], None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            head = fields[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                current = [lo, hi, fields[4], 0]  # inode, Pss
+                vmas.append(current)
+            elif line.startswith("Pss:"):
+                current[3] = int(fields[1]) * 1024
+    this = next(v for v in vmas if v[0] <= address < v[1])
+    if this[2] == "0":
+        return this[3]
+    return sum(v[3] for v in vmas if v[2] == this[2])
+
+
+def copies_per_node(array, comm=None, ranks_per_node=None):
+    """How many copies of `array` (each rank's own, or its node's shared
+    one) are resident on the fullest node: the Pss of the memory that holds
+    it, summed over the node's ranks, over its size. Touches every page of
+    it first. Collective; Linux only (/proc/self/smaps). A diagnostic, for
+    tests and demos: 1.0 after ``share``, ranks-per-node after
+    ``comm.bcast``."""
+    comm = comm or MPI.COMM_WORLD
+    array.sum()
+    node, count = nodes(comm, ranks_per_node)
+    got = comm.allgather((node, _pss_of_memory_of(array.ctypes.data)))
+    return max(sum(p for n, p in got if n == k) for k in range(count)) / array.nbytes
 
 
 def _chunks(buf):

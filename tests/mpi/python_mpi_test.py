@@ -14,24 +14,6 @@ comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 
 
-def pss_of_file_of(address):
-    """Pss bytes of every mapping of the file that holds `address`, in this
-    process (a store's data is mapped twice in a process that wrote it)."""
-    vmas, current = [], None
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            fields = line.split()
-            head = fields[0]
-            if "-" in head and all(c in "0123456789abcdef-" for c in head):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                current = [lo, hi, fields[4], 0]  # inode
-                vmas.append(current)
-            elif line.startswith("Pss:"):
-                current[3] = int(fields[1]) * 1024
-    inode = next(v[2] for v in vmas if v[0] <= address < v[1])
-    return sum(v[3] for v in vmas if v[2] == inode)
-
-
 def square(x):
     return x * x
 
@@ -54,17 +36,12 @@ def check_share():
     assert m["meta"] == [1, 2, 3] and m["w"][-1] == n - 1 and not m["w"].flags.writeable
     m["w"].sum()  # touch every page
     # One copy per node: the Pss of the node's ranks' mappings of its store
-    # adds up to one model, over what a one-element share's store costs (its
-    # tables, which the creator touches).
-    tiny = zm.share({"w": np.zeros(1), "meta": None} if rank == 0 else None)
-    node, nodes = zm.nodes()
-    per_node = comm.allgather((node, pss_of_file_of(m["w"].ctypes.data),
-                               pss_of_file_of(tiny["w"].ctypes.data)))
-    for k in range(nodes):
-        big = sum(p for nd, p, _ in per_node if nd == k)
-        base = sum(b for nd, _, b in per_node if nd == k)
-        copies = (big - base) / (n * 8)
-        assert 0.95 < copies < 1.05, f"node {k} holds {copies:.2f} copies"
+    # adds up to one model (and to one per rank after comm.bcast).
+    copies = zm.copies_per_node(m["w"])
+    assert 0.95 < copies < 1.05, f"a node holds {copies:.2f} copies"
+    per_rank = comm.bcast(model if rank == 0 else None)
+    bcast_copies = zm.copies_per_node(per_rank["w"])
+    assert 1.9 < bcast_copies < 2.1, f"bcast: a node holds {bcast_copies:.2f} copies"
     # Something that does not pickle: MPIError on every rank, no hang.
     try:
         zm.share((lambda: 1) if rank == 0 else None)
