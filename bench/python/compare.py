@@ -643,7 +643,17 @@ def main():
           "tree - its peak with a one-item model) / model size, each peak the median of "
           f"{SAMPLED_RUNS} runs (1 for runs of 10 s or more); first result: the median of "
           f"{FIRST_RUNS} starts (1 for starts of 2 s or more, and joblib's, which is its "
-          "last result).", "", table(rows), ""]
+          "last result).", ""]
+    # The default scenario: the model on the heap, as users have it (every
+    # system but the zcstore ones that build it in their store); then the
+    # model built in place, in a table of its own.
+    in_place = [r for r in rows if getattr(SYSTEMS[r["system"]], "in_store", False)]
+    on_heap = [r for r in rows if r not in in_place]
+    if on_heap:
+        md += ["## The model on the heap", "", table(on_heap), ""]
+    if in_place:
+        md += ["## The model built in place in zcstore's store (`pool.empty`, `Pool(store=...)`)",
+               "", table(in_place), ""]
     tw = int(a.workers.split(",")[0])
     t = trivial(tw, a.trivial)
     md += [f"Trivial tasks (x -> x), {tw} workers, {a.trivial} tasks, best chunksize of each:", "",
