@@ -509,15 +509,17 @@ class _Waiters(list):
     once, rather than leave it a millisecond to a thread waiting on it
     with result()."""
 
-    __slots__ = ("engine", "token")
+    __slots__ = ("engine", "token", "watched")
 
     def __init__(self, engine, token):
         super().__init__()
-        self.engine, self.token = engine, token
+        self.engine, self.token, self.watched = engine, token, False
 
     def append(self, waiter):
         super().append(waiter)
-        self.engine.watch_now(self.token)
+        if not self.watched:  # once is enough: as_completed in a loop adds one each time
+            self.watched = True
+            self.engine.watch_now(self.token)
 
 
 class Future(concurrent.futures.Future):
