@@ -9,6 +9,7 @@
 #   make compare                     the demo's scenario through every Python way -> bench/results/compare.md
 #   make demo-mpi                    the demo over MPI: 4 ranks as 2 simulated nodes of 2
 #   make demo-mpi-python             the same from Python (zcstore.mpi over mpi4py), beside comm.bcast
+#   make bench-mpi-python            zcstore.mpi.share of a 2.15 GiB array (over INT_MAX bytes), for real
 #   make bench-mpi                   Share over MPI beside MPI_Bcast to every rank -> bench/results/mpi.json
 #   make build BENCHMARKS=ON         build everything, the benchmarks too (CI)
 #   make test SANITIZE=address+undefined BUILD=build-asan
@@ -24,7 +25,7 @@ DEPS     := cmake g++ make pkg-config libflatbuffers-dev flatbuffers-compiler \
             python3-joblib python3-cloudpickle python3-tqdm python3-pandas python3-mpi4py \
             libopenmpi-dev openmpi-bin
 
-.PHONY: all deps configure build test cpython-tests demo demo-mpi demo-mpi-python bench bench-python bench-mpi compare fuzz clean
+.PHONY: all deps configure build test cpython-tests demo demo-mpi demo-mpi-python bench bench-mpi-python bench-python bench-mpi compare fuzz clean
 
 all: build
 
@@ -88,6 +89,9 @@ demo-mpi: build
 
 demo-mpi-python: build
 	PYTHONPATH=$(BUILD)/python $(MPIRUN) /usr/bin/python3 examples/python/mpi_shared_model.py $(DEMO_ARGS)
+
+bench-mpi-python: build
+	PYTHONPATH=$(BUILD)/python $(MPIRUN) /usr/bin/python3 bench/python/mpi_large_share.py $(BENCH_ARGS)
 
 bench-mpi: build
 	@mkdir -p bench/results
