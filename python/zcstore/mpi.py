@@ -207,25 +207,36 @@ def share(obj, comm=None, root=0, ranks_per_node=None):
         root_node = nodes.node_of[root]
         sending = me == root or (nodes.leader and nodes.node != root_node)
         senders = comm.Split(0 if sending else MPI.UNDEFINED, 0 if me == root else me + 1)
-        error, id = None, None
+        # Whatever can fail (a put, an allocation) fails before any byte is
+        # sent, and every rank agrees on it: a rank that gave up mid-Bcast
+        # would leave the others waiting in it.
+        receiving = sending and me != root
+        error, id, received, arrays = None, None, None, None
         try:
             if me == root:
                 id = store._h.put(None, stream, buffers, False)
-            if senders != MPI.COMM_NULL and senders.Get_size() > 1:
-                if me == root:
-                    _bcast_bytes(senders, stream, 0)
-                    for b in buffers:
-                        _bcast_bytes(senders, b, 0)
-                else:
-                    received = bytearray(stream_len)
-                    _bcast_bytes(senders, received, 0)
-                    arrays = [store.empty(n, np.uint8) for n in sizes]
-                    for a in arrays:
-                        _bcast_bytes(senders, a, 0)
-                    id = store._h.put(None, memoryview(received), arrays, False)
-                    del arrays
+            elif receiving:
+                received = bytearray(stream_len)
+                arrays = [store.empty(n, np.uint8) for n in sizes]
         except Exception as e:
             error = e
+        _agree(comm, error)
+        if senders != MPI.COMM_NULL and senders.Get_size() > 1:
+            if me == root:
+                _bcast_bytes(senders, stream, 0)
+                for b in buffers:
+                    _bcast_bytes(senders, b, 0)
+            else:
+                _bcast_bytes(senders, received, 0)
+                for a in arrays:
+                    _bcast_bytes(senders, a, 0)
+        error = None
+        try:
+            if receiving:
+                id = store._h.put(None, memoryview(received), arrays, False)
+        except Exception as e:
+            error = e
+        del arrays
         _agree(comm, error)
 
         # 4. Every rank: its node's copy.

@@ -42,6 +42,25 @@ def check_share():
     per_rank = comm.bcast(model if rank == 0 else None)
     bcast_copies = zm.copies_per_node(per_rank["w"])
     assert 1.9 < bcast_copies < 2.1, f"bcast: a node holds {bcast_copies:.2f} copies"
+    # A node whose store cannot be made (rank 2, node 1's leader, may not
+    # grow a file past 1 MiB): MPIError on every rank, no hang, and the
+    # next share works.
+    import resource
+    import signal
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if rank == 2:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, limit[1]))
+    try:
+        zm.share(model)
+    except zm.MPIError as e:
+        assert "rank 2" in str(e), e
+    else:
+        raise AssertionError("a share whose store could not be made succeeded")
+    finally:
+        if rank == 2:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    assert zm.share(model)["w"][-1] == n - 1
     # Something that does not pickle: MPIError on every rank, no hang.
     try:
         zm.share((lambda: 1) if rank == 0 else None)
