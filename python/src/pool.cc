@@ -119,16 +119,16 @@ py::list Exporters(const std::shared_ptr<PyCall>& call, const Store& store) {
   py::list out;
   for (const Array<uint8_t>& a : call->buffers) {
     size_t n = a.size();
-    Result<uint64_t> at = n >= kMapFrom ? store.FileOffsetOf(a.data())
-                                        : Result<uint64_t>(InvalidArgument("small"));
     void* map = MAP_FAILED;
-    uint64_t page = 0, skip = 0, len = 0;
-    if (at.ok()) {
-      page = *at & ~uint64_t{4095};
-      skip = *at - page;
-      len = (skip + n + 4095) & ~uint64_t{4095};
-      map = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, store.fd(),
-                 static_cast<off_t>(page));
+    uint64_t skip = 0, len = 0;
+    if (n >= kMapFrom) {
+      if (Result<uint64_t> at = store.FileOffsetOf(a.data()); at.ok()) {
+        uint64_t page = *at & ~uint64_t{4095};
+        skip = *at - page;
+        len = (skip + n + 4095) & ~uint64_t{4095};
+        map = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, store.fd(),
+                   static_cast<off_t>(page));
+      }
     }
     if (map == MAP_FAILED) {
       out.append(py::reinterpret_steal<py::object>(PyByteArray_FromStringAndSize(

@@ -163,7 +163,7 @@ def share(obj, comm=None, root=0, ranks_per_node=None):
     root's object does not pickle, a node's store cannot be made)."""
     comm = comm or MPI.COMM_WORLD
     me = comm.Get_rank()
-    nodes = _Nodes(comm, ranks_per_node)
+    layout = _Nodes(comm, ranks_per_node)
     store = senders = None
     try:
         # 1. What is to be sent: the root pickles, every rank learns the sizes.
@@ -180,18 +180,18 @@ def share(obj, comm=None, root=0, ranks_per_node=None):
         # 2. Each node's store: its leader's memfd, opened by the others.
         error = None
         try:
-            if nodes.leader:
+            if layout.leader:
                 # One object, for the node's ranks: small tables.
                 store = Store.create("mpi", backing="memfd",
                                      capacity=_capacity(stream_len, sizes), max_objects=16,
-                                     max_clients=nodes.node_comm.Get_size() + 8,
+                                     max_clients=layout.node_comm.Get_size() + 8,
                                      max_pins_per_client=64, max_names=1)
         except Exception as e:
             error = e
         _agree(comm, error)
-        where = nodes.node_comm.bcast((os.getpid(), store.fd) if nodes.leader else None, 0)
+        where = layout.node_comm.bcast((os.getpid(), store.fd) if layout.leader else None, 0)
         error = None
-        if not nodes.leader:
+        if not layout.leader:
             try:
                 fd = os.open(f"/proc/{where[0]}/fd/{where[1]}", os.O_RDWR | os.O_CLOEXEC)
                 try:
@@ -204,8 +204,8 @@ def share(obj, comm=None, root=0, ranks_per_node=None):
 
         # 3. The root's node: the root puts it. The other nodes' leaders:
         # received from the root straight into their store.
-        root_node = nodes.node_of[root]
-        sending = me == root or (nodes.leader and nodes.node != root_node)
+        root_node = layout.node_of[root]
+        sending = me == root or (layout.leader and layout.node != root_node)
         senders = comm.Split(0 if sending else MPI.UNDEFINED, 0 if me == root else me + 1)
         # Whatever can fail (a put, an allocation) fails before any byte is
         # sent, and every rank agrees on it: a rank that gave up mid-Bcast
@@ -242,23 +242,23 @@ def share(obj, comm=None, root=0, ranks_per_node=None):
         # 4. Every rank: its node's copy.
         # (The root's node learns the id from the root, the others from
         # their leader.)
-        source = _node_rank_of(nodes, comm, root) if nodes.node == root_node else 0
-        id = nodes.node_comm.bcast(id, source)
+        source = _node_rank_of(layout, comm, root) if layout.node == root_node else 0
+        id = layout.node_comm.bcast(id, source)
         return store._ref(id).get()
     finally:
         if senders is not None and senders != MPI.COMM_NULL:
             senders.Free()
         # The views hold the object; the handles may go once every rank of
         # the node has opened the store (the leader's fd is what they open).
-        nodes.node_comm.Barrier()
+        layout.node_comm.Barrier()
         if store is not None:
             store.close()
-        nodes.free()
+        layout.free()
 
 
-def _node_rank_of(nodes, comm, rank):
+def _node_rank_of(layout, comm, rank):
     """`rank`'s rank in this rank's node communicator (same node)."""
-    return nodes.node_comm.allgather(comm.Get_rank()).index(rank)
+    return layout.node_comm.allgather(comm.Get_rank()).index(rank)
 
 
 # ------------------------------------------------------------ map

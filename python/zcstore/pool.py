@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import weakref
 
 from concurrent.futures import _base
@@ -84,10 +85,9 @@ def _fresh(ref):
 
 def _attach(ref, fresh=False):
     try:
-        if fresh:
-            _attach_here(ref)  # checks it is shared, and pins it here
-            return ref.get()
-        return _attach_here(ref)
+        # fresh: unpickled for this task alone, and pinned while it holds it
+        # (get raises NotFound once unshared, as the cache's check does).
+        return ref.get() if fresh else _attach_here(ref)
     except NotFound as e:
         if "is not open in this process" not in str(e):
             raise  # unshared: its own message
@@ -208,7 +208,7 @@ def _main_names(path):
     return names
 
 
-def _resolve(namespace, qualname):
+def _lookup_qualname(namespace, qualname):
     obj = namespace.get(qualname.split(".")[0], _MISSING)
     for part in qualname.split(".")[1:]:
         obj = getattr(obj, part, _MISSING)
@@ -240,7 +240,8 @@ class _MainFunctions:
             return False
         qualname = getattr(fn, "__qualname__", "")
         if self.backend == "fork":
-            return self.forked is not None and _resolve(self.forked, qualname) is not fn
+            return (self.forked is not None
+                    and _lookup_qualname(self.forked, qualname) is not fn)
         path = getattr(sys.modules["__main__"], "__file__", None)
         if path is None or not os.path.isfile(path):
             return True
@@ -267,7 +268,7 @@ class _CallPickler(_Pickler):
             reduced = self._extra(obj)
             if reduced is not NotImplemented:
                 return reduced
-        if (type(obj) is _FunctionType and obj.__module__ == "__main__"
+        if (type(obj) is types.FunctionType and obj.__module__ == "__main__"
                 and self._main is not None and self._main.by_value(obj)):
             return _by_value(obj)
         return super().reducer_override(obj)
@@ -283,9 +284,6 @@ def _cloud_pickler(file, extra, **kwargs):
             reduced = extra(obj)
             return reduced if reduced is not NotImplemented else super().reducer_override(obj)
     return Pickler(file, **kwargs)
-
-
-_FunctionType = type(_resolve)
 
 
 def dumps(obj, main=None, extra=None):
@@ -533,10 +531,10 @@ class Future(concurrent.futures.Future):
     True exactly when the task will never run.
     """
 
-    def __init__(self, engine=None, token=None):
+    def __init__(self, engine=None, token=None, calls=1):
         super().__init__()
         self._engine, self._token = engine, token
-        self._calls = 1  # calls of map's chunk it runs
+        self._calls = calls  # calls of map's chunk it runs
         if engine is not None:
             self._waiters = _Waiters(engine, token)
 
@@ -693,8 +691,7 @@ class _Engine:
         with self.lock:  # a submit racing shutdown: refused, or waited for by it
             self.check_open()
             token = core.submit(stream, buffers, self.timeout_ms, name)
-            future = self.futures[token] = Future(self, token)
-            future._calls = calls
+            future = self.futures[token] = Future(self, token, calls)
         return future
 
     def failed(self, error):
@@ -931,9 +928,9 @@ class Pool(concurrent.futures.Executor):
     ``max_retries`` times, then fails with WorkerCrashed (a
     BrokenProcessPool; the worker is replaced and the pool goes on); one
     running longer than ``task_timeout`` seconds is killed with its worker
-    and fails with Timeout. ``store_capacity``: bytes of the pool's store (None: the machine's memory)
+    and fails with Timeout. ``store_capacity``: bytes of the pool's store
     (shared objects, large arguments and results), reserved as they are
-    used. ``store``: a memfd Store of the caller's to work in instead
+    used (None: the machine's memory, which then costs nothing up front). ``store``: a memfd Store of the caller's to work in instead
     (store_capacity is then unused): arrays built in it with
     ``store.empty`` before the pool starts are shared by ``share`` without
     a copy; it stays open, and the caller's, after the pool (keep it open
