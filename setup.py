@@ -33,7 +33,7 @@ os.makedirs(os.path.join(generated, "zcstore"), exist_ok=True)
 with open(os.path.join(generated, "zcstore", "version.h"), "w") as f:
     f.write(header)
 
-sources = (["python/src/core.cc", "python/src/pool.cc", "serializer/copy.cc",
+sources = (["python/src/core.cc", "python/src/pool.cc", "python/src/views.cc", "serializer/copy.cc",
             "serializer/envelope.cc"]
            + sorted(glob.glob("store/*.cc")) + sorted(glob.glob("pool/*.cc")))
 core = Pybind11Extension(

@@ -4,6 +4,9 @@
            array of the same size (the bandwidth floor of one copy)
   get      a model (dict of two float32 arrays) from 1 MiB to 1 GiB, vs
            pickle.loads of the same model pickled in-band
+  many     get of a model of 20,000 small arrays (10 floats each), vs
+           pickle.loads of it in-band and with its buffers out of band
+           (numpy's own rebuild, what get did before zcstore._core.frombuffer)
   memory   peak memory of put, put(move=True), and of the hand-made way
            (multiprocessing.shared_memory + pickle protocol 5), as a multiple
            of the model, each in a fresh process
@@ -76,6 +79,25 @@ def bench_get(size, store):
     store.delete(ref)
     return {"bytes": size, "get_us": get_s * 1e6, "get_median_us": get_med * 1e6,
             "pickle_loads_s": loads_s, "speedup_over_pickle": loads_s / get_med}
+
+
+def bench_many(count=20000, floats=10):
+    m = {f"param{i}": np.full(floats, float(i)) for i in range(count)}
+    with zcstore.Store.create(capacity=64 * MIB, backing="memfd") as store:
+        ref = store.put(m)
+        store.get(ref)  # the mapping's pages touched once
+        get_s, get_med = best(lambda: store.get(ref), 21)
+    stream = pickle.dumps(m, protocol=5)
+    loads_s, loads_med = best(lambda: pickle.loads(stream), 21)
+    buffers = []
+    oob = pickle.dumps(m, protocol=5, buffer_callback=buffers.append)
+    views = [b.raw() for b in buffers]
+    oob_s, oob_med = best(lambda: pickle.loads(oob, buffers=views), 21)
+    return {"arrays": count, "floats_each": floats, "get_ms": get_s * 1e3,
+            "get_median_ms": get_med * 1e3, "pickle_loads_median_ms": loads_med * 1e3,
+            "pickle_loads_out_of_band_median_ms": oob_med * 1e3,
+            "get_us_per_array": get_med / count * 1e6,
+            "ratio_to_pickle_loads": get_med / loads_med}
 
 
 # ----------------------------------------------- the hand-made way: shm + pickle 5
@@ -189,6 +211,14 @@ def main():
                   f"({r['get_us']:.2f} best); pickle.loads {r['pickle_loads_s'] * 1e3:9.2f} ms "
                   f"({r['speedup_over_pickle']:.0f}x)")
             size *= 4 if size < top // 2 else 2
+
+    r = bench_many()
+    results["many_small_arrays"] = r
+    print(f"get of {r['arrays']} arrays of {r['floats_each']} floats: {r['get_median_ms']:.1f} ms "
+          f"median ({r['get_ms']:.1f} best, {r['get_us_per_array']:.2f} us an array); "
+          f"pickle.loads in-band {r['pickle_loads_median_ms']:.1f} ms, out of band "
+          f"{r['pickle_loads_out_of_band_median_ms']:.1f} ms; get/pickle.loads "
+          f"{r['ratio_to_pickle_loads']:.2f}")
 
     r = bench_shm(top)
     results["vs_shared_memory"] = r

@@ -349,7 +349,7 @@ py::tuple Handle::Get(uint64_t hi, uint64_t lo) const {
   py::list bufs(view->num_buffers());
   for (size_t i = 0; i < view->num_buffers(); ++i) {
     std::span<const std::byte> b = view->buffer(i);
-    bufs[i] = py::cast(Buffer{view, const_cast<std::byte*>(b.data()), b.size(), true});
+    bufs[i] = NewView(view, const_cast<std::byte*>(b.data()), b.size(), true);
   }
   return py::make_tuple(metadata, bufs);
 }
@@ -615,6 +615,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("random_id", [] { return IdTuple(ObjectId::Random()); });
   m.attr("version") = ZCSTORE_PY_VERSION;
+  RegisterViews(m);
   RegisterPool(m);
 }
 

@@ -72,6 +72,15 @@ struct HeldBuffer {
 // Adds the pool's classes to the module (python/src/pool.cc).
 void RegisterPool(py::module_& m);
 
+// A zcstore._core.View: a buffer exporter over `size` bytes at `data`,
+// which `keeper` keeps valid for as long as the View (or anything made
+// from it) lives. Registered by RegisterViews (python/src/views.cc).
+py::object NewView(std::shared_ptr<void> keeper, std::byte* data, size_t size, bool readonly);
+
+// Adds View and frombuffer, numpy's array reconstructor in C
+// (python/src/views.cc); after Buffer is registered.
+void RegisterViews(py::module_& m);
+
 }  // namespace zcstore::python
 
 #endif  // ZCSTORE_PYTHON_SRC_CORE_INTERNAL_H_

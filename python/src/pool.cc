@@ -137,7 +137,7 @@ py::list Exporters(const std::shared_ptr<PyCall>& call, const Store& store) {
       continue;
     }
     std::shared_ptr<void> keeper(map, [call, len](void* p) { munmap(p, len); });
-    out.append(py::cast(Buffer{std::move(keeper), static_cast<std::byte*>(map) + skip, n, false}));
+    out.append(NewView(std::move(keeper), static_cast<std::byte*>(map) + skip, n, false));
   }
   return out;
 }

@@ -25,7 +25,7 @@ from concurrent.futures import _base
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 
 from . import _core
-from . import Ref, Store, _Pickler, InvalidArgument, NotFound
+from . import Ref, Store, _Pickler, _loads, InvalidArgument, NotFound
 from . import errors as zcstore_errors
 from .errors import BY_CODE, Cancelled
 
@@ -311,7 +311,7 @@ def dumps(obj, main=None, extra=None):
 
 
 def loads(stream, buffers):
-    return pickle.loads(stream, buffers=[memoryview(b) for b in buffers])
+    return _loads(stream, buffers)
 
 
 # The worker's traceback, as the __cause__ of a task's exception: the class
