@@ -63,13 +63,13 @@ Status PoolCore::Init() {
                     "PoolOptions::store_fd: not a store this process can open (" +
                         s.status().message() + ")");
     }
-    auto st = s->Stats();
-    if (!st.ok()) return st.status();
     // This handle holds one slot already; each worker takes another (a
-    // replacement reuses its predecessor's once it is reaped).
-    if (st->max_clients - st->clients < static_cast<uint32_t>(n)) {
-      return InvalidArgument("the store of PoolOptions::store_fd has " +
-                             std::to_string(st->max_clients - st->clients) +
+    // replacement reuses its predecessor's once it is reaped). Not Stats:
+    // it would fault in the whole object table here, milliseconds.
+    auto free = s->FreeClientSlots();
+    if (!free.ok()) return free.status();
+    if (*free < static_cast<uint32_t>(n)) {
+      return InvalidArgument("the store of PoolOptions::store_fd has " + std::to_string(*free) +
                              " free client slots; " + std::to_string(n) +
                              " workers need one each (StoreOptions::max_clients)");
     }

@@ -559,6 +559,17 @@ Result<StoreStats> StoreImpl::Stats() {
   return s;
 }
 
+Result<uint32_t> StoreImpl::FreeClientSlots() {
+  if (!snapshot_) {
+    if (Status st = LockForCall(); !st.ok()) return st;
+    ReapDeadLocked();
+  }
+  uint32_t free = 0;
+  for (uint32_t c = 0; c < geo_.max_clients; ++c) free += clients_[c].state != kClientLive;
+  if (!snapshot_) Unlock();
+  return free;
+}
+
 Status StoreImpl::Verify(ObjectId id) {
   std::vector<uint64_t> checksums;
   auto view = Get(id, &checksums);  // pinned while we read; Corrupt if it lost its checksums

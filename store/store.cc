@@ -272,6 +272,10 @@ Result<StoreStats> Store::Stats() const {
   if (Status st = impl_->CheckProcess(); !st.ok()) return st;
   return impl_->Stats();
 }
+Result<uint32_t> Store::FreeClientSlots() const {
+  if (Status st = impl_->CheckProcess(); !st.ok()) return st;
+  return impl_->FreeClientSlots();
+}
 Status Store::Verify(ObjectId id) const {
   if (Status st = impl_->CheckProcess(); !st.ok()) return st;
   return impl_->Verify(id);

@@ -85,6 +85,7 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   bool Contains(ObjectId id);
   Result<std::vector<ObjectInfo>> List();
   Result<StoreStats> Stats();
+  Result<uint32_t> FreeClientSlots();
   Status Verify(ObjectId id);
   // Checks every table entry (object states and extents, names and what
   // they are bound to). Corrupt, naming the first bad entry.

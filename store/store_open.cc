@@ -197,7 +197,10 @@ Status StoreImpl::FinishOpen(int timeout_ms) {
     // it (we hold the file lock, so nobody else is opening) and repair.
     InitializeMutex();
     if (Status st = LockWithin(timeout_ms); !st.ok()) return st;
-    RecoverLocked();
+    // A store this handle has just made is all zeros and seen by no one:
+    // nothing to repair, and walking its tables would fault in every page
+    // of them (4 ms for the default 65,536 object slots).
+    if (!created_) RecoverLocked();
   } else {
     if (Status st = LockWithin(timeout_ms); !st.ok()) return st;
     ReapDeadLocked();

@@ -412,7 +412,16 @@ class ZCSTORE_EXPORT Store {
 
   // Every object (unsealed and deleted-but-pinned ones too), in table order.
   Result<std::vector<ObjectInfo>> List() const;
+  // The store's numbers at one instant (StoreStats), after reclaiming what
+  // dead processes held. Walks the whole object table: about 0.2 ms for
+  // 65,536 slots, and a few ms in a process that has not read the table
+  // yet (its pages fault in). Errors: the lock's (OpenOptions::lock_timeout).
   Result<StoreStats> Stats() const;
+
+  // How many more processes may open this store now: the free client slots,
+  // after reclaiming those of dead processes. Reads only the client table,
+  // so it is cheap in any process. Errors: the lock's, as Stats.
+  Result<uint32_t> FreeClientSlots() const;
 
   // Recomputes the checksums of one object and compares them with the
   // stored ones. Corrupt, naming the object and buffer, on the first

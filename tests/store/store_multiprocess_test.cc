@@ -148,6 +148,21 @@ TEST(MultiProcessTest, PinsOfAKilledProcessAreReclaimed) {
   EXPECT_EQ(st->clients, 1u);
 }
 
+TEST(MultiProcessTest, FreeClientSlotsCountsOtherProcessesAndReclaimsTheDead) {
+  Fixture f(4 << 20);
+  ObjectId id = f.Put(4096);
+  auto free = f.store.FreeClientSlots();
+  ASSERT_TRUE(free.ok()) << free.status().ToString();
+  EXPECT_EQ(*free, 15u);  // 16 slots, this handle holds one
+  Child c = Child::Helper({"pin", f.name, id.ToString()});
+  ASSERT_EQ(c.ReadLine(), "pinned");
+  EXPECT_EQ(f.store.FreeClientSlots().value(), 14u);
+  EXPECT_EQ(f.store.FreeClientSlots().value(), f.store.Stats()->max_clients - f.store.Stats()->clients);
+  c.Kill(SIGKILL);
+  c.Wait();
+  EXPECT_EQ(f.store.FreeClientSlots().value(), 15u);  // the dead one's slot is free again
+}
+
 TEST(MultiProcessTest, ProcessKilledMidPutLeavesNothingVisible) {
   Fixture f;
   ObjectId keep = f.Put(100000);
