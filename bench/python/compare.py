@@ -37,6 +37,7 @@ import multiprocessing
 import os
 import pickle
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -618,12 +619,28 @@ def plots(rows, out_dir):
     return paths
 
 
+def spawn_floor(workers, runs=3):
+    """Seconds to start `workers` interpreters at once, each importing numpy
+    and zcstore, until the last has exited: what any spawn pool pays before
+    its first task on this machine (the median of `runs`)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", "import numpy, zcstore"], env=env)
+                 for _ in range(workers)]
+        if any(p.wait() != 0 for p in procs):
+            raise RuntimeError("an interpreter could not import numpy and zcstore")
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="64,256,1024,4096", help="model sizes in MiB")
     ap.add_argument("--workers", default="2,8")
     ap.add_argument("--tasks", type=int, default=20000)
-    ap.add_argument("--trivial", type=int, default=20000)
+    ap.add_argument("--trivial", type=int, default=20000, help="tasks of the x -> x part (0: skip it)")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--window-tasks", type=int, default=3000,
                     help="tasks per run of the optimizer-loop part (0: skip it)")
@@ -651,18 +668,24 @@ def main():
     on_heap = [r for r in rows if r not in in_place]
     if on_heap:
         md += ["## The model on the heap", "", table(on_heap), ""]
+        if any("spawn" in r["system"] for r in on_heap):
+            floors = {w: spawn_floor(w) for w in sorted({r["workers"] for r in on_heap})}
+            md += ["A spawn pool's floor on this machine: " + "; ".join(
+                f"{w} interpreters importing numpy and zcstore at once, {f * 1e3:.0f} ms"
+                for w, f in floors.items()) + " (the median of 3 starts).", ""]
     if in_place:
         md += ["## The model built in place in zcstore's store (`pool.empty`, `Pool(store=...)`)",
                "", table(in_place), ""]
     tw = int(a.workers.split(",")[0])
-    t = trivial(tw, a.trivial)
-    md += [f"Trivial tasks (x -> x), {tw} workers, {a.trivial} tasks, best chunksize of each:", "",
-           "| system | tasks/s | one round trip (us) |", "|---|---|---|"]
-    for name, (rate, rt) in t.items():
-        md.append(f"| {name} | {rate:.0f} | {rt * 1e6:.0f} |")
-    ppe, zcs = t["ProcessPoolExecutor"], t["zcstore"]
-    md += ["", f"zcstore / ProcessPoolExecutor: throughput {zcs[0] / ppe[0]:.2f}x, "
-           f"round trip {zcs[1] / ppe[1]:.2f}x", ""]
+    if a.trivial:
+        t = trivial(tw, a.trivial)
+        md += [f"Trivial tasks (x -> x), {tw} workers, {a.trivial} tasks, best chunksize of each:",
+               "", "| system | tasks/s | one round trip (us) |", "|---|---|---|"]
+        for name, (rate, rt) in t.items():
+            md.append(f"| {name} | {rate:.0f} | {rt * 1e6:.0f} |")
+        ppe, zcs = t["ProcessPoolExecutor"], t["zcstore"]
+        md += ["", f"zcstore / ProcessPoolExecutor: throughput {zcs[0] / ppe[0]:.2f}x, "
+               f"round trip {zcs[1] / ppe[1]:.2f}x", ""]
     if a.window_tasks:
         wrows, (zq, pq) = windows(tw, a.window_tasks)
         md += [f"An optimizer's loop: {tw} workers, {a.window_tasks} tasks (x -> x) per run, "
