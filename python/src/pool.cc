@@ -202,9 +202,16 @@ py::tuple Outcome(uint64_t token, Result<PyCall>& r, const Store& store) {
 using Clock = std::chrono::steady_clock;
 
 // How long a submitted task waits for a thread to wait for it (WaitOne)
-// before the collector watches it. A round trip (submit, then result())
-// asks within microseconds; a task nobody waits for on its own thread
-// (as_completed, callbacks) is seen at most this much later than it could be.
+// before a collector that is awake anyway (it watches other tasks) takes
+// it. A round trip (submit, then result()) asks within microseconds.
+// Submit does not wake an idle collector: that wake-up, and the one of the
+// WatchNow that follows when the task is waited for through
+// concurrent.futures.wait or as_completed, cost tens of microseconds each
+// on a VM. Every way Python looks at a task asks for it instead:
+// result()/exception() take it (WaitOne); wait(), as_completed(),
+// add_done_callback() and done() have it watched at once (WatchNow,
+// python/zcstore/pool.py). A task nobody looks at is taken at the
+// collector's next wake, within its Wait's timeout.
 constexpr std::chrono::microseconds kWaiterFirst{1000};
 
 // A thread that waits for its task (WaitOne) spins this long first: an
@@ -289,8 +296,7 @@ class PyPool {
     std::lock_guard lock(mu_);
     uint64_t token = ++last_token_;
     handles_.emplace(token, f.handle());
-    incoming_.push_back({token, std::move(f), Clock::now()});
-    if (collector_idle_) wake_.notify_one();  // else it wakes for the oldest anyway
+    incoming_.push_back({token, std::move(f), Clock::now()});  // no wake-up: see kWaiterFirst
     return token;
   }
 
@@ -313,12 +319,7 @@ class PyPool {
             // Until a queued task is due to be watched, or one is queued.
             auto until = end;
             if (!incoming_.empty()) until = std::min(until, incoming_.front().queued + kWaiterFirst);
-            collector_idle_ = incoming_.empty();
-            wake_.wait_until(lock, until, [&] {
-              return stopping_ || stop_waiting_ || watch_now_ ||
-                     (collector_idle_ && !incoming_.empty());
-            });
-            collector_idle_ = false;
+            wake_.wait_until(lock, until, [&] { return stopping_ || stop_waiting_ || watch_now_; });
             watch_now_ = false;
           }
           TakeDueLocked();
@@ -514,7 +515,6 @@ class PyPool {
   // kWaiterFirst a thread that waits for one (WaitOne) takes it from here
   // and is woken by its answer directly; then the collector watches it.
   std::deque<Incoming> incoming_;
-  bool collector_idle_ = false;  // the collector waits for a task to be queued
   bool watch_now_ = false;       // WatchNow put a task at the front of incoming_
   std::vector<Future<PyCall>> pending_;  // the collector's own
   std::vector<uint64_t> tokens_;

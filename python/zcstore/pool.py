@@ -502,22 +502,25 @@ def _name_of(fn):
 
 
 class _Waiters(list):
-    """A Future's waiters list (concurrent.futures.wait and as_completed
-    add theirs to it): the first one added has the pool watch the task at
-    once, rather than leave it a millisecond to a thread waiting on it
-    with result()."""
+    """A Future's waiters list until the pool watches its task.
+    concurrent.futures.wait and as_completed add their waiter to it (under
+    the future's condition): the first one added has the pool's collector
+    watch the task at once (nothing else wakes it for a submitted task: see
+    kWaiterFirst in python/src/pool.cc), and the future gets a plain list
+    in its place, so that the waiters an as_completed loop adds again and
+    again cost no Python call."""
 
-    __slots__ = ("engine", "token", "watched")
+    __slots__ = ("future",)
 
-    def __init__(self, engine, token):
+    def __init__(self, future):
         super().__init__()
-        self.engine, self.token, self.watched = engine, token, False
+        self.future = weakref.ref(future)
 
     def append(self, waiter):
         super().append(waiter)
-        if not self.watched:  # once is enough: as_completed in a loop adds one each time
-            self.watched = True
-            self.engine.watch_now(self.token)
+        future = self.future()
+        if future is not None:
+            future._watch()
 
 
 class Future(concurrent.futures.Future):
@@ -536,10 +539,31 @@ class Future(concurrent.futures.Future):
         self._engine, self._token = engine, token
         self._calls = calls  # calls of map's chunk it runs
         if engine is not None:
-            self._waiters = _Waiters(engine, token)
+            self._waiters = _Waiters(self)
+
+    def _watch(self):
+        """Has the pool's collector watch this task now, once: something
+        other than result() waits for it (see _Waiters)."""
+        with self._condition:  # as everything that uses _waiters (reentrant)
+            waiters = self._waiters
+            if type(waiters) is not _Waiters:
+                return
+            self._waiters = list(waiters)
+        self._engine.watch_now(self._token)
+
+    def done(self):
+        finished = super().done()
+        if not finished and self._engine is not None:
+            self._watch()  # polled: it is wanted soon
+        return finished
+
+    def add_done_callback(self, fn):
+        if self._engine is not None and not super().done():
+            self._watch()  # a callback must run when the task ends, not later
+        super().add_done_callback(fn)
 
     def _wait_here(self, timeout):
-        if self.done() or self._engine is None:
+        if super().done() or self._engine is None:  # ours would have the collector take it
             return timeout
         if timeout is not None and timeout <= 0:  # a look, not a wait: an answer
             self._engine.wait_one(self, 0)         # already in is taken
@@ -1182,8 +1206,10 @@ class Pool(concurrent.futures.Executor):
         if bar is not None:
             # Calls that returned count: not a chunk cancelled (at Ctrl-C,
             # say) nor one that failed.
-            f.add_done_callback(
-                lambda f, k=k: f.cancelled() or f.exception() is not None or bar.update(k))
+            # Not Future.add_done_callback, which has the collector watch the
+            # chunk at once: map takes each chunk's result itself, in order.
+            concurrent.futures.Future.add_done_callback(
+                f, lambda f, k=k: f.cancelled() or f.exception() is not None or bar.update(k))
         return f
 
     def _chunks(self, fn, iterables, chunksize, progress):
