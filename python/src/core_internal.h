@@ -78,7 +78,7 @@ void RegisterPool(py::module_& m);
 py::object NewView(std::shared_ptr<void> keeper, std::byte* data, size_t size, bool readonly);
 
 // Adds View and frombuffer, numpy's array reconstructor in C
-// (python/src/views.cc); after Buffer is registered.
+// (python/src/views.cc).
 void RegisterViews(py::module_& m);
 
 }  // namespace zcstore::python

@@ -21,8 +21,8 @@
 // The result is the array numpy's would be: an ndarray of `dtype` and
 // `shape` over the buffer's bytes, C or Fortran ordered, writable exactly
 // when the buffer is, its flags (alignment, contiguity) computed by numpy.
-// Its base keeps the memory valid: a View or Buffer itself (its keeper
-// pins the store object), anything else a new memoryview of it, as numpy's
+// Its base keeps the memory valid: a View itself (its keeper pins the
+// store object), anything else a new memoryview of it, as numpy's
 // does, so that a bytearray cannot be resized under the array. Whatever is
 // not the plain case (an odd dtype, a size that does not match, a shape
 // that is not a tuple of ints, an order other than "C" or "F") goes to
@@ -41,8 +41,7 @@
 namespace zcstore::python {
 namespace {
 
-PyTypeObject* buffer_type = nullptr;  // zcstore._core.Buffer
-PyTypeObject* view_type = nullptr;    // zcstore._core.View
+PyTypeObject* view_type = nullptr;  // zcstore._core.View
 
 struct ViewObject {
   PyObject_HEAD
@@ -171,9 +170,9 @@ PyObject* FromBuffer(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     bytes *= v;
   }
 
-  // The memory, and what keeps it valid. A Buffer's fields are read
-  // directly (its keeper is immutable); anything else is asked through the
-  // buffer protocol and kept by a memoryview that holds its export.
+  // The memory, and what keeps it valid. A View's fields are read directly
+  // (its keeper is immutable); anything else is asked through the buffer
+  // protocol and kept by a memoryview that holds its export.
   void* data = nullptr;
   Py_ssize_t len = 0;
   bool readonly = true;
@@ -183,13 +182,6 @@ PyObject* FromBuffer(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     data = v->data;
     len = v->size;
     readonly = v->readonly;
-    Py_INCREF(buffer);
-    base = buffer;
-  } else if (Py_TYPE(buffer) == buffer_type) {
-    const Buffer& b = py::handle(buffer).cast<const Buffer&>();
-    data = b.data;
-    len = static_cast<Py_ssize_t>(b.size);
-    readonly = b.readonly;
     Py_INCREF(buffer);
     base = buffer;
   } else {
@@ -234,7 +226,7 @@ PyMethodDef frombuffer_def = {
     METH_FASTCALL,
     "frombuffer(buffer, dtype, shape, order)\n--\n\n"
     "numpy.core.numeric._frombuffer in one C call: the array numpy's pickle\n"
-    "protocol 5 makes of an out-of-band buffer (see python/src/frombuffer.cc)."};
+    "protocol 5 makes of an out-of-band buffer (see python/src/views.cc)."};
 
 }  // namespace
 
@@ -255,7 +247,6 @@ void RegisterViews(py::module_& m) {
   view_type = reinterpret_cast<PyTypeObject*>(type);
   m.add_object("View", py::reinterpret_borrow<py::object>(type));  // view_type keeps one
 
-  buffer_type = reinterpret_cast<PyTypeObject*>(py::type::of<Buffer>().ptr());
   py::object name = py::str("zcstore._core");
   PyObject* fn = PyCFunction_NewEx(&frombuffer_def, nullptr, name.ptr());
   if (fn == nullptr) throw py::error_already_set();

@@ -310,8 +310,7 @@ def dumps(obj, main=None, extra=None):
     return stream.getbuffer(), buffers
 
 
-def loads(stream, buffers):
-    return _loads(stream, buffers)
+loads = _loads  # a task's or a result's (stream, buffers), numpy's arrays built in C
 
 
 # The worker's traceback, as the __cause__ of a task's exception: the class
