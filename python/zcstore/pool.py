@@ -35,10 +35,21 @@ _BACKENDS = {"spawn": 0, "fork": 1, "threads": 2}
 _MAIN_NAME = "zcstore.python.main."
 _WORKER_CODE = "from zcstore.pool_worker import main; main({!r})"
 
-try:  # lambdas and closures, where Debian's python3-cloudpickle is installed
-    import cloudpickle as _cloudpickle
-except ImportError:  # pragma: no cover - depends on the machine
-    _cloudpickle = None
+_cloudpickle_module = []  # [cloudpickle or None], once asked
+
+
+def _cloud():
+    """cloudpickle, for lambdas and closures, where Debian's
+    python3-cloudpickle is installed; else None. Imported when first
+    needed: a worker never needs it to start (a stream that calls
+    cloudpickle imports it as it loads), and it costs 8 ms to import."""
+    if not _cloudpickle_module:
+        try:
+            import cloudpickle
+        except ImportError:  # pragma: no cover - depends on the machine
+            cloudpickle = None
+        _cloudpickle_module.append(cloudpickle)
+    return _cloudpickle_module[0]
 
 
 # ------------------------------------------------------------ shared objects
@@ -236,7 +247,7 @@ class _MainFunctions:
             self.forked = dict(vars(sys.modules["__main__"]))
 
     def by_value(self, fn):
-        if _cloudpickle is None or self.backend == "threads":
+        if self.backend == "threads" or _cloud() is None:
             return False
         qualname = getattr(fn, "__qualname__", "")
         if self.backend == "fork":
@@ -252,7 +263,8 @@ class _MainFunctions:
 
 
 def _by_value(fn):
-    return _cloudpickle.loads, (_cloudpickle.dumps(fn, protocol=5),)
+    cloudpickle = _cloud()
+    return cloudpickle.loads, (cloudpickle.dumps(fn, protocol=5),)
 
 
 class _CallPickler(_Pickler):
@@ -276,10 +288,11 @@ class _CallPickler(_Pickler):
 
 def _cloud_pickler(file, extra, **kwargs):
     """cloudpickle's pickler, with `extra` reducing first (as _CallPickler's)."""
+    cloud_pickler = _cloud().CloudPickler
     if extra is None:
-        return _cloudpickle.CloudPickler(file, **kwargs)
+        return cloud_pickler(file, **kwargs)
 
-    class Pickler(_cloudpickle.CloudPickler):
+    class Pickler(cloud_pickler):
         def reducer_override(self, obj):
             reduced = extra(obj)
             return reduced if reduced is not NotImplemented else super().reducer_override(obj)
@@ -302,7 +315,7 @@ def dumps(obj, main=None, extra=None):
     try:
         _CallPickler(stream, main, extra, protocol=5, buffer_callback=out_of_band).dump(obj)
     except (pickle.PicklingError, AttributeError, TypeError):
-        if _cloudpickle is None:
+        if _cloud() is None:
             raise
         buffers.clear()
         stream = io.BytesIO()

@@ -465,7 +465,7 @@ with zcstore.Pool(2) as pool:
 """
 
 
-@pytest.mark.skipif(zcstore.pool._cloudpickle is None, reason="needs python3-cloudpickle")
+@pytest.mark.skipif(zcstore.pool._cloud() is None, reason="needs python3-cloudpickle")
 @pytest.mark.parametrize("how", ["-c", "stdin", "repl"])
 def test_functions_of_a_repl_python_c_or_stdin_reach_spawned_workers(how):
     # A spawned worker cannot import them (there is no script): they travel
@@ -477,7 +477,7 @@ def test_functions_of_a_repl_python_c_or_stdin_reach_spawned_workers(how):
     assert "[0, 1, 8, 27] 125" in r.stdout, r.stderr
 
 
-@pytest.mark.skipif(zcstore.pool._cloudpickle is None, reason="needs python3-cloudpickle")
+@pytest.mark.skipif(zcstore.pool._cloud() is None, reason="needs python3-cloudpickle")
 def test_functions_a_worker_cannot_import_travel_by_value():
     r = run_script("""
         import zcstore
