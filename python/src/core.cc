@@ -3,10 +3,13 @@
 // This layer moves bytes and pins; pickling, refs and the exceptions'
 // classes are Python (python/zcstore/__init__.py). Its pieces:
 //   Handle   one Store handle; close() drops it, views keep the mapping.
-//   Buffer   a buffer-protocol exporter over store memory that owns what
-//            keeps that memory valid (a pinned ObjectView, or an in-place
-//            builder): every memoryview and numpy array made from it holds
-//            it, so the pin lives exactly as long as they do.
+//   View     a buffer-protocol exporter over store memory that owns what
+//            keeps that memory valid (a pinned ObjectView, a private
+//            mapping; python/src/views.cc): every memoryview and numpy
+//            array made from it holds it, so the pin lives exactly as long
+//            as they do.
+//   Buffer   the same for an in-place builder (Handle.empty), whose root
+//            array numpy asks whether it may still be written.
 //   put      one copy of each source buffer into a new object, with the
 //            GIL released; adopts arrays made by Handle.empty without a
 //            copy; with move=True, empties the sources it may (see Put).

@@ -41,7 +41,9 @@ inline void Check(const Status& st) {
 struct InPlace;
 
 // A buffer-protocol exporter (zcstore._core.Buffer) over memory that
-// `keeper` keeps valid: a pinned view, an in-place builder, a pool result.
+// `keeper` keeps valid: an in-place builder's (Handle.empty). A got
+// object's buffers and a pool's results are Views (NewView), which cost
+// less to make.
 struct Buffer {
   std::shared_ptr<void> keeper;
   std::byte* data = nullptr;

@@ -269,7 +269,7 @@ class PyPool {
         dropped = pool_->Stats().log_lines_dropped;
       } else {
         taken.swap(last_logs_);
-        dropped = last_dropped_;
+        dropped = last_stats_.log_lines_dropped;
       }
     }
     py::list out;
@@ -426,10 +426,9 @@ class PyPool {
     return out;
   }
 
-  // Stops the workers. The collector must have stopped calling Wait.
-  // Someone waits for task `token` without waiting on its own thread
-  // (concurrent.futures.wait, as_completed): the collector watches it now,
-  // not kWaiterFirst after its submit.
+  // Something other than a thread in WaitOne wants task `token`
+  // (concurrent.futures.wait, as_completed, a done callback, done()): the
+  // collector watches it now, as Submit does not wake it (kWaiterFirst).
   void WatchNow(uint64_t token) {
     std::lock_guard lock(mu_);
     for (size_t i = 0; i < incoming_.size(); ++i) {
@@ -444,6 +443,7 @@ class PyPool {
     }
   }
 
+  // Stops the workers. The collector must have stopped calling Wait.
   void Shutdown() {
     py::gil_scoped_release nogil;
     std::unique_ptr<Pool> p;
@@ -467,7 +467,6 @@ class PyPool {
       for (auto& l : p->TakeLogLines()) last_logs_.push_back(std::move(l));
       last_stats_ = p->Stats();
       last_stats_.workers_ready = 0;
-      last_dropped_ = last_stats_.log_lines_dropped;
     }
     p.reset();
   }
@@ -502,9 +501,9 @@ class PyPool {
   pid_t owner_ = getpid();  // the process that made the pool
   py::object keep_;  // what the fork hooks call, alive as long as the pool
   std::unique_ptr<Pool> pool_;
-  // The lines the workers wrote last, taken at Shutdown for TakeLogs.
+  // Taken at Shutdown, for TakeLogs and Stats after it: the lines the
+  // workers wrote last, and the pool's counters at its end.
   std::vector<std::pair<int, std::string>> last_logs_;
-  uint64_t last_dropped_ = 0;
   PoolStats last_stats_;
   std::mutex mu_;
   std::condition_variable wake_;

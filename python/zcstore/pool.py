@@ -35,21 +35,17 @@ _BACKENDS = {"spawn": 0, "fork": 1, "threads": 2}
 _MAIN_NAME = "zcstore.python.main."
 _WORKER_CODE = "from zcstore.pool_worker import main; main({!r})"
 
-_cloudpickle_module = []  # [cloudpickle or None], once asked
-
-
+@functools.cache
 def _cloud():
     """cloudpickle, for lambdas and closures, where Debian's
     python3-cloudpickle is installed; else None. Imported when first
     needed: a worker never needs it to start (a stream that calls
     cloudpickle imports it as it loads), and it costs 8 ms to import."""
-    if not _cloudpickle_module:
-        try:
-            import cloudpickle
-        except ImportError:  # pragma: no cover - depends on the machine
-            cloudpickle = None
-        _cloudpickle_module.append(cloudpickle)
-    return _cloudpickle_module[0]
+    try:
+        import cloudpickle
+    except ImportError:  # pragma: no cover - depends on the machine
+        return None
+    return cloudpickle
 
 
 # ------------------------------------------------------------ shared objects
@@ -966,7 +962,8 @@ class Pool(concurrent.futures.Executor):
     running longer than ``task_timeout`` seconds is killed with its worker
     and fails with Timeout. ``store_capacity``: bytes of the pool's store
     (shared objects, large arguments and results), reserved as they are
-    used (None: the machine's memory, which then costs nothing up front). ``store``: a memfd Store of the caller's to work in instead
+    used (None: the machine's memory, which then costs nothing up front).
+    ``store``: a memfd Store of the caller's to work in instead
     (store_capacity is then unused): arrays built in it with
     ``store.empty`` before the pool starts are shared by ``share`` without
     a copy; it stays open, and the caller's, after the pool (keep it open
