@@ -289,7 +289,8 @@ bool WaitJobUntil(PoolCore* core, Job& job, std::chrono::steady_clock::time_poin
 }
 
 size_t WaitAnyJob(PoolCore* core, std::span<Job* const> jobs,
-                  std::chrono::steady_clock::time_point deadline) {
+                  std::chrono::steady_clock::time_point deadline, int spin_us,
+                  const std::atomic<bool>* stop) {
   std::unique_lock<std::mutex> lock(core->mu);
   size_t first = SIZE_MAX;
   auto any = [&] {
@@ -301,7 +302,9 @@ size_t WaitAnyJob(PoolCore* core, std::span<Job* const> jobs,
     }
     return false;
   };
-  core->WaitFor(jobs, lock, any, deadline);
+  // Stopped: seen by WaitFor as ready, so it returns (Pool::WakeWaiters).
+  core->WaitFor(jobs, lock, [&] { return any() || (stop != nullptr && stop->load()); }, deadline,
+                spin_us);
   return any() ? first : SIZE_MAX;
 }
 

@@ -293,6 +293,17 @@ Status Pool::UnshareId(ObjectId id) {
   return Status::OK();
 }
 
+// A bump of the word that sleeping waiters wait on: each looks again at
+// what it waits for (PoolCore::WaitFor), and a WaitAny stopped meanwhile
+// returns. The bump comes after the caller's store to `stop` (both
+// sequentially consistent), so a waiter that missed the store sees the
+// word changed and does not sleep.
+void Pool::WakeWaiters() {
+  internal::ControlHeader* c = internal::Header(core_->control);
+  c->answer_seq.fetch_add(1);
+  internal::platform::FutexWake(reinterpret_cast<uint32_t*>(&c->answer_seq));
+}
+
 void Pool::CancelAll() {
   // Queued jobs, and jobs with chunks in a worker's ring: what has not
   // started of either is cancelled.

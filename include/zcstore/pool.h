@@ -35,6 +35,7 @@
 #ifndef ZCSTORE_POOL_H_
 #define ZCSTORE_POOL_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -531,13 +532,25 @@ class ZCSTORE_EXPORT TaskHandle {
   std::weak_ptr<internal::Job> job_;
 };
 
+// How WaitAny waits.
+struct WaitOptions {
+  // Busy-wait this long first (see Future::WaitFor).
+  std::chrono::microseconds spin{0};
+  // If set: WaitAny gives up, with Cancelled, once *stop is true. Another
+  // thread sets it, then calls Pool::WakeWaiters, so that a sleeping wait
+  // sees it at once.
+  const std::atomic<bool>* stop = nullptr;
+};
+
 // Waits until one of `futures` (of one pool) can be taken without blocking,
 // or `timeout` passes: the lowest index of such a future. Errors: Timeout;
-// InvalidArgument if `futures` is empty, holds one already taken, or holds
-// futures of different pools. A future whose pool is gone counts as ready.
+// Cancelled once *options.stop is true; InvalidArgument if `futures` is
+// empty, holds one already taken, or holds futures of different pools. A
+// future whose pool is gone counts as ready.
 template <typename R>
 Result<size_t> WaitAny(std::span<Future<R>> futures,
-                       std::chrono::milliseconds timeout = std::chrono::milliseconds::max());
+                       std::chrono::milliseconds timeout = std::chrono::milliseconds::max(),
+                       const WaitOptions& options = {});
 
 // The result of a Submit. Move-only.
 template <typename R>
@@ -571,7 +584,8 @@ class Future {
 
  private:
   friend class Pool;
-  friend Result<size_t> WaitAny<R>(std::span<Future<R>> futures, std::chrono::milliseconds timeout);
+  friend Result<size_t> WaitAny<R>(std::span<Future<R>> futures, std::chrono::milliseconds timeout,
+                                   const WaitOptions& options);
   Future(std::weak_ptr<internal::PoolCore> core, std::shared_ptr<internal::Job> job)
       : core_(std::move(core)), job_(std::move(job)) {}
   // The pool's core: a future may outlive its pool (then Get says so).
@@ -667,6 +681,10 @@ class ZCSTORE_EXPORT Pool {
 
   // Cancels every task not yet started (they fail with Cancelled).
   void CancelAll();
+  // Wakes every thread that waits for one of this pool's futures, so that
+  // it looks again at what it waits for: a WaitAny whose WaitOptions::stop
+  // was set returns. Any thread; takes no lock.
+  void WakeWaiters();
   // Cancels what has not started, waits for what has, stops the workers
   // (SIGKILL after a grace period) and reaps them. Idempotent.
   Status Shutdown();
@@ -741,10 +759,12 @@ ZCSTORE_EXPORT void WaitJob(PoolCore* core, Job& job);
 // true if the job is done.
 ZCSTORE_EXPORT bool WaitJobUntil(PoolCore* core, Job& job,
                                  std::chrono::steady_clock::time_point deadline, int spin_us = 0);
-// Waits until one of `jobs` is done or `deadline` passes: the lowest index
-// of a done one, or SIZE_MAX.
+// Waits until one of `jobs` is done, `deadline` passes or *stop is true
+// (spinning at least `spin_us` first): the lowest index of a done one, or
+// SIZE_MAX.
 ZCSTORE_EXPORT size_t WaitAnyJob(PoolCore* core, std::span<Job* const> jobs,
-                                 std::chrono::steady_clock::time_point deadline);
+                                 std::chrono::steady_clock::time_point deadline, int spin_us = 0,
+                                 const std::atomic<bool>* stop = nullptr);
 // now + `timeout`, saturating (milliseconds::max() waits for ever).
 inline std::chrono::steady_clock::time_point DeadlineAfter(std::chrono::milliseconds timeout) {
   auto now = std::chrono::steady_clock::now();
@@ -832,7 +852,8 @@ bool Future<R>::WaitFor(std::chrono::milliseconds timeout, std::chrono::microsec
 }
 
 template <typename R>
-Result<size_t> WaitAny(std::span<Future<R>> futures, std::chrono::milliseconds timeout) {
+Result<size_t> WaitAny(std::span<Future<R>> futures, std::chrono::milliseconds timeout,
+                       const WaitOptions& options) {
   if (futures.empty()) return InvalidArgument("WaitAny: no futures");
   std::vector<internal::Job*> jobs;
   std::shared_ptr<internal::PoolCore> core;
@@ -845,8 +866,10 @@ Result<size_t> WaitAny(std::span<Future<R>> futures, std::chrono::milliseconds t
     core = std::move(c);
     jobs.push_back(f.job_.get());
   }
-  size_t i = internal::WaitAnyJob(core.get(), jobs, internal::DeadlineAfter(timeout));
+  size_t i = internal::WaitAnyJob(core.get(), jobs, internal::DeadlineAfter(timeout),
+                                  static_cast<int>(options.spin.count()), options.stop);
   if (i == SIZE_MAX) {
+    if (options.stop != nullptr && options.stop->load()) return Cancelled("WaitAny: stopped");
     return Timeout("WaitAny: none of " + std::to_string(futures.size()) + " tasks finished within " +
                    std::to_string(timeout.count()) + " ms");
   }

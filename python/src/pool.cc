@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -24,6 +25,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -201,22 +203,32 @@ py::tuple Outcome(uint64_t token, Result<PyCall>& r, const Store& store) {
 
 using Clock = std::chrono::steady_clock;
 
-// How long a submitted task waits for a thread to wait for it (WaitOne)
+// How long a submitted task waits for a thread to wait for it (Take)
 // before a collector that is awake anyway (it watches other tasks) takes
-// it. A round trip (submit, then result()) asks within microseconds.
-// Submit does not wake an idle collector: that wake-up, and the one of the
-// WatchNow that follows when the task is waited for through
-// concurrent.futures.wait or as_completed, cost tens of microseconds each
-// on a VM. Every way Python looks at a task asks for it instead:
-// result()/exception() take it (WaitOne); wait(), as_completed(),
-// add_done_callback() and done() have it watched at once (WatchNow,
-// python/zcstore/pool.py). A task nobody looks at is taken at the
-// collector's next wake, within its Wait's timeout.
+// it. A round trip (submit, then result() or concurrent.futures.wait) asks
+// within microseconds. Submit does not wake an idle collector: that
+// wake-up costs tens of microseconds on a VM, and a second thread's
+// wake-up on the way back as much again. Every way Python looks at a task
+// asks for it instead: result(), exception(), wait() and as_completed()
+// take it on the waiting thread (Take); add_done_callback() and done()
+// have the collector watch it at once (WatchNow, python/zcstore/pool.py).
+// A task nobody looks at is taken at the collector's next wake, within its
+// Wait's timeout.
 constexpr std::chrono::microseconds kWaiterFirst{1000};
 
-// A thread that waits for its task (WaitOne) spins this long first: an
+// A thread that waits for its task (Take) spins this long first: an
 // answer within it costs no wake-up (tens of microseconds on a VM).
 constexpr std::chrono::microseconds kWaiterSpin{50};
+
+// A thread waiting in Take looks at signals this often: Ctrl-C (a SIGINT
+// that the workers may not have got) ends a wait within it.
+constexpr std::chrono::milliseconds kSignalSlice{50};
+
+// Ends a thread's Take early (PyPool::Wake): it waits for tasks of this
+// pool, but something else may finish what it waits for.
+struct Waker {
+  std::atomic<bool> stop{false};
+};
 
 struct Incoming {
   uint64_t token;
@@ -373,44 +385,95 @@ class PyPool {
     wake_.notify_all();
   }
 
-  // Waits for task `token` on this thread, so that its answer wakes this
-  // thread directly, not the collector and then this one: takes the task
-  // from the collector's queue if it is still there. Returns its Outcome;
-  // None if the collector has it already (or it is done), or it did not
-  // finish within timeout_ms (< 0: no limit; it is then handed back).
-  py::object WaitOne(uint64_t token, int64_t timeout_ms) {
-    std::optional<Future<PyCall>> f;
-    Result<PyCall> r = Cancelled("");
+  // Waits on this thread for tasks `tokens`, so that an answer wakes this
+  // thread directly, not the collector and then this one: takes those
+  // still in the collector's queue (the collector's own it settles, which
+  // sets this thread's waker). Appends the Outcome of each that finished
+  // to `out`, and returns once one has, after timeout_ms (< 0: no limit),
+  // or once `waker` is set (Waker.set, by a thread that settled a future
+  // this thread waits for too: a waiter of concurrent.futures's that is
+  // not only on these tasks). What did not finish goes back to the
+  // collector's queue. `out` is the caller's, filled before this returns,
+  // so that an exception raised as it returns (a signal's) loses nothing.
+  // Signals are looked at every kSignalSlice: a handler that raises (Ctrl-C)
+  // ends the wait with its exception, after `out` is filled. Returns how
+  // many of the tasks it had to wait for (0: none was in the queue).
+  size_t Take(const std::vector<uint64_t>& tokens, int64_t timeout_ms, py::list out,
+              std::shared_ptr<Waker> waker) {
+    std::vector<Future<PyCall>> mine;
+    std::vector<uint64_t> mine_tokens;
+    std::vector<std::pair<uint64_t, Result<PyCall>>> done;
+    PyObject *type = nullptr, *value = nullptr, *trace = nullptr;  // a signal handler's exception
     {
       py::gil_scoped_release nogil;
       {
         std::lock_guard lock(mu_);
-        for (size_t i = 0; i < incoming_.size(); ++i) {
-          if (incoming_[i].token != token) continue;
-          f.emplace(std::move(incoming_[i].future));
-          incoming_.erase(incoming_.begin() + static_cast<ptrdiff_t>(i));
-          break;
+        for (uint64_t token : tokens) {
+          for (size_t i = 0; i < incoming_.size(); ++i) {
+            if (incoming_[i].token != token) continue;
+            mine.push_back(std::move(incoming_[i].future));
+            mine_tokens.push_back(token);
+            incoming_.erase(incoming_.begin() + static_cast<ptrdiff_t>(i));
+            break;
+          }
         }
       }
-      // A cancel from another thread meanwhile finishes the task at once
-      // (TaskHandle::Cancel), which wakes this wait.
-      auto limit = timeout_ms < 0 ? std::chrono::milliseconds::max()
-                                  : std::chrono::milliseconds(timeout_ms);
-      if (f && !f->WaitFor(limit, kWaiterSpin)) {
+      if (!mine.empty()) {
+        WaitOptions o;
+        o.spin = kWaiterSpin;
+        if (waker) o.stop = &waker->stop;
+        auto end = timeout_ms < 0 ? Clock::time_point::max()
+                                  : Clock::now() + std::chrono::milliseconds(timeout_ms);
+        while (true) {
+          auto slice = kSignalSlice;
+          if (end != Clock::time_point::max()) {
+            slice = std::min(slice, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        end - Clock::now() + std::chrono::microseconds(999)));
+            slice = std::max(slice, std::chrono::milliseconds(0));
+          }
+          Result<size_t> any = WaitAny<PyCall>(mine, slice, o);
+          if (any.ok() || any.status().code() != StatusCode::kTimeout) break;
+          if (Clock::now() >= end) break;
+          py::gil_scoped_acquire gil;
+          if (PyErr_CheckSignals() != 0) {
+            PyErr_Fetch(&type, &value, &trace);
+            break;
+          }
+        }
+        // The finished ones are this thread's; the others go back to the
+        // queue, as if queued now: the collector takes them within
+        // kWaiterFirst, unless a thread waits for them again first.
         std::lock_guard lock(mu_);
-        // Back to the collector, to be watched at once (queued long ago).
-        incoming_.insert(incoming_.begin(), {token, std::move(*f), Clock::time_point::min()});
-        wake_.notify_one();
-        f.reset();
-      }
-      if (f) {
-        r = f->Get();
-        std::lock_guard lock(mu_);
-        handles_.erase(token);
+        for (size_t i = 0; i < mine.size(); ++i) {
+          uint64_t token = mine_tokens[i];
+          if (mine[i].Ready()) {
+            done.emplace_back(token, mine[i].Get());
+            handles_.erase(token);
+            watch_asked_.erase(token);
+          } else if (watch_asked_.erase(token) != 0) {
+            incoming_.push_front({token, std::move(mine[i]), Clock::time_point::min()});
+            watch_now_ = true;
+            wake_.notify_one();
+          } else {
+            incoming_.push_back({token, std::move(mine[i]), Clock::now()});
+          }
+        }
       }
     }
-    if (!f) return py::none();
-    return Outcome(token, r, pool().store());
+    for (auto& [token, r] : done) out.append(Outcome(token, r, pool().store()));
+    if (type != nullptr) {
+      PyErr_Restore(type, value, trace);
+      throw py::error_already_set();
+    }
+    return mine_tokens.size();
+  }
+
+  // Sets `waker`, and wakes the thread that waits with it (Take).
+  void Wake(Waker& waker) {
+    waker.stop.store(true);
+    py::gil_scoped_release nogil;
+    std::lock_guard lock(mu_);
+    if (pool_) pool_->WakeWaiters();
   }
 
   // Runs the call once on every worker; an Outcome per worker (token 0).
@@ -426,11 +489,13 @@ class PyPool {
     return out;
   }
 
-  // Something other than a thread in WaitOne wants task `token`
-  // (concurrent.futures.wait, as_completed, a done callback, done()): the
-  // collector watches it now, as Submit does not wake it (kWaiterFirst).
+  // Something other than a waiting thread wants task `token` (a done
+  // callback, done()): the collector watches it now, as Submit does not
+  // wake it (kWaiterFirst); or as soon as a thread in Take that has it
+  // hands it back unfinished.
   void WatchNow(uint64_t token) {
     std::lock_guard lock(mu_);
+    if (handles_.count(token) != 0) watch_asked_.insert(token);
     for (size_t i = 0; i < incoming_.size(); ++i) {
       if (incoming_[i].token != token) continue;
       Incoming in = std::move(incoming_[i]);
@@ -457,6 +522,7 @@ class PyPool {
       pending.swap(pending_);
       tokens_.clear();
       handles_.clear();
+      watch_asked_.clear();
       p = std::move(pool_);
     }
     incoming.clear();  // dropping a future takes the pool's mutex
@@ -482,7 +548,10 @@ class PyPool {
   void Forget(const std::vector<std::pair<uint64_t, Result<PyCall>>>& done) {
     if (done.empty()) return;
     std::lock_guard lock(mu_);
-    for (const auto& d : done) handles_.erase(d.first);
+    for (const auto& d : done) {
+      handles_.erase(d.first);
+      watch_asked_.erase(d.first);
+    }
   }
 
   // The queued tasks due to be watched (all of them once stopping) become
@@ -511,19 +580,26 @@ class PyPool {
   bool stop_waiting_ = false;  // StopWaiting was called
   uint64_t last_token_ = 0;
   // Submitted tasks, oldest first, not yet watched by the collector: for
-  // kWaiterFirst a thread that waits for one (WaitOne) takes it from here
-  // and is woken by its answer directly; then the collector watches it.
+  // kWaiterFirst a thread that waits for one (Take) takes it from here and
+  // is woken by its answer directly; then the collector watches it.
   std::deque<Incoming> incoming_;
   bool watch_now_ = false;       // WatchNow put a task at the front of incoming_
   std::vector<Future<PyCall>> pending_;  // the collector's own
   std::vector<uint64_t> tokens_;
   // Every unfinished task's handle, for cancels and running() from any thread.
   std::unordered_map<uint64_t, TaskHandle> handles_;
+  // Tasks WatchNow asked for while a thread in Take had them.
+  std::unordered_set<uint64_t> watch_asked_;
 };
 
 }  // namespace
 
 void RegisterPool(py::module_& m) {
+  py::class_<Waker, std::shared_ptr<Waker>>(m, "Waker")
+      .def(py::init<>())
+      .def("clear", [](Waker& w) { w.stop.store(false); })
+      .def("is_set", [](const Waker& w) { return w.stop.load(); });
+
   py::class_<PyPool>(m, "Pool")
       .def_static(
           "create",
@@ -566,7 +642,8 @@ void RegisterPool(py::module_& m) {
       .def("submit", &PyPool::Submit)
       .def("wait", &PyPool::Wait)
       .def("stop_waiting", &PyPool::StopWaiting)
-      .def("wait_one", &PyPool::WaitOne)
+      .def("take", &PyPool::Take)
+      .def("wake", &PyPool::Wake)
       .def("cancel", &PyPool::Cancel)
       .def("running", &PyPool::Running)
       .def("shutdown", &PyPool::Shutdown)

@@ -11,6 +11,7 @@ import concurrent.futures
 import functools
 import io
 import logging
+import math
 import multiprocessing.spawn
 import os
 import pickle
@@ -510,13 +511,10 @@ def _name_of(fn):
 
 
 class _Waiters(list):
-    """A Future's waiters list until the pool watches its task.
-    concurrent.futures.wait and as_completed add their waiter to it (under
-    the future's condition): the first one added has the pool's collector
-    watch the task at once (nothing else wakes it for a submitted task: see
-    kWaiterFirst in python/src/pool.cc), and the future gets a plain list
-    in its place, so that the waiters an as_completed loop adds again and
-    again cost no Python call."""
+    """A Future's waiters list. concurrent.futures.wait and as_completed add
+    their waiter to it (under the future's condition, before they wait on
+    the waiter's event): the future gives the waiter a _TakingEvent, so
+    that the waiting thread takes the task's answer itself."""
 
     __slots__ = ("future",)
 
@@ -528,7 +526,53 @@ class _Waiters(list):
         super().append(waiter)
         future = self.future()
         if future is not None:
-            future._watch()
+            future._waited_by(waiter)
+
+
+class _TakingEvent(threading.Event):
+    """The event of a concurrent.futures waiter (of wait() or
+    as_completed()) on a pool's futures. Its wait() waits for their tasks
+    on the waiting thread (_Engine.take), so that a worker's answer wakes
+    that thread directly, not the pool's collector first and then it: the
+    collector is not woken by a submit, and two wake-ups cost tens of
+    microseconds each on a VM. Whatever else sets the event (a future of
+    another executor in the same wait, a cancel) wakes that thread's take
+    through the waker."""
+
+    def __init__(self, engine):
+        super().__init__()
+        self.engine, self.futures = engine, []
+        self._waker = _core.Waker()
+        self._taker = None  # the thread in wait(), if one is
+
+    def set(self):
+        super().set()
+        taker = self._taker
+        if taker is not None and taker != threading.get_ident():
+            self.engine.wake(self._waker)
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._taker = threading.get_ident()
+        try:
+            while True:
+                # Cleared before the look: a set() after it wakes the take.
+                self._waker.clear()
+                if self.is_set():
+                    return True
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                futures = [f for f in self.futures if f._state not in _FINISHED]
+                if not futures or not self.engine.take(futures, left, self._waker):
+                    # Not ours to take (the collector has them, or another
+                    # thread): whoever settles them sets this event.
+                    return super().wait(left)
+                if left == 0.0:
+                    return self.is_set()
+        finally:
+            self._taker = None
+
+
+_FINISHED = (_base.FINISHED, _base.CANCELLED_AND_NOTIFIED)
 
 
 class Future(concurrent.futures.Future):
@@ -536,28 +580,37 @@ class Future(concurrent.futures.Future):
 
     A concurrent.futures.Future whose result() and exception() wait for
     the task on the calling thread (the worker's answer wakes that thread
-    directly, not the pool's collector first), which is RUNNING once a
-    worker has started the task, and whose cancel() takes the task back
-    from wherever it waits, its worker's queue included: cancel() returns
-    True exactly when the task will never run.
+    directly, not the pool's collector first), as do wait() and
+    as_completed() over it; which is RUNNING once a worker has started the
+    task, and whose cancel() takes the task back from wherever it waits,
+    its worker's queue included: cancel() returns True exactly when the
+    task will never run.
     """
 
     def __init__(self, engine=None, token=None, calls=1):
         super().__init__()
         self._engine, self._token = engine, token
         self._calls = calls  # calls of map's chunk it runs
+        self._watched = False
         if engine is not None:
             self._waiters = _Waiters(self)
 
+    def _waited_by(self, waiter):
+        """`waiter` (of wait() or as_completed()) was added to this future."""
+        event = waiter.event
+        if type(event) is threading.Event:  # the waiter's own, not waited on yet
+            waiter.event = event = _TakingEvent(self._engine)
+        if type(event) is _TakingEvent and event.engine is self._engine:
+            event.futures.append(self)
+        else:  # a waiter on another pool's futures too: this pool's collector takes it
+            self._watch()
+
     def _watch(self):
-        """Has the pool's collector watch this task now, once: something
-        other than result() waits for it (see _Waiters)."""
-        with self._condition:  # as everything that uses _waiters (reentrant)
-            waiters = self._waiters
-            if type(waiters) is not _Waiters:
-                return
-            self._waiters = list(waiters)
-        self._engine.watch_now(self._token)
+        """Has the pool's collector watch this task now: something other
+        than a waiting thread wants it when it finishes."""
+        if not self._watched:
+            self._watched = True
+            self._engine.watch_now(self._token)
 
     def done(self):
         finished = super().done()
@@ -571,13 +624,13 @@ class Future(concurrent.futures.Future):
         super().add_done_callback(fn)
 
     def _wait_here(self, timeout):
-        if super().done() or self._engine is None:  # ours would have the collector take it
+        if super().done() or self._engine is None:
             return timeout
         if timeout is not None and timeout <= 0:  # a look, not a wait: an answer
-            self._engine.wait_one(self, 0)         # already in is taken
+            self._engine.take([self], 0)          # already in is taken
             return timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._engine.wait_one(self, timeout)
+        self._engine.take([self], timeout)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def result(self, timeout=None):
@@ -757,13 +810,29 @@ class _Engine:
         with self.lock:
             self.futures.pop(token, None)
 
-    def wait_one(self, future, timeout):
+    def take(self, futures, timeout, waker=None):
+        """Waits on this thread, up to `timeout` seconds (None: no limit),
+        for the first of `futures`' tasks to finish, and settles those
+        that did (Take in python/src/pool.cc). False if it had none of
+        them to wait for: the collector has them, or another thread."""
         core = self.core
         if core is None or self.stop or os.getpid() != self.pid:
-            return
-        outcome = core.wait_one(future._token, -1 if timeout is None else int(timeout * 1000))
-        if outcome is not None:
-            self.settle(*outcome)
+            return False
+        out = []
+        try:
+            return core.take([f._token for f in futures],
+                             -1 if timeout is None else math.ceil(timeout * 1000), out,
+                             waker) > 0
+        finally:
+            # Taken, so settled here, even when a signal's exception (Ctrl-C)
+            # is on its way out: nobody else would.
+            for outcome in out:
+                self.settle(*outcome)
+
+    def wake(self, waker):
+        core = self.core
+        if core is not None and os.getpid() == self.pid:
+            core.wake(waker)
 
     # --- outcomes
 

@@ -1469,6 +1469,36 @@ TEST(PoolApiTest, WaitForAndWaitAnyGiveUpOrReturnTheFirstDone) {
   EXPECT_EQ(pool->Stats().late_wakeups, 0u);
 }
 
+TEST(PoolApiTest, AWaitAnyStoppedByAnotherThreadReturnsCancelled) {
+  using std::chrono::milliseconds;
+  auto pool = MakePool(Small(1));
+  ASSERT_TRUE(pool);
+  std::vector<Future<int>> fs;
+  fs.push_back(pool->Submit<int>("sleep_ms", 1500));
+  std::atomic<bool> stop{false};
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(milliseconds(100));
+    stop = true;
+    pool->WakeWaiters();
+  });
+  auto start = std::chrono::steady_clock::now();
+  auto r = WaitAny<int>(fs, milliseconds(10000), {.stop = &stop});
+  auto waited = std::chrono::steady_clock::now() - start;
+  stopper.join();
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << r.status().ToString();
+  // Woken, not found by the sleeping waiter's 1 s safety net.
+  EXPECT_LT(waited, milliseconds(900));
+  // Stopped before it waits: at once, spinning or not.
+  EXPECT_EQ(WaitAny<int>(fs, milliseconds(10000), {.spin = std::chrono::microseconds(200), .stop = &stop})
+                .status()
+                .code(),
+            StatusCode::kCancelled);
+  stop = false;
+  auto done = WaitAny<int>(fs, milliseconds(10000), {.stop = &stop});
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  EXPECT_EQ(*fs[0].Get(), 1500);
+}
+
 TEST(PoolTest, KillingTheParentTakesEveryWorkerDownWithin1s) {
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   auto parent = zcstore::testing::Child::Run("/proc/self/exe", {"--pool-parent", "plain"});

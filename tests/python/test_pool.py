@@ -126,6 +126,61 @@ def test_cancelling_a_future_another_thread_waits_for():
         assert pool.stats()["tasks_done"] == 3  # the cancelled task never ran
 
 
+def test_a_wait_over_other_futures_too_ends_when_they_do(pool):
+    # wait() and as_completed() wait for a pool's tasks on the calling
+    # thread; a future of something else in the same wait (here a plain
+    # one, and another pool's) must still end that wait when it finishes.
+    import threading
+    slow = pool.submit(sleep_for, 5)
+    plain = concurrent.futures.Future()
+    threading.Timer(0.2, plain.set_result, (1,)).start()
+    t = time.monotonic()
+    done, _ = concurrent.futures.wait([slow, plain], timeout=TIMEOUT,
+                                      return_when=concurrent.futures.FIRST_COMPLETED)
+    assert done == {plain} and time.monotonic() - t < 3
+    with zcstore.Pool(1, backend="threads") as other:
+        quick = other.submit(sleep_for, 0.2)
+        t = time.monotonic()
+        assert next(concurrent.futures.as_completed([slow, quick], timeout=TIMEOUT)) is quick
+        assert time.monotonic() - t < 3
+    assert not slow.done() and slow.cancel() is False
+
+
+def test_a_done_callback_runs_while_a_thread_waits_with_a_timeout(pool):
+    # A thread's timed wait holds the task; a callback added meanwhile runs
+    # as the task ends, not at a later wake of the collector.
+    import threading
+    f = pool.submit(sleep_for, 0.5)
+    waiting = threading.Thread(target=concurrent.futures.wait, args=([f], 0.3))
+    waiting.start()
+    time.sleep(0.1)
+    ran = threading.Event()
+    f.add_done_callback(lambda _: ran.set())
+    waiting.join(TIMEOUT)
+    assert ran.wait(TIMEOUT) and f.result() == 0.5
+
+
+def test_threads_waiting_for_the_same_futures_all_see_them(pool):
+    import threading
+    futures = [pool.submit(square, i) for i in range(200)]
+    seen = []
+
+    def take(how):
+        if how == "wait":
+            done, _ = concurrent.futures.wait(futures, timeout=TIMEOUT)
+            seen.append(sorted(f.result() for f in done))
+        else:
+            seen.append(sorted(f.result() for f in
+                               concurrent.futures.as_completed(futures, timeout=TIMEOUT)))
+
+    threads = [threading.Thread(target=take, args=(how,)) for how in ("wait", "as_completed") * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert seen == [sorted(i * i for i in range(200))] * 4
+
+
 def test_initializer_runs_in_each_worker(pool):
     assert set(pool.map(read_flag, range(8), chunksize=1)) == {"initialized"}
 

@@ -275,6 +275,83 @@ def test_a_submit_racing_shutdown_is_refused_or_completes(backend):
         assert all("after shutdown" in str(e) for e in refused)
 
 
+# ------------------------------------------------------------ Ctrl-C
+
+INTERRUPTED = """
+    import concurrent.futures, time
+    import zcstore
+
+    def nap(s):
+        time.sleep(s)
+        return s
+
+    if __name__ == "__main__":
+        with zcstore.Pool(1, backend={backend!r}, progress=False) as pool:
+            f = pool.submit(nap, 4)
+            start = time.monotonic()
+            try:
+                print("waiting", flush=True)
+                {wait}
+                print("not interrupted", flush=True)
+            except KeyboardInterrupt:
+                print("interrupted after %.1f s" % (time.monotonic() - start), flush=True)
+            try:
+                print("outcome", repr(f.result(timeout=20)), flush=True)
+            except BaseException as e:
+                print("outcome", type(e).__name__, flush=True)
+        print("shut down", flush=True)
+"""
+WAITS = {"result": "f.result()", "wait": "concurrent.futures.wait([f])",
+         "as_completed": "next(concurrent.futures.as_completed([f]))"}
+
+
+def interrupt_a_wait(backend, how, group):
+    """Runs INTERRUPTED, and sends SIGINT once it waits: to its process
+    group (a terminal's Ctrl-C, which reaches the workers too) or to it
+    alone. Returns its output."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "script.py")
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(INTERRUPTED.format(backend=backend, wait=WAITS[how])))
+        p = subprocess.Popen([sys.executable, path], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert p.stdout.readline() == "waiting\n", p.communicate()
+            time.sleep(0.3)  # into the wait
+            if group:
+                os.killpg(p.pid, signal.SIGINT)
+            else:
+                os.kill(p.pid, signal.SIGINT)
+            out, err = p.communicate(timeout=TIMEOUT)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    assert p.returncode == 0, err
+    return out
+
+
+@pytest.mark.parametrize("how", WAITS)
+def test_ctrl_c_to_the_caller_ends_its_wait_and_the_result_still_comes(how):
+    # SIGINT to the parent alone: its wait ends at once, the task runs on.
+    out = interrupt_a_wait("spawn", how, group=False)
+    assert "interrupted after" in out, out
+    assert float(out.split("interrupted after ")[1].split()[0]) < 3, out
+    assert "outcome 4\n" in out and "shut down" in out, out
+
+
+@pytest.mark.parametrize("backend,how", [("spawn", "result"), ("spawn", "wait"),
+                                         ("spawn", "as_completed"), ("fork", "result")])
+def test_ctrl_c_to_the_whole_group_loses_no_future(backend, how):
+    # The workers' tasks end with KeyboardInterrupt too: each future gets
+    # it, and the pool shuts down (an answer taken as the caller's wait
+    # was interrupted used to be lost, and shutdown waited for ever).
+    out = interrupt_a_wait(backend, how, group=True)
+    assert "interrupted after" in out, out
+    assert "outcome KeyboardInterrupt" in out and "shut down" in out, out
+
+
 # ------------------------------------------------------------ broken pools, errors
 
 @pytest.mark.parametrize("backend", PROCESSES)
