@@ -516,14 +516,18 @@ class _Waiters(list):
     the waiter's event): the future gives the waiter a _TakingEvent, so
     that the waiting thread takes the task's answer itself."""
 
-    __slots__ = ("future",)
+    __slots__ = ("future", "engine")
 
     def __init__(self, future):
         super().__init__()
-        self.future = weakref.ref(future)
+        self.future, self.engine = weakref.ref(future), future._engine
 
     def append(self, waiter):
-        super().append(waiter)
+        list.append(self, waiter)
+        event = waiter.event
+        if type(event) is _TakingEvent and event.engine is self.engine:
+            event.futures.append(self.future())  # (an as_completed loop adds its waiter to each)
+            return
         future = self.future()
         if future is not None:
             future._waited_by(waiter)
@@ -537,13 +541,22 @@ class _TakingEvent(threading.Event):
     collector is not woken by a submit, and two wake-ups cost tens of
     microseconds each on a VM. Whatever else sets the event (a future of
     another executor in the same wait, a cancel) wakes that thread's take
-    through the waker."""
+    through the waker.
 
-    def __init__(self, engine):
-        super().__init__()
-        self.engine, self.futures = engine, []
-        self._waker = _core.Waker()
-        self._taker = None  # the thread in wait(), if one is
+    It is the waiter's own threading.Event, its class changed before
+    anyone waits on it (Future._waited_by): a second Event would cost a
+    Condition more per waiter, and as_completed makes a waiter per call.
+    """
+
+    engine = None   # the pool whose futures it takes
+    futures = ()    # those futures
+    _taker = None   # the thread in wait(), if one is
+    _waker = None   # what ends that thread's take early
+
+    @classmethod
+    def adopt(cls, event, engine, future):
+        event.__class__ = cls
+        event.engine, event.futures = engine, [future]
 
     def set(self):
         super().set()
@@ -553,6 +566,8 @@ class _TakingEvent(threading.Event):
 
     def wait(self, timeout=None):
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._waker is None:
+            self._waker = _core.Waker()
         self._taker = threading.get_ident()
         try:
             while True:
@@ -599,8 +614,8 @@ class Future(concurrent.futures.Future):
         """`waiter` (of wait() or as_completed()) was added to this future."""
         event = waiter.event
         if type(event) is threading.Event:  # the waiter's own, not waited on yet
-            waiter.event = event = _TakingEvent(self._engine)
-        if type(event) is _TakingEvent and event.engine is self._engine:
+            _TakingEvent.adopt(event, self._engine, self)
+        elif type(event) is _TakingEvent and event.engine is self._engine:
             event.futures.append(self)
         else:  # a waiter on another pool's futures too: this pool's collector takes it
             self._watch()
