@@ -194,6 +194,9 @@ FIRST_RUNS = 5
 SAMPLED_RUNS = 3
 
 
+TRACE = False  # --trace
+
+
 def run_tasks(t0, submit, map_all, args):
     submit(*[a[0] for a in args]).result()
     first = time.perf_counter() - t0
@@ -240,7 +243,12 @@ def system_zcstore_heap(backend, move=False):
         t0 = time.perf_counter()
         with zcstore.Pool(workers, backend=backend, progress=False,
                           store_capacity=model_bytes(model) + 256 * MIB) as pool:
+            t_pool = time.perf_counter()
             shared = pool.share(model, move=move)
+            if TRACE:  # where a start's time goes
+                print(f"trace: zcstore {backend} (heap), {workers} workers: pool "
+                      f"{t_pool - t0:.3f} s, share {time.perf_counter() - t_pool:.3f} s",
+                      file=sys.stderr, flush=True)
             return run_tasks(t0, lambda *a: pool.submit(best_item, *a),
                              lambda *a: pool.map(best_item, *a, chunksize=CHUNK),
                              ([shared] * len(users), users, seeds))
@@ -652,9 +660,13 @@ def main():
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--window-tasks", type=int, default=3000,
                     help="tasks per run of the optimizer-loop part (0: skip it)")
+    ap.add_argument("--trace", action="store_true",
+                    help="print where each zcstore heap start's time goes (stderr)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "..", "results"))
     a = ap.parse_args()
+    global TRACE
+    TRACE = a.trace
     os.makedirs(a.out, exist_ok=True)
     rows = []
     for workers in [int(w) for w in a.workers.split(",")]:
