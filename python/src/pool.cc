@@ -442,12 +442,19 @@ class PyPool {
         }
         // The finished ones are this thread's; the others go back to the
         // queue, as if queued now: the collector takes them within
-        // kWaiterFirst, unless a thread waits for them again first.
+        // kWaiterFirst, unless a thread waits for them again first. (Ready
+        // and Get take the pool's mutex: not under mu_, which a thread
+        // holding the GIL may wait for while the fork backend's pool thread
+        // holds the pool's mutex and waits for the GIL.)
+        std::vector<bool> ready(mine.size());
+        for (size_t i = 0; i < mine.size(); ++i) {
+          ready[i] = mine[i].Ready();
+          if (ready[i]) done.emplace_back(mine_tokens[i], mine[i].Get());
+        }
         std::lock_guard lock(mu_);
         for (size_t i = 0; i < mine.size(); ++i) {
           uint64_t token = mine_tokens[i];
-          if (mine[i].Ready()) {
-            done.emplace_back(token, mine[i].Get());
+          if (ready[i]) {
             handles_.erase(token);
             watch_asked_.erase(token);
           } else if (watch_asked_.erase(token) != 0) {
