@@ -535,12 +535,22 @@ Result<std::vector<ObjectInfo>> StoreImpl::List() {
   return out;
 }
 
+Status StoreImpl::LockAndReap() {
+  if (snapshot_) return Status::OK();
+  if (Status st = LockForCall(); !st.ok()) return st;
+  ReapDeadLocked();
+  return Status::OK();
+}
+
+uint32_t StoreImpl::LiveClientsLocked() const {
+  uint32_t live = 0;
+  for (uint32_t c = 0; c < geo_.max_clients; ++c) live += clients_[c].state == kClientLive;
+  return live;
+}
+
 Result<StoreStats> StoreImpl::Stats() {
   StoreStats s;
-  if (!snapshot_) {
-    if (Status st = LockForCall(); !st.ok()) return st;
-    ReapDeadLocked();
-  }
+  if (Status st = LockAndReap(); !st.ok()) return st;
   s.capacity = geo_.data_size;
   s.used = header_->used;
   s.largest_free = LargestFree();
@@ -553,19 +563,15 @@ Result<StoreStats> StoreImpl::Stats() {
     if (e.state == kDeleted) ++s.deleted_pinned;
     if (e.state == kSealed || e.state == kDeleted) s.pins += e.pins;
   }
-  for (uint32_t c = 0; c < geo_.max_clients; ++c) s.clients += clients_[c].state == kClientLive;
+  s.clients = LiveClientsLocked();
   for (uint32_t n = 0; n < geo_.max_names; ++n) s.names += names_[n].used == 1;
   if (!snapshot_) Unlock();
   return s;
 }
 
 Result<uint32_t> StoreImpl::FreeClientSlots() {
-  if (!snapshot_) {
-    if (Status st = LockForCall(); !st.ok()) return st;
-    ReapDeadLocked();
-  }
-  uint32_t free = 0;
-  for (uint32_t c = 0; c < geo_.max_clients; ++c) free += clients_[c].state != kClientLive;
+  if (Status st = LockAndReap(); !st.ok()) return st;
+  uint32_t free = geo_.max_clients - LiveClientsLocked();
   if (!snapshot_) Unlock();
   return free;
 }

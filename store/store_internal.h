@@ -190,6 +190,10 @@ class StoreImpl : public std::enable_shared_from_this<StoreImpl> {
   // writing), then frees its record unless `free_record` is false.
   void ReleaseClientLocked(uint32_t client, bool dead, bool free_record = true);
   uint32_t ReapDeadLocked();
+  // LockForCall, then ReapDeadLocked; nothing for a snapshot (no lock).
+  Status LockAndReap();
+  // Client records in use.
+  uint32_t LiveClientsLocked() const;
   bool AnyLiveClient() const;
   // True unless client `c`'s process is known to be gone (its liveness lock
   // is free, or its stamp names a dead process).

@@ -683,7 +683,8 @@ class ZCSTORE_EXPORT Pool {
   void CancelAll();
   // Wakes every thread that waits for one of this pool's futures, so that
   // it looks again at what it waits for: a WaitAny whose WaitOptions::stop
-  // was set returns. Any thread; takes no lock.
+  // was set returns. Any thread, for as long as the Pool lives (after
+  // Shutdown too); takes no lock.
   void WakeWaiters();
   // Cancels what has not started, waits for what has, stops the workers
   // (SIGKILL after a grace period) and reaps them. Idempotent.

@@ -502,7 +502,6 @@ class PyPool {
   // hands it back unfinished.
   void WatchNow(uint64_t token) {
     std::lock_guard lock(mu_);
-    if (handles_.count(token) != 0) watch_asked_.insert(token);
     for (size_t i = 0; i < incoming_.size(); ++i) {
       if (incoming_[i].token != token) continue;
       Incoming in = std::move(incoming_[i]);
@@ -513,6 +512,8 @@ class PyPool {
       wake_.notify_one();
       return;
     }
+    // Not queued: a thread in Take has it (or the collector, or it is done).
+    if (handles_.count(token) != 0) watch_asked_.insert(token);
   }
 
   // Stops the workers. The collector must have stopped calling Wait.

@@ -513,7 +513,7 @@ def _name_of(fn):
 class _Waiters(list):
     """A Future's waiters list. concurrent.futures.wait and as_completed add
     their waiter to it (under the future's condition, before they wait on
-    the waiter's event): the future gives the waiter a _TakingEvent, so
+    the waiter's event): the list gives the waiter a _TakingEvent, so
     that the waiting thread takes the task's answer itself."""
 
     __slots__ = ("future", "engine")
@@ -524,13 +524,16 @@ class _Waiters(list):
 
     def append(self, waiter):
         list.append(self, waiter)
+        future = self.future()
+        if future is None:
+            return
         event = waiter.event
         if type(event) is _TakingEvent and event.engine is self.engine:
-            event.futures.append(self.future())  # (an as_completed loop adds its waiter to each)
-            return
-        future = self.future()
-        if future is not None:
-            future._waited_by(waiter)
+            event.futures.append(future)
+        elif type(event) is threading.Event:  # the waiter's own, not waited on yet
+            _TakingEvent.adopt(event, self.engine, future)
+        else:  # a waiter on another pool's futures too: this pool's collector takes it
+            future._watch()
 
 
 class _TakingEvent(threading.Event):
@@ -544,7 +547,7 @@ class _TakingEvent(threading.Event):
     through the waker.
 
     It is the waiter's own threading.Event, its class changed before
-    anyone waits on it (Future._waited_by): a second Event would cost a
+    anyone waits on it (_Waiters.append): a second Event would cost a
     Condition more per waiter, and as_completed makes a waiter per call.
     """
 
@@ -609,16 +612,6 @@ class Future(concurrent.futures.Future):
         self._watched = False
         if engine is not None:
             self._waiters = _Waiters(self)
-
-    def _waited_by(self, waiter):
-        """`waiter` (of wait() or as_completed()) was added to this future."""
-        event = waiter.event
-        if type(event) is threading.Event:  # the waiter's own, not waited on yet
-            _TakingEvent.adopt(event, self._engine, self)
-        elif type(event) is _TakingEvent and event.engine is self._engine:
-            event.futures.append(self)
-        else:  # a waiter on another pool's futures too: this pool's collector takes it
-            self._watch()
 
     def _watch(self):
         """Has the pool's collector watch this task now: something other
