@@ -281,13 +281,14 @@ INTERRUPTED = """
     import concurrent.futures, time
     import zcstore
 
-    def nap(s):
+    def nap(s, started):
+        open(started, "w").close()
         time.sleep(s)
         return s
 
     if __name__ == "__main__":
         with zcstore.Pool(1, backend={backend!r}, progress=False) as pool:
-            f = pool.submit(nap, 4)
+            f = pool.submit(nap, 4, {started!r})
             start = time.monotonic()
             try:
                 print("waiting", flush=True)
@@ -305,20 +306,29 @@ WAITS = {"result": "f.result()", "wait": "concurrent.futures.wait([f])",
          "as_completed": "next(concurrent.futures.as_completed([f]))"}
 
 
-def interrupt_a_wait(backend, how, group):
-    """Runs INTERRUPTED, and sends SIGINT once it waits: to its process
-    group (a terminal's Ctrl-C, which reaches the workers too) or to it
-    alone. Returns its output."""
+def interrupt_a_wait(backend, how, group, when="running"):
+    """Runs INTERRUPTED, and sends SIGINT once it waits and its task runs:
+    to its process group (a terminal's Ctrl-C, which reaches the workers
+    too) or to it alone. Returns its output."""
     import tempfile
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "script.py")
+        path, started = os.path.join(d, "script.py"), os.path.join(d, "started")
         with open(path, "w") as f:
-            f.write(textwrap.dedent(INTERRUPTED.format(backend=backend, wait=WAITS[how])))
+            f.write(textwrap.dedent(INTERRUPTED.format(backend=backend, wait=WAITS[how],
+                                                       started=started)))
         p = subprocess.Popen([sys.executable, path], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             assert p.stdout.readline() == "waiting\n", p.communicate()
-            time.sleep(0.3)  # into the wait
+            # A spawned worker may still be starting (a slow machine): a
+            # Ctrl-C then ends the worker, not the task, and its replacement
+            # runs the task to the end. So wait for the task to run.
+            if when == "running":
+                deadline = time.monotonic() + TIMEOUT
+                while not os.path.exists(started) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert os.path.exists(started), "the task never started"
+                time.sleep(0.3)  # into the wait
             if group:
                 os.killpg(p.pid, signal.SIGINT)
             else:
@@ -350,6 +360,17 @@ def test_ctrl_c_to_the_whole_group_loses_no_future(backend, how):
     out = interrupt_a_wait(backend, how, group=True)
     assert "interrupted after" in out, out
     assert "outcome KeyboardInterrupt" in out and "shut down" in out, out
+
+
+def test_ctrl_c_while_a_spawned_worker_starts_loses_no_future():
+    # The worker may die of it before it takes the task (its replacement
+    # then runs the task to the end) or take the task and end it with
+    # KeyboardInterrupt: either way the future gets an outcome and the pool
+    # shuts down.
+    for _ in range(3):
+        out = interrupt_a_wait("spawn", "result", group=True, when="starting")
+        assert "interrupted after" in out, out
+        assert ("outcome 4\n" in out or "outcome KeyboardInterrupt" in out) and "shut down" in out, out
 
 
 # ------------------------------------------------------------ broken pools, errors
