@@ -165,6 +165,120 @@ def test_a_model_of_many_small_arrays_comes_back_whole(store):
     assert store.stats().deleted_pinned == 0
 
 
+def bundled(store, ref):
+    """Whether the object's stream makes its arrays with one _core.bundle call."""
+    metadata, _ = store._h.get(*ref._id)
+    return b"bundle" in bytes(metadata)
+
+
+def test_many_plain_arrays_come_back_in_one_bundle(store):
+    # A dict or list of 64 or more plain arrays is one _core.bundle call in
+    # the stream (get takes half the time): every array comes back equal,
+    # read-only, a view of the store, of its dtype and shape.
+    rng = np.random.default_rng(3)
+    kinds = [lambda i: rng.random(int(rng.integers(0, 40))),
+             lambda i: np.arange(6, dtype=">i4").reshape(2, 3),
+             lambda i: np.array(float(i)),                      # 0-d
+             lambda i: np.zeros((0, 4), np.float32),            # no bytes
+             lambda i: np.zeros(2, dtype=[("a", "i4"), ("b", "f8")]),
+             lambda i: np.array([b"ab", b"cd"])]
+    m = {f"p{i}": kinds[i % len(kinds)](i) for i in range(600)}
+    m[7] = np.ones(3)  # any keys
+    as_list = list(m.values())
+    for obj in (m, as_list, {"params": m, "n": 3}, (as_list, "x")):
+        ref = store.put(obj)
+        assert bundled(store, ref)
+        got, again = store.get(ref), store.get(ref)
+        if type(obj) is dict and "params" in obj:
+            assert got["n"] == 3
+            obj, got, again = obj["params"], got["params"], again["params"]
+        elif type(obj) is tuple:
+            assert got[1] == "x"
+            obj, got, again = obj[0], got[0], again[0]
+        assert type(got) is type(obj) and len(got) == len(obj)
+        pairs = zip(obj.values(), got.values(), again.values()) if type(obj) is dict \
+            else zip(obj, got, again)
+        if type(obj) is dict:
+            assert list(got) == list(obj)
+        for v, g, a in pairs:
+            assert g.dtype == v.dtype and g.shape == v.shape and np.array_equal(g, v)
+            assert not g.flags.writeable and g.flags.c_contiguous
+            assert v.size == 0 or np.shares_memory(g, a)
+    # Plain pickle.loads reads the stream too (it imports zcstore._core).
+    metadata, buffers = store._h.get(*store.put(m)._id)
+    plain = pickle.loads(metadata, buffers=buffers)
+    assert all(np.array_equal(plain[k], v) for k, v in m.items())
+
+
+class Sub(np.ndarray):
+    pass
+
+
+def test_what_is_not_all_plain_arrays_is_pickled_as_numpy_does(store):
+    base = {f"p{i}": np.full(3, float(i)) for i in range(100)}
+    twice = np.ones(4)
+    cases = {"fortran": np.asfortranarray(np.ones((3, 4))), "strided": np.ones(10)[::2],
+             "subclass": np.ones(3).view(Sub), "objects": np.array([1, "a"], dtype=object),
+             "not an array": 5}
+    for name, odd in cases.items():
+        m = dict(base, odd=odd)
+        ref = store.put(m)
+        assert not bundled(store, ref), name
+        got = store.get(ref)
+        assert type(got["odd"]) is type(odd) and np.array_equal(got["odd"], odd), name
+    # An array twice stays one array, as pickle keeps it; few arrays: no bundle.
+    got = store.get(store.put(dict(base, a=twice, b=twice)))
+    assert got["a"] is got["b"]
+    assert not bundled(store, store.put(list(base.values())[:63]))
+
+
+def test_move_empties_the_arrays_of_a_bundle(store):
+    m = {"params": {f"p{i}": np.full(1000, float(i)) for i in range(100)},
+         "big": np.ones(1_000_000)}
+    kept = m["params"]["p5"]
+    ref = store.put(m, move=True)
+    assert bundled(store, ref)
+    assert m["big"].shape == (0,)  # the top dict's shallow copy did not hold it
+    assert all(v.shape == (0,) for k, v in m["params"].items() if k != "p5")
+    assert kept.shape == (1000,)   # a variable names it: copied, left as it was
+    got = store.get(ref)
+    assert float(got["params"]["p7"][0]) == 7.0 and float(got["big"].sum()) == 1_000_000.0
+
+
+class BadBundle:
+    """Pickles as a _core.bundle call with the parts given."""
+
+    def __init__(self, keys, dtypes, layout, arrays):
+        self.parts = keys, dtypes, layout, arrays
+
+    def __reduce__(self):
+        keys, dtypes, layout, arrays = self.parts
+        return zcstore._core.bundle, (keys, dtypes, layout, [pickle.PickleBuffer(a) for a in arrays])
+
+
+@pytest.mark.parametrize("keys,dtypes,layout,arrays,what", [
+    (None, (np.dtype("f8"),), [0, 1, 4], [np.ones(3)], "shape does not match"),
+    (None, (np.dtype("f8"),), [1, 1, 3], [np.ones(3)], "out of range"),
+    (None, (np.dtype("f8"),), [0, 33] + [1] * 33, [np.ones(1)], "out of range"),
+    (None, (np.dtype("f8"),), [0, 2, 3], [np.ones(3)], "short"),
+    (None, (np.dtype("f8"),), [0, 1, 3, 0], [np.ones(3)], "longer"),
+    (None, (np.dtype("f8"),), [0, 2, 1 << 62, 1 << 62], [np.ones(3)], "overflows"),
+    (None, (np.dtype("f8"),), [0, 1, -3], [np.ones(3)], "overflows"),
+    (("a", "b"), (np.dtype("f8"),), [0, 1, 3], [np.ones(3)], "keys and arrays"),
+    (None, (np.dtype(object),), [0, 1, 3], [np.ones(3)], "not plain"),
+    (None, ("f8",), [0, 1, 3], [np.ones(3)], "not plain"),
+])
+def test_a_corrupt_bundle_is_corrupt_not_garbage(store, keys, dtypes, layout, arrays, what):
+    import array
+    stream = []
+    buffers = []
+    stream = pickle.dumps(BadBundle(keys, dtypes, array.array("q", layout).tobytes(), arrays),
+                          protocol=5, buffer_callback=buffers.append)
+    ref = store.put_raw(stream, [b.raw() for b in buffers])
+    with pytest.raises(zcstore.Corrupt, match=what):
+        store.get(ref)
+
+
 def test_picklebuffer_and_memoryview_go_out_of_band(store):
     data = bytearray(b"x" * 100_000)
     ref = store.put({"pb": pickle.PickleBuffer(data), "mv": memoryview(b"abc" * 1000).cast("B")})
