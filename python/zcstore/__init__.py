@@ -239,35 +239,34 @@ _BUNDLE_AT_LEAST = 64
 
 class _Bundle:
     """A dict or list of plain arrays, pickled as one _core.bundle call."""
-    __slots__ = ("container", "layout")
+    __slots__ = ("container",)
 
-    def __init__(self, container, layout):
-        self.container, self.layout = container, layout
+    def __init__(self, container):
+        self.container = container
 
     def __reduce__(self):
         c = self.container
+        # Checked again now: what pickled before it (a __reduce__ of the
+        # user's) may have changed it. Not plain: as pickle pickles a dict
+        # or list.
+        layout = _bundle_layout(c) if _bundleable(c) else None
+        if layout is None:
+            return (type(c), (), None, None, iter(c.items())) if type(c) is dict \
+                else (list, (), None, iter(c))
         keys = tuple(c) if type(c) is dict else None
         values = c.values() if type(c) is dict else c
         # Made here, not before: a PickleBuffer that outlived pickling would
         # keep move=True from emptying its array.
-        return _core.bundle, (keys, *self.layout, [pickle.PickleBuffer(v) for v in values])
+        return _core.bundle, (keys, *layout, [pickle.PickleBuffer(v) for v in values])
 
 
-def _bundle_layout(obj):
-    """(dtypes, layout) for _core.bundle when obj, an exact dict or list, is
-    at least _BUNDLE_AT_LEAST plain arrays: numpy.ndarray itself,
-    C-contiguous, of a dtype without Python objects, no array twice (pickle
-    would keep them one). Else None."""
-    if len(obj) < _BUNDLE_AT_LEAST:
-        return None
-    np = sys.modules.get("numpy")
-    if np is None:
-        return None
-    ndarray = np.ndarray
-    values = list(obj.values()) if type(obj) is dict else obj
+def _bundle_layout(c):
+    """(dtypes, layout) for _core.bundle when c's values are all plain arrays:
+    C-contiguous, of a dtype without Python objects (the rest _bundleable
+    has checked). Else None."""
     dtypes, index, layout = [], {}, array.array("q")
-    for v in values:
-        if type(v) is not ndarray or not v.flags.c_contiguous:
+    for v in (c.values() if type(c) is dict else c):
+        if not v.flags.c_contiguous:
             return None
         d = v.dtype
         i = index.get(id(d))
@@ -276,31 +275,36 @@ def _bundle_layout(obj):
                 return None
             i = index[id(d)] = len(dtypes)
             dtypes.append(d)
-        layout.append(i)
-        layout.append(v.ndim)
-        layout.extend(v.shape)
-    if len(set(map(id, values))) != len(values):
-        return None
+        layout.extend((i, v.ndim, *v.shape))
     return tuple(dtypes), layout.tobytes()
+
+
+def _bundleable(obj):
+    """Whether obj, an exact dict or list, may be a bundle: at least
+    _BUNDLE_AT_LEAST values, each a numpy.ndarray itself, none twice (pickle
+    would keep them one). Checked at C speed; the rest when it is pickled."""
+    if len(obj) < _BUNDLE_AT_LEAST:
+        return False
+    np = sys.modules.get("numpy")
+    if np is None:
+        return False
+    values = obj.values() if type(obj) is dict else obj
+    return set(map(type, values)) == {np.ndarray} and len(set(map(id, values))) == len(obj)
 
 
 def _with_bundles(obj):
     """obj with its bundles swapped in (see _BUNDLE_AT_LEAST): obj itself, or
     a shallow copy of a top-level dict, list or tuple whose values are."""
     t = type(obj)
-    if t is dict or t is list:
-        layout = _bundle_layout(obj)
-        if layout is not None:
-            return _Bundle(obj, layout)
+    if (t is dict or t is list) and _bundleable(obj):
+        return _Bundle(obj)
     if t is not dict and t is not list and t is not tuple:
         return obj
     swap = {}
     for v in (obj.values() if t is dict else obj):
         tv = type(v)
-        if (tv is dict or tv is list) and id(v) not in swap:
-            layout = _bundle_layout(v)
-            if layout is not None:
-                swap[id(v)] = _Bundle(v, layout)
+        if (tv is dict or tv is list) and id(v) not in swap and _bundleable(v):
+            swap[id(v)] = _Bundle(v)
     if not swap:
         return obj
     if t is dict:

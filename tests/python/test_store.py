@@ -232,6 +232,23 @@ def test_what_is_not_all_plain_arrays_is_pickled_as_numpy_does(store):
     assert not bundled(store, store.put(list(base.values())[:63]))
 
 
+class Mutator:
+    """Changes `params` when it is pickled: before the bundle, in a tuple."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def __reduce__(self):
+        self.params["p3"] = "no longer an array"
+        return int, (1,)
+
+
+def test_a_bundle_changed_while_pickled_is_pickled_as_it_then_is(store):
+    params = {f"p{i}": np.full(3, float(i)) for i in range(100)}
+    one, got = store.get(store.put((Mutator(params), params)))
+    assert one == 1 and got["p3"] == "no longer an array" and float(got["p4"][0]) == 4.0
+
+
 def test_move_empties_the_arrays_of_a_bundle(store):
     m = {"params": {f"p{i}": np.full(1000, float(i)) for i in range(100)},
          "big": np.ones(1_000_000)}
