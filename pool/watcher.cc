@@ -73,6 +73,7 @@ Status PoolCore::Spawn(Worker& w) {
       ws.claims = Claims(control, n, w.index);
       ws.doorbell = doorbell;
       int rc = WorkerLoop(ws);
+      if (hooks.child_exit) hooks.child_exit();
       std::fflush(stdout);
       std::fflush(stderr);
       _exit(rc);  // no destructors of the parent's objects in the child

@@ -376,13 +376,18 @@ struct PoolOptions {
   // worker before its loop, its stdout and stderr already the pool's log
   // pipe; `store` is the worker's own handle on the pool's store, opened in
   // the child, which the hook may keep and use for the child's life (one
-  // handle, not a second open per worker). Each may be empty. The pool's
-  // mutex is held meanwhile: a hook must not wait for a thread that may be
+  // handle, not a second open per worker). `child_exit` runs in the worker
+  // after its loop ends, just before it exits with _exit (no destructors or
+  // atexit handlers of the parent's run in a child): for what the runtime
+  // must stop that the worker started (its threads, its own child
+  // processes). Each may be empty. The pool's mutex is held while prepare,
+  // parent and child run: a hook must not wait for a thread that may be
   // calling into the pool.
   struct ForkHooks {
     std::function<Status()> prepare;
     std::function<void()> parent;
     std::function<void(const std::shared_ptr<Store>& store)> child;
+    std::function<void()> child_exit;
   };
   ForkHooks fork_hooks;
   // Bytes of the pool's store (shared objects, large arguments and results).

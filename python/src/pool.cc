@@ -106,6 +106,17 @@ void AfterForkChild(PyObject* run, PyObject* init, const std::shared_ptr<Store>&
   (void)PyEval_SaveThread();
 }
 
+// The child's loop has ended: `init.exit()` (pool_worker.ForkChild) stops
+// what Python started in it, as multiprocessing's own fork children do
+// before they _exit. Its errors are printed; the worker exits regardless.
+void BeforeForkChildExits(PyObject* init) {
+  PyGILState_STATE gil = PyGILState_Ensure();
+  PyObject* r = PyObject_CallMethod(init, "exit", nullptr);
+  if (r == nullptr) PyErr_Print();
+  Py_XDECREF(r);
+  PyGILState_Release(gil);
+}
+
 // Buffers from here on are mapped privately rather than copied.
 constexpr size_t kMapFrom = 64 << 10;
 
@@ -635,7 +646,8 @@ void RegisterPool(py::module_& m) {
               o.fork_hooks = {BeforeFork, AfterForkParent,
                               [run, init](const std::shared_ptr<Store>& store) {
                                 AfterForkChild(run, init, store);
-                              }};
+                              },
+                              [init] { BeforeForkChildExits(init); }};
             }
             // The collector takes the lines (take_logs): the C++ pool's thread
             // never waits for Python, and a worker that writes faster than

@@ -11,6 +11,7 @@ threads backend runs a Runner in each of its threads.
 import importlib
 import io
 import logging
+import multiprocessing.process
 import multiprocessing.spawn
 import multiprocessing.util
 import os
@@ -206,8 +207,35 @@ class ForkChild:
         that handles of shared objects resolve."""
         sys.stdout, sys.stderr = self._stdout, self._stderr or _line_file(2)
         logging.getLogger().handlers[:] = [self._handler]
+        # As multiprocessing's own fork children start (Process._bootstrap):
+        # the parent's child processes and finalizers are not this one's
+        # (exit() would otherwise stop the parent's children), and what was
+        # registered to run after a fork runs.
+        multiprocessing.process._children = set()
+        multiprocessing.util._finalizer_registry.clear()
+        multiprocessing.util._run_after_forkers()
         global _store
         _store = Store(handle, "/dev/shm")
+
+    def exit(self):
+        """Called in the child when its loop has ended, before it exits with
+        _exit (no atexit handlers: they are the parent's). Stops what the
+        tasks started here, in the order of an interpreter's exit: first
+        threading's (it waits for the threads, then runs its atexit list,
+        where a loky executor that a task used stops its workers), then
+        multiprocessing's (its finalizers; daemonic children terminated, the
+        others joined: loky's workers are such children, so the other order
+        waits for them until the pool kills the worker). Before this, a
+        forked worker left them all running, orphaned."""
+        try:
+            threading._shutdown()
+        finally:
+            multiprocessing.util._exit_function()
+            for f in (sys.stdout, sys.stderr):
+                try:
+                    f.flush()
+                except (AttributeError, OSError, ValueError):
+                    pass
 
 
 def main(main_name):

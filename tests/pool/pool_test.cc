@@ -772,6 +772,10 @@ TEST(PoolTest, ForkHooksRunAroundEachForkOfAWorker) {
     std::printf("child hook ran\n");  // stdout is already the log pipe
     std::fflush(stdout);
   };
+  o.fork_hooks.child_exit = [] {  // after the loop, before _exit: still the log pipe
+    std::printf("child exit hook ran with mark %d\n", fork_child_mark);
+    std::fflush(stdout);
+  };
   o.log_sink = [&](int, std::string_view line) {
     std::lock_guard<std::mutex> lock(mu);
     lines.emplace_back(line);
@@ -787,6 +791,7 @@ TEST(PoolTest, ForkHooksRunAroundEachForkOfAWorker) {
     EXPECT_EQ(parented.load(), 2);
   }
   EXPECT_EQ(std::count(lines.begin(), lines.end(), "child hook ran"), 2);
+  EXPECT_EQ(std::count(lines.begin(), lines.end(), "child exit hook ran with mark 7"), 2);
 
   // A prepare hook that refuses: no worker is forked, Create says why.
   o.fork_hooks.prepare = [] { return Cancelled("the runtime is shutting down"); };

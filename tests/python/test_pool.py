@@ -659,6 +659,74 @@ def test_forked_workers_neither_repeat_the_parents_buffered_output_nor_its_handl
     assert "parent-handler" not in r.stderr, r.stderr  # the workers' inherited handler is gone
 
 
+NESTED_PROCESSES = r"""
+import ctypes, os, signal, sys, time
+import multiprocessing, zcstore
+
+def inner(n):
+    if {loky!r}:
+        from joblib import Parallel, delayed
+        return Parallel(n_jobs=2, backend="loky")(delayed(abs)(-i) for i in range(n))
+    p = multiprocessing.get_context("fork").Process(target=time.sleep, args=(300,), daemon=True)
+    p.start()
+    return [p.pid]
+
+def children():
+    # This process's live children (not zombies): orphans come here.
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{{d}}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            out.append(int(d))
+    return out
+
+def reap():
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+if __name__ == "__main__":
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    with zcstore.Pool(2, backend={backend!r}, progress=False) as pool:
+        print("result", pool.submit(inner, 3).result(60), flush=True)
+    deadline = time.monotonic() + 10
+    while children() and time.monotonic() < deadline:
+        reap()
+        time.sleep(0.1)
+    left = children()
+    print("left", len(left), flush=True)
+    for pid in left:  # leave nothing behind, whatever the outcome
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    reap()
+"""
+
+
+@pytest.mark.parametrize("backend", PROCESSES)
+@pytest.mark.parametrize("loky", [True, False], ids=["loky", "daemon process"])
+def test_processes_a_task_started_end_with_its_worker(tmp_path, backend, loky):
+    # Two levels of processes: a task's own executor (loky's reusable one,
+    # which keeps its workers) or daemonic multiprocessing child ends when
+    # the worker does, as in ProcessPoolExecutor's workers. A forked worker
+    # used to _exit without stopping them: they were orphaned, alive.
+    if loky:
+        pytest.importorskip("joblib")
+    script = tmp_path / "nested.py"
+    script.write_text(NESTED_PROCESSES.format(backend=backend, loky=loky))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    assert "result [" in r.stdout and "left 0\n" in r.stdout, r.stdout + r.stderr
+
+
 def grow(model, x):
     model["seen"].append(x)
     model["extra"] = x
