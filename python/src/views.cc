@@ -246,7 +246,6 @@ PyMethodDef frombuffer_def = {
     "numpy.core.numeric._frombuffer in one C call: the array numpy's pickle\n"
     "protocol 5 makes of an out-of-band buffer (see python/src/views.cc)."};
 
-
 // A bundle's fault: its parts come from a store, so a mismatch is a
 // corrupt stream, which Store.get reports as Corrupt.
 PyObject* BadBundle(const char* what) {
@@ -261,7 +260,7 @@ PyObject* BadBundle(const char* what) {
 }
 
 // bundle(keys, dtypes, layout, buffers): what zcstore's pickler makes of a
-// dict or list of many plain arrays (python/zcstore/__init__.py, _bundled),
+// dict or list of many plain arrays (python/zcstore/__init__.py, _Bundle),
 // in one call: numpy's own pickling spends about 14 opcodes and a call
 // through the unpickler on each array, which made Store.get of a model of
 // 20,000 small arrays cost twice what making its arrays does.
