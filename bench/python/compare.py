@@ -30,6 +30,7 @@ machine's available memory; its row says so.
 
 Run:  make compare   (writes bench/results/compare.md and compare_*.png)
       python3 bench/python/compare.py --sizes 64,256 --workers 2 --tasks 2000
+      ... --repeat 3   each figure the median of 3 measurements, systems alternated
 """
 import argparse
 import concurrent.futures
@@ -590,6 +591,16 @@ def loop_gaps(workers, n):
 
 # --- report
 
+def median_row(rs):
+    """One setting's measurements as one row: each figure's median (a row
+    with an error if any measurement failed)."""
+    failed = [r for r in rs if "error" in r]
+    if failed:
+        return failed[0]
+    return dict(rs[0], **{k: statistics.median(r[k] for r in rs)
+                          for k in ("first_s", "tasks_per_s", "copies")})
+
+
 def table(rows):
     lines = ["| system | model MiB | workers | first result (ms) | copies of the model | tasks/s |",
              "|---|---|---|---|---|---|"]
@@ -666,6 +677,10 @@ def main():
     ap.add_argument("--tasks", type=int, default=20000)
     ap.add_argument("--trivial", type=int, default=20000, help="tasks of the x -> x part (0: skip it)")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure each setting this many times, the systems alternated, and "
+                         "report each figure's median (one map of a few thousand tasks is a "
+                         "fraction of a second, at the mercy of a shared machine)")
     ap.add_argument("--window-tasks", type=int, default=3000,
                     help="tasks per run of the optimizer-loop part (0: skip it)")
     ap.add_argument("--trace", action="store_true",
@@ -679,11 +694,16 @@ def main():
     rows = []
     for workers in [int(w) for w in a.workers.split(",")]:
         for mib in [int(s) for s in a.sizes.split(",")]:
-            for name in a.systems.split(","):
-                r = measure(name, mib, workers, a.tasks)
-                rows.append(r)
-                print(table([r]).splitlines()[-1], flush=True)
+            runs = {name: [] for name in a.systems.split(",")}
+            for _ in range(a.repeat):
+                for name in runs:
+                    r = measure(name, mib, workers, a.tasks)
+                    runs[name].append(r)
+                    print(table([r]).splitlines()[-1], flush=True)
+            rows += [median_row(rs) for rs in runs.values()]
     md = ["# The shared-model scenario, every system in one run", "",
+          (f"Each figure the median of {a.repeat} measurements, the systems alternated. "
+           if a.repeat > 1 else "") +
           f"{os.cpu_count()} CPUs; {a.tasks} tasks per run; copies = (peak PSS of the process "
           "tree - its peak with a one-item model) / model size, each peak the median of "
           f"{SAMPLED_RUNS} runs (1 for runs of 10 s or more); first result: the median of "
