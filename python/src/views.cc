@@ -259,30 +259,10 @@ PyObject* BadBundle(const char* what) {
   return nullptr;
 }
 
-// bundle(keys, dtypes, layout, buffers): what zcstore's pickler makes of a
-// dict or list of many plain arrays (python/zcstore/__init__.py, _Bundle),
-// in one call: numpy's own pickling spends about 14 opcodes and a call
-// through the unpickler on each array, which made Store.get of a model of
-// 20,000 small arrays cost twice what making its arrays does.
-//   keys     a tuple of len(buffers) keys (a dict is made), or None (a list)
-//   dtypes   a tuple of the plain dtypes the arrays use
-//   layout   bytes: native int64s, per array its dtype's index in dtypes,
-//            its ndim, then its ndim dims (C order)
-//   buffers  a list: array i is over all the bytes of buffers[i]
-// Every part is checked (the layout against the buffers' lengths, each
-// count against overflow); a mismatch raises pickle.UnpicklingError.
-PyObject* Bundle(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 4) return BadBundle("not 4 arguments");
-  PyObject* keys = args[0];
-  PyObject* dtypes = args[1];
-  PyObject* layout = args[2];
-  PyObject* buffers = args[3];
-  if (!PyList_CheckExact(buffers) || !PyTuple_CheckExact(dtypes) || !PyBytes_CheckExact(layout) ||
-      (keys != Py_None && !PyTuple_CheckExact(keys))) {
-    return BadBundle("its parts are not of their types");
-  }
-  const Py_ssize_t n = PyList_GET_SIZE(buffers);
-  if (keys != Py_None && PyTuple_GET_SIZE(keys) != n) return BadBundle("keys and arrays differ");
+// Bundle's walk (below), over parts of the types it checked; `buffers`
+// is a tuple.
+PyObject* Walk(PyObject* keys, PyObject* dtypes, PyObject* layout, PyObject* buffers) {
+  const Py_ssize_t n = PyTuple_GET_SIZE(buffers);
   std::vector<Py_ssize_t> items(static_cast<size_t>(PyTuple_GET_SIZE(dtypes)));
   for (size_t d = 0; d < items.size(); ++d) {
     items[d] = PlainItemSize(PyTuple_GET_ITEM(dtypes, static_cast<Py_ssize_t>(d)));
@@ -319,7 +299,7 @@ PyObject* Bundle(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       dims[k] = static_cast<Py_intptr_t>(v);
       bytes *= static_cast<Py_ssize_t>(v);
     }
-    PyObject* array = ArrayOver(PyList_GET_ITEM(buffers, i), PyTuple_GET_ITEM(dtypes, d),
+    PyObject* array = ArrayOver(PyTuple_GET_ITEM(buffers, i), PyTuple_GET_ITEM(dtypes, d),
                                 static_cast<int>(ndim), dims, bytes, false);
     if (array == nullptr) {
       Py_DECREF(out);
@@ -340,6 +320,39 @@ PyObject* Bundle(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     Py_DECREF(out);
     return BadBundle("its layout is longer than its arrays");
   }
+  return out;
+}
+
+// bundle(keys, dtypes, layout, buffers): what zcstore's pickler makes of a
+// dict or list of many plain arrays (python/zcstore/__init__.py, _Bundle),
+// in one call: numpy's own pickling spends about 14 opcodes and a call
+// through the unpickler on each array, which made Store.get of a model of
+// 20,000 small arrays cost twice what making its arrays does.
+//   keys     a tuple of len(buffers) keys (a dict is made), or None (a list)
+//   dtypes   a tuple of the plain dtypes the arrays use
+//   layout   bytes: native int64s, per array its dtype's index in dtypes,
+//            its ndim, then its ndim dims (C order)
+//   buffers  a list: array i is over all the bytes of buffers[i]
+// Every part is checked (the layout against the buffers' lengths, each
+// count against overflow); a mismatch raises pickle.UnpicklingError.
+PyObject* Bundle(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4) return BadBundle("not 4 arguments");
+  PyObject* keys = args[0];
+  PyObject* dtypes = args[1];
+  PyObject* layout = args[2];
+  PyObject* buffers = args[3];
+  if (!PyList_CheckExact(buffers) || !PyTuple_CheckExact(dtypes) || !PyBytes_CheckExact(layout) ||
+      (keys != Py_None && !PyTuple_CheckExact(keys))) {
+    return BadBundle("its parts are not of their types");
+  }
+  const Py_ssize_t n = PyList_GET_SIZE(buffers);
+  if (keys != Py_None && PyTuple_GET_SIZE(keys) != n) return BadBundle("keys and arrays differ");
+  // The buffers as a tuple of our own: a key's __hash__ (PyDict_SetItem)
+  // runs Python code, which could change the list under the walk.
+  PyObject* held = PyList_AsTuple(buffers);
+  if (held == nullptr) return nullptr;
+  PyObject* out = Walk(keys, dtypes, layout, held);
+  Py_DECREF(held);
   return out;
 }
 

@@ -1,5 +1,6 @@
 """zcstore.Store in one process: put/get, zero copy and pins, move, in place,
 raw access, names, housekeeping, and every bad input the docs promise."""
+import array
 import fcntl
 import gc
 import os
@@ -273,6 +274,39 @@ class BadBundle:
         return zcstore._core.bundle, (keys, dtypes, layout, [pickle.PickleBuffer(a) for a in arrays])
 
 
+class ClearsOnHash:
+    """A key whose hash empties a list: the bundle's own list of buffers,
+    which the stream shares with it."""
+
+    def __init__(self, shared):
+        self.shared = shared
+
+    def __hash__(self):
+        self.shared.clear()
+        return 1
+
+    def __eq__(self, other):
+        return self is other
+
+
+class ListSharingBundle:
+    def __reduce__(self):
+        buffers = [pickle.PickleBuffer(np.full(3, float(i))) for i in range(2)]
+        keys = (ClearsOnHash(buffers), ClearsOnHash(buffers))
+        layout = array.array("q", [0, 1, 3] * 2).tobytes()
+        return zcstore._core.bundle, (keys, (np.dtype("f8"),), layout, buffers)
+
+
+def test_a_bundle_walks_buffers_that_python_code_cannot_change(store):
+    # A key's __hash__ runs Python code while the bundle fills its dict; a
+    # stream can make that code empty the very list of buffers being walked.
+    # The walk holds the buffers of its own: every array comes back whole.
+    buffers = []
+    stream = pickle.dumps(ListSharingBundle(), protocol=5, buffer_callback=buffers.append)
+    got = store.get(store.put_raw(stream, [b.raw() for b in buffers]))
+    assert sorted(float(v[0]) for v in got.values()) == [0.0, 1.0]
+
+
 @pytest.mark.parametrize("keys,dtypes,layout,arrays,what", [
     (None, (np.dtype("f8"),), [0, 1, 4], [np.ones(3)], "shape does not match"),
     (None, (np.dtype("f8"),), [1, 1, 3], [np.ones(3)], "out of range"),
@@ -286,8 +320,6 @@ class BadBundle:
     (None, ("f8",), [0, 1, 3], [np.ones(3)], "not plain"),
 ])
 def test_a_corrupt_bundle_is_corrupt_not_garbage(store, keys, dtypes, layout, arrays, what):
-    import array
-    stream = []
     buffers = []
     stream = pickle.dumps(BadBundle(keys, dtypes, array.array("q", layout).tobytes(), arrays),
                           protocol=5, buffer_callback=buffers.append)
