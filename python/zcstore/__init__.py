@@ -289,6 +289,8 @@ def _bundleable(obj):
     if np is None:
         return False
     values = obj.values() if type(obj) is dict else obj
+    if type(next(iter(values))) is not np.ndarray:  # most containers: no scan at all
+        return False
     return set(map(type, values)) == {np.ndarray} and len(set(map(id, values))) == len(obj)
 
 
