@@ -140,6 +140,13 @@ Py_ssize_t PlainItemSize(PyObject* dtype) {
 
 constexpr Py_ssize_t kMaxDims = 32;  // numpy 1.x's NPY_MAXDIMS
 
+// *bytes times a dimension `v`, if v is not negative and the product fits.
+bool TimesDim(Py_ssize_t* bytes, int64_t v) {
+  if (v < 0 || (v > 0 && *bytes > PY_SSIZE_T_MAX / v)) return false;
+  *bytes *= static_cast<Py_ssize_t>(v);
+  return true;
+}
+
 // The order argument: 'C' -> 0, 'F' -> 1, anything else -> -1.
 int OrderOf(PyObject* order) {
   if (!PyUnicode_Check(order) || PyUnicode_GET_LENGTH(order) != 1) return -1;
@@ -226,12 +233,11 @@ PyObject* FromBuffer(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   for (int i = 0; i < ndim; ++i) {
     PyObject* n = PyTuple_GET_ITEM(shape, i);
     Py_ssize_t v = PyLong_CheckExact(n) ? PyLong_AsSsize_t(n) : -1;
-    if (v < 0 || (v > 0 && bytes > PY_SSIZE_T_MAX / v)) {
+    if (!TimesDim(&bytes, v)) {
       PyErr_Clear();
       return Fallback(args, nargs);
     }
     dims[i] = v;
-    bytes *= v;
   }
 
   PyObject* array = ArrayOver(buffer, dtype, ndim, dims, bytes, fortran != 0);
@@ -292,12 +298,11 @@ PyObject* Walk(PyObject* keys, PyObject* dtypes, PyObject* layout, PyObject* buf
     Py_ssize_t bytes = items[static_cast<size_t>(d)];
     for (int64_t k = 0; k < ndim; ++k) {
       int64_t v = 0;
-      if (!next(&v) || v < 0 || (v > 0 && bytes > PY_SSIZE_T_MAX / v)) {
+      if (!next(&v) || !TimesDim(&bytes, v)) {
         Py_DECREF(out);
         return BadBundle("its layout is short or a shape overflows");
       }
       dims[k] = static_cast<Py_intptr_t>(v);
-      bytes *= static_cast<Py_ssize_t>(v);
     }
     PyObject* array = ArrayOver(PyTuple_GET_ITEM(buffers, i), PyTuple_GET_ITEM(dtypes, d),
                                 static_cast<int>(ndim), dims, bytes, false);

@@ -251,7 +251,7 @@ class _Bundle:
         # or list.
         layout = _bundle_layout(c) if _bundleable(c) else None
         if layout is None:
-            return (type(c), (), None, None, iter(c.items())) if type(c) is dict \
+            return (dict, (), None, None, iter(c.items())) if type(c) is dict \
                 else (list, (), None, iter(c))
         keys = tuple(c) if type(c) is dict else None
         values = c.values() if type(c) is dict else c
