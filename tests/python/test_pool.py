@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -91,6 +92,49 @@ def test_map_takes_the_shortest_iterable_and_checks_chunksize(pool):
     assert list(pool.map(square, [])) == []
     with pytest.raises(ValueError, match="chunksize"):
         pool.map(square, range(3), chunksize=0)
+
+
+def describe(x, y=None):
+    return type(x).__name__, repr(x), getattr(x, "dtype", None), y
+
+
+FLAT_ARRAYS = [np.arange(300, dtype=np.int64), np.linspace(0, 1, 300, dtype=np.float32),
+               np.arange(300) % 2 == 0, np.arange(300, dtype=np.uint8),
+               (np.arange(300) + 1j).astype(np.complex64),
+               np.arange(300).astype("datetime64[s]"), np.arange(300).astype("timedelta64[ms]"),
+               np.array([str(i) * 30 for i in range(300)]),  # 'U59': chunks over 64 KiB
+               np.array([b"%d" % i for i in range(300)]),
+               np.arange(600, dtype=">i4")[::2]]  # big-endian, strided
+
+
+@pytest.mark.parametrize("array", FLAT_ARRAYS, ids=lambda a: a.dtype.str)
+def test_map_over_a_flat_array_calls_with_its_scalars(pool, array):
+    # A chunk of a flat array travels as one array: each call must still get
+    # the element that iterating the array gives, as if it were a list.
+    expected = [describe(x, y) for x, y in zip(array, range(300))]
+    assert list(pool.map(describe, array, range(300), chunksize=64)) == expected
+    assert list(pool.map(describe, array, range(300))) == expected  # ramped chunks
+    assert list(pool.map(describe, array, range(300), chunksize=300)) == expected
+
+
+@pytest.mark.parametrize("array", [np.arange(12).reshape(6, 2),
+                                   np.zeros(6, dtype=[("a", "i4"), ("b", "f8")]),
+                                   np.array([{"a": 1}, [2], "3"], dtype=object)],
+                         ids=["2-d", "structured", "object"])
+def test_map_over_other_arrays_gives_each_call_its_own_element(pool, array):
+    # (Each row or record pickled on its own, as ProcessPoolExecutor does.)
+    assert list(pool.map(repr, array, chunksize=2)) == [repr(x) for x in array]
+
+
+def test_map_over_an_array_is_not_changed_by_later_writes_to_it():
+    a = np.arange(50)
+    with zcstore.Pool(1, backend="threads") as p:
+        release = threading.Event()
+        p.submit(release.wait, TIMEOUT)  # the one thread is busy: the map's calls wait
+        results = p.map(float, a, chunksize=10)
+        a[:] = -1
+        release.set()
+        assert list(results) == [float(x) for x in range(50)]
 
 
 def test_a_result_that_times_out_is_still_delivered(pool):
