@@ -216,13 +216,6 @@ def _main_names(path):
     return names
 
 
-def _lookup_qualname(namespace, qualname):
-    obj = namespace.get(qualname.split(".")[0], _MISSING)
-    for part in qualname.split(".")[1:]:
-        obj = getattr(obj, part, _MISSING)
-    return obj
-
-
 _MISSING = object()
 
 
@@ -236,20 +229,30 @@ class _MainFunctions:
 
     def __init__(self, backend):
         self.backend = backend
-        self.forked = None  # fork: __main__'s namespace when the workers were forked
+        self.forked = None  # fork: __main__'s functions and classes when the workers were forked
         self.script = {}    # spawn: path -> its top-level names
 
     def snapshot(self):
         if self.backend == "fork":
-            self.forked = dict(vars(sys.modules["__main__"]))
+            # What a qualname can start with, and weakly: a pool must not
+            # keep the rest of __main__ (a model, a store) alive.
+            self.forked = {name: weakref.ref(obj)
+                           for name, obj in vars(sys.modules["__main__"]).items()
+                           if isinstance(obj, (types.FunctionType, type))}
 
     def by_value(self, fn):
         if self.backend == "threads" or _cloud() is None:
             return False
         qualname = getattr(fn, "__qualname__", "")
         if self.backend == "fork":
-            return (self.forked is not None
-                    and _lookup_qualname(self.forked, qualname) is not fn)
+            if self.forked is None:
+                return False
+            first, *rest = qualname.split(".")
+            held = self.forked.get(first)
+            obj = _MISSING if held is None else held()  # None: collected since
+            for part in rest:
+                obj = getattr(obj, part, _MISSING)
+            return obj is not fn
         path = getattr(sys.modules["__main__"], "__file__", None)
         if path is None or not os.path.isfile(path):
             return True
@@ -997,6 +1000,13 @@ class _Engine:
                 self.emit_logs()
             for ref in self.shared:
                 _inherited.pop(ref, None)
+            if self.backend == "threads":
+                # Its tasks ran in this process: what they got from its store
+                # is cached here, and would hold the objects (and the
+                # store's pages) as long as this process lives.
+                for ref in [r for r in _attached if r._key == self.store._key]:
+                    del _attached[ref]
+                    _pins.pop(ref, None)
             if self.own_store:
                 self.store.close()
             elif not self.store.closed:  # the caller's store: take back what the pool put

@@ -688,6 +688,41 @@ if __name__ == "__main__":
 """
 
 
+POOL_LETS_GO = """\
+import gc, sys, weakref
+import numpy as np
+import zcstore
+def total(model):
+    return float(model["factors"].sum())
+def store_mapped():  # the store's shared mappings (a memfd's, or a file's in /dev/shm)
+    return sum("zcstore" in line and line.split()[1].endswith("s") for line in open("/proc/self/maps"))
+if __name__ == "__main__":
+    backend = sys.argv[1]
+    model = {"factors": np.ones((1 << 20,), np.float32)}
+    held = weakref.ref(model["factors"])
+    with zcstore.Pool(2, backend=backend) as pool:
+        shared = pool.share(model)
+        assert pool.submit(total, shared).result() == 1 << 20
+    del model, shared, pool
+    gc.collect()
+    print(held() is None, store_mapped())
+"""
+
+
+@pytest.mark.parametrize("backend", ["fork", "threads", "spawn"])
+def test_a_closed_pool_holds_neither_the_callers_objects_nor_its_store(tmp_path, backend):
+    # A fork pool kept a copy of __main__'s namespace as it was when its
+    # workers were forked (the model, the pool itself) for as long as the
+    # process lived; a threads pool's tasks, run here, left what they got
+    # from its store cached here, its pages mapped.
+    script = tmp_path / "lets_go.py"
+    script.write_text(POOL_LETS_GO)
+    r = subprocess.run([sys.executable, str(script), backend], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "0"], r.stdout
+
+
 def test_forked_workers_neither_repeat_the_parents_buffered_output_nor_its_handlers(tmp_path):
     script = tmp_path / "fork_output.py"
     script.write_text(FORK_OUTPUT)
