@@ -9,9 +9,10 @@ the model), and reports:
             (joblib, whose first result is its last: one)
   copies    copies of the model in memory: the peak PSS of the whole
             process tree, measured from outside (a sampler thread reading
-            /proc), above the same tree's peak without the model, over the
-            model size; each peak the median of 3 runs (1 for runs of 10 s
-            or more)
+            /proc), above the same tree's peak without the model (a
+            one-item model, its run given as many more tasks as make it
+            last as long), over the model size; each peak the median of 3
+            runs (1 for runs of 10 s or more)
   tasks/s   throughput of a map over the scoring tasks (chunks of 256)
 and, once, trivial tasks (x -> x): throughput with each system's best
 chunksize and one empty task's round trip.
@@ -34,6 +35,7 @@ Run:  make compare   (writes bench/results/compare.md and compare_*.png)
 """
 import argparse
 import concurrent.futures
+import gc
 import multiprocessing
 import os
 import pickle
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -408,34 +411,32 @@ def measure(name, mib, workers, tasks):
 
 def _measure_child(name, mib, workers, tasks, q):
     try:
-        users = np.arange(tasks) % USERS
-        seeds = np.arange(tasks) * 7919 + 1
         system = SYSTEMS[name]
         in_store = getattr(system, "in_store", False)
+        builds = getattr(system, "builds_model", False)
 
-        def peak_pss(model):
-            """The median over SAMPLED_RUNS sampled runs (one when a run takes
-            10 s or more) of the tree's peak PSS: a starting interpreter's
-            passing memory moves one run's peak by tens of MiB."""
-            peaks = []
-            while len(peaks) < SAMPLED_RUNS:
+        def tasks_of(n):
+            return np.arange(n) % USERS, np.arange(n) * 7919 + 1
+
+        def peak_pss(model, n):
+            """The median over SAMPLED_RUNS sampled runs of n tasks (one run
+            when it takes 10 s or more) of the tree's peak PSS, and the
+            median run's seconds: a starting interpreter's passing memory
+            moves one run's peak by tens of MiB."""
+            runs = []
+            while len(runs) < SAMPLED_RUNS:
                 t = time.perf_counter()
                 with Sampler() as s:
-                    system(model, workers, users, seeds)
-                peaks.append(s.peak)
-                if time.perf_counter() - t >= 10:
+                    system(model, workers, *tasks_of(n))
+                runs.append((s.peak, time.perf_counter() - t))
+                if runs[-1][1] >= 10:
                     break
-            return statistics.median(peaks)
-
-        # The tree's PSS with the system's workers but no model: the same
-        # runs on a one-item model.
-        builds = getattr(system, "builds_model", False)
+            return statistics.median(p for p, _ in runs), statistics.median(t for _, t in runs)
 
         def model_of(mib):
             if builds:
                 return ModelSize(mib)
             return InStore(mib) if in_store else make_model(mib)
-        base = peak_pss(model_of(0))
         model = model_of(mib)
         mb = (model_bytes(make_model(mib)) if builds else
               model_bytes(model.model if in_store else model))
@@ -444,14 +445,37 @@ def _measure_child(name, mib, workers, tasks, q):
         # the median of FIRST_RUNS starts (this one, then runs of one task),
         # when a start is quick: one start of a few ms is at the mercy of
         # this shared machine. joblib's first result is its last: one run.
-        first, seconds = system(model, workers, users, seeds)
+        first, seconds = system(model, workers, *tasks_of(tasks))
         firsts = [first]
         while len(firsts) < FIRST_RUNS and first < 2.0 and not name.startswith("joblib"):
-            firsts.append(system(model, workers, users[:1], seeds[:1])[0])
+            firsts.append(system(model, workers, *tasks_of(1))[0])
         first = statistics.median(firsts)
+        peak, wall = peak_pss(model, tasks)
+
+        # The tree's PSS with the system's workers but no model: the same
+        # system on a one-item model, once the model is gone, with as many
+        # more tasks as make its run last as long as the model's (a longer
+        # one reads a higher peak: more readings, more chances of a page
+        # caught gaining a mapper, and more tasks held). A pool that
+        # starts its workers as it goes (zcstore's do, one at a time) has
+        # then started them all, and each has run a task (the first imports
+        # this script: 2.5-3.5 MiB a worker), in both runs; on 5000 tasks alone, the
+        # one-item run was over before the last workers took a task, and a
+        # spawn pool at 256 MiB, 8 workers seemed to hold 0.05-0.11 copies
+        # more than it does.
+        gone = weakref.ref(model.store if in_store else
+                           model if builds else model["item_factors"])
+        del model
+        gc.collect()
+        if gone() is not None:
+            raise RuntimeError("the model is still held: its baseline would be understated")
+        t = time.perf_counter()
+        system(model_of(0), workers, *tasks_of(tasks))
+        n = min(16 * tasks, max(tasks, round(tasks * wall / (time.perf_counter() - t))))
+        base, _ = peak_pss(model_of(0), n)
         q.put({"system": name, "model_mib": mib, "workers": workers, "tasks": tasks,
                "first_s": first, "tasks_per_s": tasks / seconds,
-               "copies": (peak_pss(model) - base) / mb})
+               "copies": (peak - base) / mb})
     except Exception as e:  # reported in the table, not fatal to the run
         q.put({"system": name, "model_mib": mib, "workers": workers, "error": repr(e)})
 
@@ -705,7 +729,8 @@ def main():
           (f"Each figure the median of {a.repeat} measurements, the systems alternated. "
            if a.repeat > 1 else "") +
           f"{os.cpu_count()} CPUs; {a.tasks} tasks per run; copies = (peak PSS of the process "
-          "tree - its peak with a one-item model) / model size, each peak the median of "
+          "tree - its peak with a one-item model, in a run as long) / model size, each "
+          "peak the median of "
           f"{SAMPLED_RUNS} runs (1 for runs of 10 s or more); first result: the median of "
           f"{FIRST_RUNS} starts (1 for starts of 2 s or more, and joblib's, which is its "
           "last result).", ""]
