@@ -196,18 +196,22 @@ def _castable(fmt, shape):
         return False
 
 
-class _Pickler(pickle.Pickler):
-    # Protocol 5 hands numpy arrays and PickleBuffers out of band by itself;
-    # a memoryview it cannot pickle at all. Here a C-contiguous one goes out
-    # of band too, and comes back as a read-only memoryview of the mapping.
-    def reducer_override(self, obj):
-        if type(obj) is memoryview and obj.c_contiguous:
-            args = (pickle.PickleBuffer(obj), obj.format, obj.shape)
-            if not _castable(obj.format, obj.shape):
-                import numpy as np
-                args += (np.asarray(obj).dtype.str,)
-            return _rebuild_memoryview, args
+def _reduce_memoryview(obj):
+    """Protocol 5 hands numpy arrays and PickleBuffers out of band by itself;
+    a memoryview it cannot pickle at all. Here a C-contiguous one goes out
+    of band too, and comes back as a read-only memoryview of the mapping."""
+    if not obj.c_contiguous:
         return NotImplemented
+    args = (pickle.PickleBuffer(obj), obj.format, obj.shape)
+    if not _castable(obj.format, obj.shape):
+        import numpy as np
+        args += (np.asarray(obj).dtype.str,)
+    return _rebuild_memoryview, args
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj):
+        return _reduce_memoryview(obj) if type(obj) is memoryview else NotImplemented
 
 
 class _Unpickler(pickle.Unpickler):
