@@ -420,18 +420,18 @@ def _measure_child(name, mib, workers, tasks, q):
 
         def peak_pss(model, n):
             """The median over SAMPLED_RUNS sampled runs of n tasks (one run
-            when it takes 10 s or more) of the tree's peak PSS, and the
-            median run's seconds: a starting interpreter's passing memory
-            moves one run's peak by tens of MiB."""
+            when it takes 10 s or more) of the tree's peak PSS: a starting
+            interpreter's passing memory moves one run's peak by tens of
+            MiB."""
             runs = []
             while len(runs) < SAMPLED_RUNS:
                 t = time.perf_counter()
                 with Sampler() as s:
                     system(model, workers, *tasks_of(n))
-                runs.append((s.peak, time.perf_counter() - t))
-                if runs[-1][1] >= 10:
+                runs.append(s.peak)
+                if time.perf_counter() - t >= 10:
                     break
-            return statistics.median(p for p, _ in runs), statistics.median(t for _, t in runs)
+            return statistics.median(runs)
 
         def model_of(mib):
             if builds:
@@ -445,17 +445,20 @@ def _measure_child(name, mib, workers, tasks, q):
         # the median of FIRST_RUNS starts (this one, then runs of one task),
         # when a start is quick: one start of a few ms is at the mercy of
         # this shared machine. joblib's first result is its last: one run.
+        t = time.perf_counter()
         first, seconds = system(model, workers, *tasks_of(tasks))
+        wall = time.perf_counter() - t
         firsts = [first]
         while len(firsts) < FIRST_RUNS and first < 2.0 and not name.startswith("joblib"):
             firsts.append(system(model, workers, *tasks_of(1))[0])
         first = statistics.median(firsts)
-        peak, wall = peak_pss(model, tasks)
+        peak = peak_pss(model, tasks)
 
         # The tree's PSS with the system's workers but no model: the same
         # system on a one-item model, once the model is gone, with as many
-        # more tasks as make its run last as long as the model's (a longer
-        # one reads a higher peak: more readings, more chances of a page
+        # more tasks as make its run last as long as the model's unsampled
+        # run (the sampler slows a run on a large model threefold; a longer
+        # run reads a higher peak: more readings, more chances of a page
         # caught gaining a mapper, and more tasks held). A pool that
         # starts its workers as it goes (zcstore's do, one at a time) has
         # then started them all, and each has run a task (the first imports
@@ -472,7 +475,7 @@ def _measure_child(name, mib, workers, tasks, q):
         t = time.perf_counter()
         system(model_of(0), workers, *tasks_of(tasks))
         n = min(16 * tasks, max(tasks, round(tasks * wall / (time.perf_counter() - t))))
-        base, _ = peak_pss(model_of(0), n)
+        base = peak_pss(model_of(0), n)
         q.put({"system": name, "model_mib": mib, "workers": workers, "tasks": tasks,
                "first_s": first, "tasks_per_s": tasks / seconds,
                "copies": (peak - base) / mb})
