@@ -462,10 +462,10 @@ def _measure_child(name, mib, workers, tasks, q):
         # caught gaining a mapper, and more tasks held). A pool that
         # starts its workers as it goes (zcstore's do, one at a time) has
         # then started them all, and each has run a task (the first imports
-        # this script: 2.5-3.5 MiB a worker), in both runs; on 5000 tasks alone, the
-        # one-item run was over before the last workers took a task, and a
-        # spawn pool at 256 MiB, 8 workers seemed to hold 0.05-0.11 copies
-        # more than it does.
+        # this script: 2.5-3.5 MiB a worker), in both runs; on 5000 tasks
+        # alone, the one-item run was over before the last workers took a
+        # task, and a spawn pool at 256 MiB, 8 workers seemed to hold
+        # 0.05-0.11 copies more than it does.
         gone = weakref.ref(model.store if in_store else
                            model if builds else model["item_factors"])
         del model
