@@ -466,11 +466,11 @@ def _measure_child(name, mib, workers, tasks, q):
         # alone, the one-item run was over before the last workers took a
         # task, and a spawn pool at 256 MiB, 8 workers seemed to hold
         # 0.05-0.11 copies more than it does.
-        gone = weakref.ref(model.store if in_store else
-                           model if builds else model["item_factors"])
+        # (A system that builds its own model holds none here.)
+        held = None if builds else weakref.ref(model.store if in_store else model["item_factors"])
         del model
         gc.collect()
-        if gone() is not None:
+        if held is not None and held() is not None:
             raise RuntimeError("the model is still held: its baseline would be understated")
         t = time.perf_counter()
         system(model_of(0), workers, *tasks_of(tasks))

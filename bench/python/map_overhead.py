@@ -49,8 +49,9 @@ def one_map(which, model, workers, users, seeds):
 
 
 def main():
-    mib, workers, tasks, rounds = (int(a) for a in (sys.argv[1:] + ["256", "2", "20000", "3"][
-        len(sys.argv) - 1:]))
+    defaults = [256, 2, 20000, 3]  # MiB, workers, tasks, rounds
+    given = [int(a) for a in sys.argv[1:len(defaults) + 1]]
+    mib, workers, tasks, rounds = given + defaults[len(given):]
     model = make_model(mib)
     users, seeds = np.arange(tasks) % USERS, np.arange(tasks) * 7919 + 1
     print(f"{mib} MiB, {workers} workers, a map of {tasks} tasks (chunks of 256), "
