@@ -13,7 +13,9 @@ the model), and reports:
             one-item model, its run given as many more tasks as make it
             last as long), over the model size; each peak the median of 3
             runs (1 for runs of 10 s or more)
-  tasks/s   throughput of a map over the scoring tasks (chunks of 256)
+  tasks/s   throughput of a map over the scoring tasks (chunks of 256),
+            the map after the first result of a fresh start: the median
+            of 3 such runs (1 for runs of 10 s or more)
 and, once, trivial tasks (x -> x): throughput with each system's best
 chunksize and one empty task's round trip.
 
@@ -194,6 +196,7 @@ class Sampler:
 # same chunksize for all.
 
 CHUNK = 256
+TIMED_RUNS = 3
 FIRST_RUNS = 5
 SAMPLED_RUNS = 3
 
@@ -441,17 +444,26 @@ def _measure_child(name, mib, workers, tasks, q):
         mb = (model_bytes(make_model(mib)) if builds else
               model_bytes(model.model if in_store else model))
         # Timed without the sampler (its readings hold each process's mmap
-        # lock, which a fork waits for), then sampled. The first result is
-        # the median of FIRST_RUNS starts (this one, then runs of one task),
-        # when a start is quick: one start of a few ms is at the mercy of
-        # this shared machine. joblib's first result is its last: one run.
-        t = time.perf_counter()
-        first, seconds = system(model, workers, *tasks_of(tasks))
-        wall = time.perf_counter() - t
-        firsts = [first]
-        while len(firsts) < FIRST_RUNS and first < 2.0 and not name.startswith("joblib"):
+        # lock, which a fork waits for), then sampled. Each timed run
+        # starts the system afresh and maps every task; the throughput is
+        # the median of TIMED_RUNS of them (one run of a fraction of a
+        # second moves by a fifth from run to run on this shared machine;
+        # one run when a run takes 10 s or more). The first result is the
+        # median of FIRST_RUNS starts (those runs', then runs of one task),
+        # when a start is quick. joblib's first result is its last: its
+        # timed runs' only.
+        firsts, rates, walls = [], [], []
+        while len(rates) < TIMED_RUNS and not (walls and walls[-1] >= 10):
+            t = time.perf_counter()
+            first, seconds = system(model, workers, *tasks_of(tasks))
+            walls.append(time.perf_counter() - t)
+            firsts.append(first)
+            rates.append(tasks / seconds)
+        while (len(firsts) < FIRST_RUNS and statistics.median(firsts) < 2.0
+               and not name.startswith("joblib")):
             firsts.append(system(model, workers, *tasks_of(1))[0])
         first = statistics.median(firsts)
+        wall = statistics.median(walls)
         peak = peak_pss(model, tasks)
 
         # The tree's PSS with the system's workers but no model: the same
@@ -477,7 +489,7 @@ def _measure_child(name, mib, workers, tasks, q):
         n = min(16 * tasks, max(tasks, round(tasks * wall / (time.perf_counter() - t))))
         base = peak_pss(model_of(0), n)
         q.put({"system": name, "model_mib": mib, "workers": workers, "tasks": tasks,
-               "first_s": first, "tasks_per_s": tasks / seconds,
+               "first_s": first, "tasks_per_s": statistics.median(rates),
                "copies": (peak - base) / mb})
     except Exception as e:  # reported in the table, not fatal to the run
         q.put({"system": name, "model_mib": mib, "workers": workers, "error": repr(e)})
@@ -735,8 +747,9 @@ def main():
           "tree - its peak with a one-item model, in a run as long) / model size, each "
           "peak the median of "
           f"{SAMPLED_RUNS} runs (1 for runs of 10 s or more); first result: the median of "
-          f"{FIRST_RUNS} starts (1 for starts of 2 s or more, and joblib's, which is its "
-          "last result).", ""]
+          f"{FIRST_RUNS} starts (1 for starts of 2 s or more; joblib's is its last result, "
+          f"the median of its timed runs); tasks/s: the median of {TIMED_RUNS} runs, each "
+          "started afresh (1 for runs of 10 s or more).", ""]
     # The default scenario: the model on the heap, as users have it (every
     # system but the zcstore ones that build it in their store); then the
     # model built in place, in a table of its own.
