@@ -133,8 +133,9 @@ Result<std::unique_ptr<Pool>> Pool::Create(const PoolOptions& options) {
   pool->core_ = std::make_shared<PoolCore>(options);
   PoolCore& c = *pool->core_;
   if (Status st = c.Init(); !st.ok()) return st;
-  c.thread = std::thread([&c] { c.Run(); });
   std::unique_lock<std::mutex> lock(c.mu);
+  c.LaunchFirst();
+  c.thread = std::thread([&c] { c.Run(); });
   bool in_time = c.started_cv.wait_for(lock, options.start_timeout, [&] {
     using Wait = PoolOptions::StartWait;
     return c.hellos == c.n || (options.create_waits_for == Wait::kFirstWorker && c.hellos > 0) ||

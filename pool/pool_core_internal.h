@@ -94,6 +94,14 @@ class PoolCore {
   // Lets go of the std::threads of a pool copied into a forked child
   // (their threads are not in the child) without joining them.
   void AbandonThreads();
+  // Starts the workers that start at once (see Run), in the calling
+  // thread: Create's, before the pool thread exists, so that the first
+  // worker's process is there without waiting for a thread to be scheduled
+  // (a fork pool's first result waits for it). Holds `mu`.
+  void LaunchFirst();
+  // Starts workers[from, to); a failure before Create has returned is
+  // Create's (start_status), after it that worker's retirement. Holds `mu`.
+  void Launch(size_t from, size_t to);
   void Run();  // the pool thread
   // Sends queued work to every ready worker with room. Holds `mu`. The
   // workers it sent to are woken now, or, if `defer_wakes` is given, left

@@ -357,50 +357,51 @@ void PoolCore::Progress(bool final) {
   if (final) std::fprintf(stderr, "\n");
 }
 
-void PoolCore::Run() {
-  // Unless Create waits for every worker, as many workers start at first
-  // as there are CPUs (a fork: one), and the others one at a time from
-  // kLateStartGrace after a task first ended (or kLateStartDelay after one
-  // reported in, if none has). So the first result waits neither for a
-  // crowd of starting workers sharing the CPUs (8 spawned Python workers on
-  // 2 CPUs: 0.43 s all at once, 0.15 s as many as the CPUs, 0.10 s now) nor
-  // for the forks of the others, each holding the GIL and `mu` (8 forked
-  // Python workers: 13.6 ms when they were forked at the first report).
-  // The grace leaves the caller the moment it needs to take that result
-  // (a fork holds the GIL for a millisecond). Each late start is a pass of
-  // the loop of its own, so that Create, Submit and answers get `mu`
-  // in between.
-  constexpr auto kLateStartDelay = std::chrono::milliseconds(20);
-  constexpr auto kLateStartGrace = std::chrono::milliseconds(2);
+// Unless Create waits for every worker, as many workers start at first as
+// there are CPUs (a fork: one), and the others one at a time from
+// kLateStartGrace after a task first ended (or kLateStartDelay after one
+// reported in, if none has). So the first result waits neither for a crowd
+// of starting workers sharing the CPUs (8 spawned Python workers on 2 CPUs:
+// 0.43 s all at once, 0.15 s as many as the CPUs, 0.10 s now) nor for the
+// forks of the others, each holding the GIL and `mu` (8 forked Python
+// workers: 13.6 ms when they were forked at the first report).
+void PoolCore::LaunchFirst() {
   size_t first = std::max(1u, std::thread::hardware_concurrency());
   if (opts.backend == PoolOptions::Backend::kFork) first = 1;
   launched = opts.create_waits_for == PoolOptions::StartWait::kEveryWorker
                  ? workers.size()
                  : std::min(workers.size(), first);
+  Launch(0, launched);
+  launched_first = start_status.ok();
+}
+
+void PoolCore::Launch(size_t from, size_t to) {
+  for (size_t i = from; i < to; ++i) {
+    Status st = Spawn(workers[i]);
+    if (st.ok()) continue;
+    if (!created) {  // Create fails with it
+      start_status = st;
+      started_cv.notify_all();
+      return;
+    }
+    std::fprintf(stderr, "zcstore pool: cannot start worker %zu: %s\n", i, st.ToString().c_str());
+    Retire(workers[i], "it could not be started (" + st.ToString() + ")");
+  }
+}
+
+void PoolCore::Run() {
+  // The workers LaunchFirst did not start start here, late (see there).
+  // The grace leaves the caller the moment it needs to take the first
+  // result (a fork holds the GIL for a millisecond). Each late start is a
+  // pass of the loop of its own, so that Create, Submit and answers get
+  // `mu` in between.
+  constexpr auto kLateStartDelay = std::chrono::milliseconds(20);
+  constexpr auto kLateStartGrace = std::chrono::milliseconds(2);
   Clock::time_point first_ready = Clock::time_point::max();
   auto late_start_due = [&] {  // under mu
     if (first_end != Clock::time_point::max()) return first_end + kLateStartGrace;
     return (first_ready == Clock::time_point::max() ? Clock::now() : first_ready) + kLateStartDelay;
   };
-  auto launch = [&](size_t from, size_t to) {
-    for (size_t i = from; i < to; ++i) {
-      Status st = Spawn(workers[i]);
-      if (st.ok()) continue;
-      if (!created) {  // Create fails with it
-        start_status = st;
-        started_cv.notify_all();
-        return;
-      }
-      std::fprintf(stderr, "zcstore pool: cannot start worker %zu: %s\n", i, st.ToString().c_str());
-      Retire(workers[i], "it could not be started (" + st.ToString() + ")");
-    }
-  };
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    launch(0, launched);
-    launched_first = start_status.ok();
-    started_cv.notify_all();
-  }
   std::vector<pollfd> fds;
   std::vector<int> owner;  // worker index per fd, -1 for the doorbell
   auto last_progress = Clock::now();
@@ -466,7 +467,7 @@ void PoolCore::Run() {
       if (launched < workers.size() && hellos > 0 && start_status.ok()) {
         first_ready = std::min(first_ready, now);
         if (late_start_due() <= now) {
-          launch(launched, launched + 1);
+          Launch(launched, launched + 1);
           ++launched;
         }
       }
