@@ -765,7 +765,6 @@ class _Engine:
         self.lock = threading.Lock()
         self.start_lock = threading.Lock()  # one start at a time, and none after close
         self.core = None  # the C++ pool, once started
-        self.started = threading.Event()  # set once it is (or the pool closed first)
         self.futures = {}
         self.shared = set()  # refs in _inherited, a fork pool's
         self.shutdown_reason = None  # why submit raises RuntimeError now
@@ -774,10 +773,13 @@ class _Engine:
         self.stop = False
         self.closed = threading.Event()
         self.closer = None
-        # Started before the workers are (a thread started after a fork
-        # pays a copy-on-write fault for each page it touches).
+        # Started with the C++ pool (start), after its first workers: a
+        # thread's start waits for the new thread to be scheduled (0.1-2 ms
+        # on a busy machine), which a fork pool's first result would wait
+        # for too if it came first; after the fork, the child is getting
+        # ready meanwhile. (A future's result() takes its task's answer
+        # itself, so the first result does not wait for the collector.)
         self.collector = threading.Thread(target=self.collect, name="zcstore-pool", daemon=True)
-        self.collector.start()
         _engines.add(self)
 
     # --- starting, and the checks every call makes
@@ -800,7 +802,7 @@ class _Engine:
             if self.core is None:
                 self.main.snapshot()  # what the forked workers will have
                 self.core = _core.Pool.create(*self.create_args)
-                self.started.set()
+                self.collector.start()
             return self.core
 
     def check_open(self):
@@ -956,7 +958,6 @@ class _Engine:
     def collect(self):
         """The collector thread: finished tasks onto their futures, and the
         workers' lines to where they go."""
-        self.started.wait()
         while True:
             with self.lock:
                 if self.stop:
@@ -1003,12 +1004,10 @@ class _Engine:
         try:
             with self.start_lock:  # no start now, nor after
                 core = self.core
-                self.started.set()
-            if core is not None:
+            if core is not None:  # the collector too was started with it
                 core.stop_waiting()
-            if threading.current_thread() is not self.collector:
-                self.collector.join()
-            if core is not None:
+                if threading.current_thread() is not self.collector:
+                    self.collector.join()
                 core.shutdown()
                 # The workers' last lines reach the queue while they are
                 # stopped (a result waited for on its own thread can come
