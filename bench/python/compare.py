@@ -464,6 +464,10 @@ def _measure_child(name, mib, workers, tasks, q):
             firsts.append(system(model, workers, *tasks_of(1))[0])
         first = statistics.median(firsts)
         wall = statistics.median(walls)
+        if TRACE:
+            print(f"trace: {name}, {mib} MiB, {workers} workers: first results (ms) "
+                  + " ".join(f"{f * 1e3:.1f}" for f in firsts) + "; tasks/s "
+                  + " ".join(f"{r:.0f}" for r in rates), file=sys.stderr, flush=True)
         peak = peak_pss(model, tasks)
 
         # The tree's PSS with the system's workers but no model: the same
@@ -723,7 +727,8 @@ def main():
     ap.add_argument("--window-tasks", type=int, default=3000,
                     help="tasks per run of the optimizer-loop part (0: skip it)")
     ap.add_argument("--trace", action="store_true",
-                    help="print where each zcstore heap start's time goes (stderr)")
+                    help="print where each zcstore heap start's time goes, and each "
+                         "measurement's first results and rates (stderr)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "..", "results"))
     a = ap.parse_args()
