@@ -134,7 +134,14 @@ Result<std::unique_ptr<Pool>> Pool::Create(const PoolOptions& options) {
   PoolCore& c = *pool->core_;
   if (Status st = c.Init(); !st.ok()) return st;
   std::unique_lock<std::mutex> lock(c.mu);
-  c.LaunchFirst();
+  // A worker's parent-death signal follows the thread that started it.
+  // On the main thread, which lives as long as the process, Create starts
+  // the first workers itself: their processes then need not wait for the
+  // pool thread to be scheduled and for Create to be woken (0.1-2 ms each
+  // on a busy machine, which a fork pool's first result waited for). Any
+  // other thread may end before the pool does, so there the pool thread
+  // starts them, as it starts every later one.
+  if (internal::platform::OnMainThread()) c.LaunchFirst();
   c.thread = std::thread([&c] { c.Run(); });
   bool in_time = c.started_cv.wait_for(lock, options.start_timeout, [&] {
     using Wait = PoolOptions::StartWait;

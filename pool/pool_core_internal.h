@@ -95,9 +95,7 @@ class PoolCore {
   // (their threads are not in the child) without joining them.
   void AbandonThreads();
   // Starts the workers that start at once (see Run), in the calling
-  // thread: Create's, before the pool thread exists, so that the first
-  // worker's process is there without waiting for a thread to be scheduled
-  // (a fork pool's first result waits for it). Holds `mu`.
+  // thread. Holds `mu`.
   void LaunchFirst();
   // Starts workers[from, to); a failure before Create has returned is
   // Create's (start_status), after it that worker's retirement. Holds `mu`.

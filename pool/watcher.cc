@@ -390,7 +390,14 @@ void PoolCore::Launch(size_t from, size_t to) {
 }
 
 void PoolCore::Run() {
-  // The workers LaunchFirst did not start start here, late (see there).
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!launched_first && start_status.ok()) {  // Create left them to this thread
+      LaunchFirst();
+      started_cv.notify_all();
+    }
+  }
+  // The workers past those LaunchFirst started start here, late (see there).
   // The grace leaves the caller the moment it needs to take the first
   // result (a fork holds the GIL for a millisecond). Each late start is a
   // pass of the loop of its own, so that Create, Submit and answers get

@@ -119,6 +119,9 @@ Result<pid_t> SpawnProcess(const std::vector<std::string>& argv,
 // Asks the kernel to SIGKILL this process when its parent thread dies, and
 // returns false if the parent is already gone (getppid() != parent).
 bool DieWithParent(pid_t parent);
+// Whether the calling thread is its process's main (first) thread, the one
+// that lives as long as the process unless it calls pthread_exit.
+bool OnMainThread();
 // Reaps child `pid` (whose pidfd is `pidfd`, or -1) if it exited.
 enum class ReapResult { kRunning, kReaped, kGone };
 // kReaped: it exited and *wait_status says how. kGone: it exited, but its

@@ -383,6 +383,8 @@ bool DieWithParent(pid_t parent) {
   return getppid() == parent;
 }
 
+bool OnMainThread() { return gettid() == getpid(); }
+
 ReapResult TryReap(pid_t pid, int pidfd, int* wait_status) {
   siginfo_t info{};
   int rc = pidfd >= 0 ? waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WEXITED | WNOHANG)

@@ -367,9 +367,11 @@ struct PoolOptions {
   // pass RunWorkerProcess the arguments from the worker's flag on, with one
   // in front (as argv[0]). Default: none.
   std::vector<std::string> worker_args;
-  // kFork: called on the pool thread around each fork() of a worker, for a
-  // runtime that must get ready for it (an interpreter's locks, its
-  // buffered output). `prepare` runs in the parent before fork(); a non-OK
+  // kFork: called on the thread that forks, around each fork() of a worker
+  // (the pool thread; for the first workers Create's own, when Create is
+  // called on the process's main thread), for a runtime that must get
+  // ready for it (an interpreter's locks, its buffered output). `prepare`
+  // runs in the parent before fork(); a non-OK
   // status fails that worker's start with it (and nothing is forked).
   // `parent` runs in the parent after fork(), whether it succeeded, and only
   // after a `prepare` that returned OK. `child(store)` runs in the new
@@ -606,6 +608,11 @@ class ZCSTORE_EXPORT Pool {
   // ZCSTORE_WORKER_MAIN), Timeout, StoreFull (/dev/shm cannot hold the
   // pool's queues), IOError, InvalidArgument (this process was spawned as a
   // worker and its main did not call ZCSTORE_WORKER_MAIN first).
+  // Workers get SIGKILL when the thread that started them ends (their
+  // parent-death signal): the pool thread starts them, except that Create
+  // called on the process's main thread starts the first ones itself, so
+  // a main thread that calls pthread_exit while the pool lives takes those
+  // with it (the pool replaces them, failing their tasks).
   static Result<std::unique_ptr<Pool>> Create(const PoolOptions& options = {});
   // Shuts down (see Shutdown).
   ~Pool();

@@ -50,13 +50,14 @@ namespace {
 // The Python runner of this worker process: (stream, buffers) -> (stream, buffers).
 PyObject* runner = nullptr;
 
-// The fork backend forks from the pool thread, as CPython's os.fork would
-// from any thread: that thread holds the GIL across fork() (so no other
-// thread is inside the interpreter), the interpreter's own fork hooks run
-// (import lock, threading, os.register_at_fork), and the child, whose only
-// thread is this one, lets the GIL go before its loop. The pool thread
-// waits for the GIL here; so every call into the pool that can take its
-// mutex is made without the GIL (see PyPool).
+// The fork backend forks from the pool thread (the first worker from
+// Create's, when that is the main thread), as CPython's os.fork would from
+// any thread: that thread holds the GIL across fork() (so no other thread
+// is inside the interpreter), the interpreter's own fork hooks run (import
+// lock, threading, os.register_at_fork), and the child, whose only thread
+// is this one, lets the GIL go before its loop. The forking thread holds
+// the pool's mutex and waits for the GIL here; so every call into the pool
+// that can take its mutex is made without the GIL (see PyPool).
 thread_local PyGILState_STATE fork_gil;
 
 Status BeforeFork() {

@@ -667,6 +667,25 @@ TEST(PoolTest, WorkersBeyondTheCpusStartEvenWithoutWork) {
   }
 }
 
+TEST(PoolTest, APoolCreatedOnAThreadThatEndsKeepsItsWorkers) {
+  // A worker's parent-death signal follows the thread that started it:
+  // workers started by a thread that ends would be killed with it.
+  for (auto backend : {PoolOptions::Backend::kSpawn, PoolOptions::Backend::kFork}) {
+    PoolOptions o = Small(2);
+    o.backend = backend;
+    o.create_waits_for = PoolOptions::StartWait::kEveryWorker;
+    std::unique_ptr<Pool> pool;
+    std::thread([&] { pool = MakePool(o); }).join();
+    ASSERT_TRUE(pool);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a signal's time to land
+    auto pids = pool->Broadcast<int>("pid", 0);
+    ASSERT_TRUE(pids.ok()) << pids.status().ToString();
+    for (auto& pid : *pids) ASSERT_TRUE(pid.ok()) << pid.status().ToString();
+    EXPECT_EQ(*pool->Submit<int>("square", 9).Get(), 81);
+    EXPECT_EQ(pool->Stats().workers_replaced, 0u) << "backend " << static_cast<int>(backend);
+  }
+}
+
 TEST(PoolTest, CreateCanReturnOnceTheFirstWorkerIsLaunched) {
   // Every worker sleeps before it starts: Create returns at once, and the
   // task waits in the queue for the first worker up.

@@ -340,6 +340,26 @@ def test_a_killed_worker_fails_its_task_only_and_is_replaced(backend):
 
 
 @pytest.mark.parametrize("backend", PROCESSES)
+def test_a_pool_started_by_a_thread_that_ends_keeps_its_workers(backend):
+    # A worker's parent-death signal follows the thread that started it: a
+    # worker started on a thread that ends must not die with it.
+    started = {}
+
+    def start():
+        started["pool"] = pool = zcstore.Pool(2, backend=backend, progress=False)
+        started["first"] = pool.submit(square, 3).result(TIMEOUT)  # a fork pool forks here
+
+    t = threading.Thread(target=start)
+    t.start()
+    t.join()
+    with started["pool"] as pool:
+        assert started["first"] == 9
+        time.sleep(0.3)  # a signal's time to land
+        assert list(pool.map(square, range(50), chunksize=1)) == [i * i for i in range(50)]
+        assert pool.stats()["workers_replaced"] == 0
+
+
+@pytest.mark.parametrize("backend", PROCESSES)
 def test_a_crashed_task_is_retried_when_asked(backend):
     with zcstore.Pool(1, backend=backend, max_retries=1) as pool:
         assert pool.submit(die_on, 1, 2).result(TIMEOUT) == 1
