@@ -371,8 +371,8 @@ struct PoolOptions {
   // (the pool thread; for the first workers Create's own, when Create is
   // called on the process's main thread), for a runtime that must get
   // ready for it (an interpreter's locks, its buffered output). `prepare`
-  // runs in the parent before fork(); a non-OK
-  // status fails that worker's start with it (and nothing is forked).
+  // runs in the parent before fork(); a non-OK status fails that worker's
+  // start with it (and nothing is forked).
   // `parent` runs in the parent after fork(), whether it succeeded, and only
   // after a `prepare` that returned OK. `child(store)` runs in the new
   // worker before its loop, its stdout and stderr already the pool's log

@@ -802,7 +802,12 @@ class _Engine:
             if self.core is None:
                 self.main.snapshot()  # what the forked workers will have
                 self.core = _core.Pool.create(*self.create_args)
-                self.collector.start()
+                try:
+                    self.collector.start()  # it collects from self.core
+                except BaseException:  # no thread to be had: no pool either
+                    self.core, core = None, self.core
+                    core.shutdown()
+                    raise
             return self.core
 
     def check_open(self):
