@@ -6,7 +6,8 @@ the model), and reports:
   first_s   from starting the pool to the answer of one task (what a user
             waits before anything comes back), in runs of their own, not
             sampled: the median of 5 starts where a start takes under 2 s
-            (joblib, whose first result is its last: one)
+            (joblib, whose first result is its last: the median of its
+            timed runs)
   copies    copies of the model in memory: the peak PSS of the whole
             process tree, measured from outside (a sampler thread reading
             /proc), above the same tree's peak without the model (a
